@@ -1,0 +1,186 @@
+"""The SQL schema (SQLAlchemy Core) and the engine, the same on SQLite and PostgreSQL.
+
+Money and other measures are stored as whole hundredths in BIGINT columns (``Cents``) so that sums are
+exact on both databases; times are stored as naive UTC (``UTCDateTime``) and come back aware.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+# An autoincrementing 64-bit key that SQLite also accepts as its rowid alias.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Cents(TypeDecorator):
+    """A Decimal with two fraction digits, stored as a whole number of hundredths."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        scaled = Decimal(value).scaleb(2)
+        if scaled != scaled.to_integral_value():
+            raise ValueError(f"more than two fraction digits: {value}")
+        return int(scaled)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return Decimal(int(value)).scaleb(-2).quantize(Decimal("0.01"))
+
+
+class UTCDateTime(TypeDecorator):
+    """An aware datetime, stored as naive UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite aggregate results come back as text
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=timezone.utc)
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("disabled", Boolean(), nullable=False, default=False),
+)
+
+cards = Table(
+    "cards",
+    metadata,
+    Column("number", String(32), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("holder", String(200)),
+    Column("phone", String(10), index=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("card_number", String(32), ForeignKey("cards.number"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("kkm", String(64)),
+    Column("store", String(64)),
+    Column("receipt_number", String(64)),
+    Column("operation_time", UTCDateTime(), nullable=False),
+    Column("business_date", Date(), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("receipt_sum", Cents(), nullable=False, default=0),
+    Column("bonus_accrued", Cents(), nullable=False, default=0),
+    Column("bonus_spent", Cents(), nullable=False, default=0),
+    Column("accumulation_delta", Cents(), nullable=False, default=0),
+    Column("receipt_count_delta", Integer(), nullable=False, default=0),
+    Column("promotion_code", String(64)),
+    Column("original_operation_id", String(36), index=True),
+    Column("note", String(500)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_operations_card_time", "card_number", "operation_time"),
+)
+
+lots = Table(
+    "lots",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("card_number", String(32), ForeignKey("cards.number"), nullable=False),
+    Column("measure", String(16), nullable=False),
+    Column("remaining", Cents(), nullable=False),
+    Column("available_from", UTCDateTime()),
+    Column("expires_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_lots_card_measure", "card_number", "measure"),
+)
+
+entries = Table(
+    "entries",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("operation_id", String(36), ForeignKey("operations.id"), nullable=False, index=True),
+    Column("lot_id", BigInteger(), ForeignKey("lots.id"), nullable=False, index=True),
+    Column("card_number", String(32), nullable=False),
+    Column("measure", String(16), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("amount", Cents(), nullable=False),
+)
+
+
+def make_engine(url: str, **kwargs) -> Engine:
+    """An engine for the URL; SQLite gets a busy timeout, WAL and BEGIN IMMEDIATE for writers."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs.setdefault("connect_args", {"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, **kwargs)
+        _sqlite_tuning(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def _sqlite_tuning(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        # A writer takes the write lock at BEGIN, so two writers never deadlock on a lock upgrade.
+        mode = "IMMEDIATE" if conn.get_execution_options().get("kkm_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def is_postgresql(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

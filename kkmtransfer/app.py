@@ -1,0 +1,25 @@
+"""Wiring: settings -> engine -> service layer -> WSGI application."""
+from __future__ import annotations
+
+import logging
+
+from .adapters.db import make_engine
+from .config import Settings
+from .service_layer.services import BillingService, utcnow
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def create_billing(settings: Settings | None = None, engine=None, clock=utcnow) -> BillingService:
+    settings = settings or Settings.from_env()
+    engine = engine or make_engine(settings.database_url)
+    return BillingService(engine, settings, clock)
+
+
+def create_wsgi_app(settings: Settings | None = None, engine=None, clock=utcnow):
+    from .soap.http import KKMTransferApp
+
+    billing = create_billing(settings, engine, clock)
+    return KKMTransferApp(billing, billing.settings)

@@ -1,0 +1,275 @@
+"""The back-office command line: ``kkmtransfer --help``."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from .config import ConfigError, Settings
+from .domain import errors
+from .domain.model import CardStatus
+
+DEMO_USER = "kassa1"
+DEMO_PASSWORD = "kassa1-demo"
+DEMO_PREFIX = "777"
+DEMO_FIRST, DEMO_LAST, DEMO_WIDTH = 1, 10, 7
+DEMO_PHONE = "+7 (916) 123-45-67"
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+
+
+def _billing():
+    from .app import create_billing
+
+    return create_billing(_settings())
+
+
+def domain_errors(fn):
+    """Show a domain error as a one-line message and exit 1, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except errors.DomainError as exc:
+            raise click.ClickException(f"{exc.code}: {exc.message}")
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kkmtransfer")
+def main():
+    """kkmtransfer: the discount-card billing server for cash registers.
+
+    Settings come from the environment: KKMTRANSFER_DATABASE_URL (default: SQLite under ./var/),
+    KKMTRANSFER_TIMEZONE (default Europe/Moscow), KKMTRANSFER_MAX_REQUEST_BYTES (default 1 MiB).
+    """
+
+
+# -- db --------------------------------------------------------------------------------------
+@main.group()
+def db():
+    """The database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(revision):
+    """Create the schema or bring it up to date. Safe to run again."""
+    from .adapters.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database is at revision {revision}: {_safe_url(settings.database_url)}")
+
+
+@db.command("current")
+def db_current():
+    """Print the schema revision of the database and the newest one this version knows."""
+    from .adapters.db import make_engine
+    from .adapters.migrate import current_revision, head_revision
+
+    settings = _settings()
+    engine = make_engine(settings.database_url)
+    click.echo(f"current: {current_revision(engine) or '(empty database)'}")
+    click.echo(f"head:    {head_revision(settings.database_url)}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _require_schema(billing) -> None:
+    from .adapters.migrate import current_revision, head_revision
+
+    current = current_revision(billing.engine)
+    head = head_revision(billing.settings.database_url)
+    if current != head:
+        raise click.ClickException(
+            f"the database schema is at {current or 'nothing'}, this version needs {head}: "
+            "run `kkmtransfer db upgrade` first")
+
+
+# -- serve -----------------------------------------------------------------------------------
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def serve(host, port, log_level):
+    """Serve the SOAP endpoint /KKMTransfer (WSDL at /KKMTransfer?wsdl) for local use.
+
+    A threaded server from the standard library; in production run gunicorn with
+    kkmtransfer.wsgi:application (see docs/operations.md).
+    """
+    from .app import configure_logging
+    from .soap.devserver import make_server
+    from .soap.http import KKMTransferApp
+
+    configure_logging(log_level.upper())
+    billing = _billing()
+    _require_schema(billing)
+    server = make_server(host, port, KKMTransferApp(billing, billing.settings))
+    real_port = server.server_address[1]
+    click.echo(f"KKMTransfer on http://{host}:{real_port}/KKMTransfer (WSDL: ?wsdl); Ctrl+C stops", err=True)
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+# -- users -----------------------------------------------------------------------------------
+@main.group()
+def users():
+    """Registers' users (HTTP Basic credentials of the SOAP service)."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (one line).")
+@domain_errors
+def users_add(name, password_stdin):
+    """Create a register user NAME, or set a new password for it.
+
+    The password is stored as a scrypt hash. Without --password-stdin you are asked for it twice.
+    """
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    created = _billing().add_user(name, password)
+    click.echo(f"user {name} {'created' if created else 'updated'}")
+
+
+@users.command("list")
+def users_list():
+    """List register users."""
+    for user in _billing().list_users():
+        state = "disabled" if user["disabled"] else "active"
+        click.echo(f"{user['name']}\t{state}\t{user['created_at']:%Y-%m-%d %H:%M}Z")
+
+
+@users.command("disable")
+@click.argument("name")
+@domain_errors
+def users_disable(name):
+    """Disable a register user (its calls get HTTP 401 from now on)."""
+    _billing().disable_user(name)
+    click.echo(f"user {name} disabled")
+
+
+# -- cards -----------------------------------------------------------------------------------
+@main.group()
+def cards():
+    """Discount cards: group input, look-up, blocking, phone."""
+
+
+@cards.command("add-range")
+@click.option("--from", "first", required=True, type=click.IntRange(min=0), help="First number of the range.")
+@click.option("--to", "last", required=True, type=click.IntRange(min=0), help="Last number (inclusive).")
+@click.option("--prefix", default="", help="Text put before each number, e.g. 2000.")
+@click.option("--width", default=0, type=click.IntRange(0, 32), help="Zero-pad the number to this many digits.")
+@click.option("--holder", default=None, help="Holder's display name for all the new cards.")
+@domain_errors
+def cards_add_range(first, last, prefix, width, holder):
+    """Create the cards PREFIX+N for N from --from to --to (group input). Existing ones are left alone."""
+    result = _billing().add_card_range(first, last, prefix, width, holder)
+    click.echo(f"{len(result.created)} cards created, {len(result.skipped)} already existed")
+    if result.created:
+        click.echo(f"first {result.created[0]}, last {result.created[-1]}")
+
+
+@cards.command("show")
+@click.argument("number")
+@domain_errors
+def cards_show(number):
+    """Show a card's status and balances."""
+    view = _billing().card_info(number)
+    click.echo(format_card(view))
+
+
+def format_card(view) -> str:
+    b = view.balances
+    lines = [
+        f"card          {view.number}",
+        f"status        {view.status.value}",
+        f"holder        {view.holder or '-'}",
+        f"bonus         {b.bonus} (pending {b.bonus_pending})",
+        f"next expiry   {b.next_expiry_date or '-'} {b.next_expiry_amount if b.next_expiry_date else ''}".rstrip(),
+        f"accumulation  {b.accumulation} (pending {b.accumulation_pending})",
+        f"receipts      {b.receipt_count} (pending {b.receipt_count_pending})",
+    ]
+    return "\n".join(lines)
+
+
+@cards.command("block")
+@click.argument("number")
+@domain_errors
+def cards_block(number):
+    """Block a card: it can still be read, but not used in receipts."""
+    _billing().set_card_status(number, CardStatus.BLOCKED)
+    click.echo(f"card {number} blocked")
+
+
+@cards.command("unblock")
+@click.argument("number")
+@domain_errors
+def cards_unblock(number):
+    """Unblock a card."""
+    _billing().set_card_status(number, CardStatus.ACTIVE)
+    click.echo(f"card {number} active")
+
+
+@cards.command("set-phone")
+@click.argument("number")
+@click.argument("phone")
+@domain_errors
+def cards_set_phone(number, phone):
+    """Set the holder's phone (any common notation; stored as 10 digits). Use '' to clear it."""
+    digits = _billing().set_card_phone(number, phone or None)
+    click.echo(f"card {number} phone {digits or '(none)'}")
+
+
+@cards.command("set-holder")
+@click.argument("number")
+@click.argument("holder")
+@domain_errors
+def cards_set_holder(number, holder):
+    """Set the holder's display name. Use '' to clear it."""
+    _billing().set_card_holder(number, holder or None)
+    click.echo(f"card {number} holder {holder or '(none)'}")
+
+
+# -- demo ------------------------------------------------------------------------------------
+@main.command()
+@domain_errors
+def demo():
+    """Migrate the database and create demo cards and a demo register user (what `make run` uses)."""
+    from .adapters.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    billing = _billing()
+    result = billing.add_card_range(DEMO_FIRST, DEMO_LAST, DEMO_PREFIX, DEMO_WIDTH, "Demo holder")
+    first = f"{DEMO_PREFIX}{DEMO_FIRST:0{DEMO_WIDTH}d}"
+    billing.set_card_phone(first, DEMO_PHONE)
+    billing.add_user(DEMO_USER, DEMO_PASSWORD)
+    last = f"{DEMO_PREFIX}{DEMO_LAST:0{DEMO_WIDTH}d}"
+    click.echo(f"demo cards: {first} .. {last} ({len(result.created)} new); {first} has phone {DEMO_PHONE}")
+    click.echo(f"demo register user: {DEMO_USER} / password: {DEMO_PASSWORD}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""The ledger's rules: pure Python, no database, no SOAP, no HTTP."""

@@ -1,0 +1,165 @@
+"""How amounts move between an operation and a card's lots.
+
+A card holds, per measure, lots: buckets with one start (``available_from``) and one end of life
+(``expires_at``). A lot's ``remaining`` is the sum of the entries that moved amounts into and out of it.
+A lot is *live* when its start has come and its end has not; the balance of a measure is the sum of
+its live lots. A negative lot is a debt (a return took back more than was there); credits pay debts
+first.
+
+``CardLedger`` plans the moves of one operation in memory, on the lots of one card that the caller has
+locked; the adapter then writes the planned entries and the lots' new ``remaining`` in the same
+transaction. Nothing here knows about SQL, SOAP or HTTP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, time, timedelta, timezone, tzinfo
+from decimal import Decimal
+from typing import Iterable, Sequence
+
+from .errors import InsufficientBonus
+from .model import ZERO, Balances, Lot, Measure, Role
+
+
+@dataclass
+class Move:
+    lot: Lot
+    amount: Decimal  # signed: + into the lot, - out of it
+    role: Role
+
+
+def spend_order(lot: Lot):
+    """Earliest expiry first, non-expiring last; ties by age of the lot (new lots last)."""
+    never = lot.expires_at is None
+    return (never, 0.0 if never else lot.expires_at.timestamp(), lot.id if lot.id else float("inf"))
+
+
+class CardLedger:
+    def __init__(self, lots: Iterable[Lot], now: datetime):
+        self.lots: list[Lot] = list(lots)
+        self.now = now
+        self.moves: list[Move] = []
+
+    # -- reading ---------------------------------------------------------------------------
+    def _of(self, measure: Measure) -> list[Lot]:
+        return [lot for lot in self.lots if lot.measure is measure]
+
+    def balance(self, measure: Measure) -> Decimal:
+        return sum((lot.remaining for lot in self._of(measure) if lot.is_live(self.now)), ZERO)
+
+    def pending(self, measure: Measure) -> Decimal:
+        return sum((lot.remaining for lot in self._of(measure) if lot.is_pending(self.now)), ZERO)
+
+    def balances(self, tz: tzinfo) -> Balances:
+        burning: dict = {}
+        for lot in self._of(Measure.BONUS):
+            if lot.expires_at is not None and lot.remaining > 0 and not lot.is_expired(self.now):
+                day = lot.expires_at.astimezone(tz).date()
+                burning[day] = burning.get(day, ZERO) + lot.remaining
+        next_day = min(burning) if burning else None
+        return Balances(
+            bonus=self.balance(Measure.BONUS),
+            bonus_pending=self.pending(Measure.BONUS),
+            next_expiry_date=next_day,
+            next_expiry_amount=burning.get(next_day, ZERO),
+            accumulation=self.balance(Measure.ACCUMULATION),
+            accumulation_pending=self.pending(Measure.ACCUMULATION),
+            receipt_count=int(self.balance(Measure.RECEIPT_COUNT)),
+            receipt_count_pending=int(self.pending(Measure.RECEIPT_COUNT)),
+        )
+
+    # -- moving ----------------------------------------------------------------------------
+    def _move(self, lot: Lot, amount: Decimal, role: Role) -> None:
+        if amount == 0:
+            return
+        lot.remaining += amount
+        self.moves.append(Move(lot, amount, role))
+
+    def _bucket(self, measure: Measure, available_from, expires_at) -> Lot:
+        for lot in self._of(measure):
+            if lot.available_from == available_from and lot.expires_at == expires_at:
+                return lot
+        lot = Lot(id=None, measure=measure, remaining=ZERO,
+                  available_from=available_from, expires_at=expires_at)
+        self.lots.append(lot)
+        return lot
+
+    def spend(self, amount: Decimal) -> None:
+        """Spend bonuses: never more than the balance, from live lots, earliest expiry first."""
+        if amount <= 0:
+            return
+        balance = self.balance(Measure.BONUS)
+        if amount > balance:
+            raise InsufficientBonus(f"BonusSpent {amount} is above the card's balance {balance}")
+        left = amount
+        for lot in sorted(self._of(Measure.BONUS), key=spend_order):
+            if left == 0:
+                break
+            if lot.remaining > 0 and lot.is_live(self.now):
+                take = min(lot.remaining, left)
+                self._move(lot, -take, Role.SPEND)
+                left -= take
+        assert left == 0, "balance check and draws disagree"
+
+    def credit(self, measure: Measure, amount: Decimal, available_from: datetime | None = None,
+               expires_at: datetime | None = None) -> None:
+        """Credit a measure. Debts (negative live lots) are paid first, the rest goes to its bucket."""
+        if amount <= 0:
+            return
+        left = amount
+        if available_from is None or available_from <= self.now:
+            for lot in sorted(self._of(measure), key=lambda x: x.id or 0):
+                if left == 0:
+                    break
+                if lot.remaining < 0 and lot.is_live(self.now):
+                    pay = min(-lot.remaining, left)
+                    self._move(lot, pay, Role.CREDIT)
+                    left -= pay
+        if left > 0:
+            self._move(self._bucket(measure, available_from, expires_at), left, Role.CREDIT)
+
+    def take_back(self, measure: Measure, amount: Decimal, preferred: Sequence[Lot] = ()) -> None:
+        """Take an accrued amount back: from the preferred lots (those the original operation credited,
+        unless they have burnt meanwhile), then from live lots earliest expiry first, and what is not
+        found anywhere becomes a debt."""
+        if amount <= 0:
+            return
+        left = amount
+        preferred_ids = {id(lot) for lot in preferred}
+        ordered = [lot for lot in preferred if lot.measure is measure] + [
+            lot for lot in sorted(self._of(measure), key=spend_order)
+            if id(lot) not in preferred_ids and lot.is_live(self.now)
+        ]
+        for lot in ordered:
+            if left == 0:
+                break
+            if lot.remaining > 0 and not lot.is_expired(self.now):
+                take = min(lot.remaining, left)
+                self._move(lot, -take, Role.TAKEBACK)
+                left -= take
+        if left > 0:
+            self._move(self._bucket(measure, None, None), -left, Role.DEBT)
+
+    def refund(self, sources: Sequence[tuple[Lot, Decimal]], amount: Decimal) -> None:
+        """Give spent bonuses back to the lots they came from (the last drawn first), each keeping its
+        own expiry. ``sources`` are (lot, amount still refundable) in the order the sale drew them."""
+        left = amount
+        for lot, refundable in reversed(sources):
+            if left == 0:
+                break
+            give = min(refundable, left)
+            if give > 0:
+                self._move(lot, give, Role.REFUND)
+                left -= give
+        if left > 0:  # the caller checks the limits; this would be a bug
+            raise AssertionError(f"refund of {amount} exceeds what the sale drew")
+
+
+def day_start(day, tz: tzinfo) -> datetime:
+    """The instant a business day starts, in UTC."""
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(timezone.utc)
+
+
+def day_bounds(first_day, last_day, tz: tzinfo) -> tuple[datetime, datetime]:
+    """[start of first_day, start of the day after last_day) in UTC, both days in the business zone."""
+    return day_start(first_day, tz), day_start(last_day + timedelta(days=1), tz)

@@ -1,0 +1,1 @@
+"""The SOAP adapter. spyne is imported here and nowhere else."""

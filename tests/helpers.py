@@ -1,0 +1,89 @@
+"""Helpers for tests: building operations and checking the ledger's invariants."""
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from kkmtransfer.adapters.db import cards, entries, lots, operations
+from kkmtransfer.domain.model import OperationRequest
+
+D = Decimal
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def op_dict(card: str, kind: str = "Sale", receipt_sum="100.00", accrued="0.00", spent="0.00",
+            op_id: str | None = None, time: datetime | None = None, kkm: str = "KKM-1", **extra) -> dict:
+    """An ``Operation`` as a zeep user passes it."""
+    op = dict(
+        OperationId=op_id or new_id(), CardNumber=card, KKM=kkm,
+        OperationTime=time or datetime.now(timezone.utc), Kind=kind,
+        ReceiptSum=D(receipt_sum), BonusAccrued=D(accrued), BonusSpent=D(spent),
+    )
+    op.update(extra)
+    return op
+
+
+def request(card: str, kind: str = "Sale", receipt_sum="100.00", accrued="0.00", spent="0.00",
+            op_id: str | None = None, time: datetime | None = None, **extra) -> OperationRequest:
+    """The same as an ``OperationRequest`` for the service layer."""
+    return OperationRequest.build(
+        operation_id=op_id or new_id(), card_number=card, kkm=extra.pop("kkm", "KKM-1"),
+        operation_time=time or datetime.now(timezone.utc), kind=kind, receipt_sum=D(receipt_sum),
+        bonus_accrued=D(accrued), bonus_spent=D(spent), **extra)
+
+
+def assert_invariants(billing) -> None:
+    """What must hold after any sequence of operations:
+
+    1. every lot's remaining is the sum of its entries;
+    2. every card's reported balances are the sums of its live / pending lots, computed here
+       independently in SQL rows;
+    3. every Sale/Return moved exactly what it reported: bonus = accrued - spent (sign flipped for a
+       Return), accumulation = AccumulationDelta, receipt count = ReceiptCountDelta;
+    4. no entry spends from a lot more than it had: no lot other than a debt bucket is negative.
+    """
+    assert billing.lot_drift() == [], "a lot's remaining differs from the sum of its entries"
+    now = billing.clock()
+    with billing.engine.connect() as conn:
+        lot_rows = conn.execute(select(lots)).mappings().all()
+        card_numbers = conn.execute(select(cards.c.number)).scalars().all()
+        entry_rows = conn.execute(select(entries)).mappings().all()
+        op_rows = conn.execute(select(operations)).mappings().all()
+
+    live = defaultdict(lambda: D("0.00"))
+    pending = defaultdict(lambda: D("0.00"))
+    for lot in lot_rows:
+        key = (lot["card_number"], lot["measure"])
+        if lot["available_from"] is not None and lot["available_from"] > now:
+            pending[key] += lot["remaining"]
+        elif lot["expires_at"] is None or lot["expires_at"] > now:
+            live[key] += lot["remaining"]
+        if lot["remaining"] < 0:
+            assert lot["available_from"] is None and lot["expires_at"] is None, f"negative dated lot {lot}"
+
+    for number in card_numbers:
+        b = billing.card_info(number).balances
+        assert b.bonus == live[(number, "bonus")], number
+        assert b.bonus_pending == pending[(number, "bonus")], number
+        assert b.accumulation == live[(number, "accumulation")], number
+        assert b.accumulation_pending == pending[(number, "accumulation")], number
+        assert b.receipt_count == int(live[(number, "receipt_count")]), number
+        assert b.receipt_count_pending == int(pending[(number, "receipt_count")]), number
+
+    moved = defaultdict(lambda: D("0.00"))
+    for e in entry_rows:
+        moved[(e["operation_id"], e["measure"])] += e["amount"]
+    for op in op_rows:
+        if op["kind"] not in ("Sale", "Return"):
+            continue
+        sign = 1 if op["kind"] == "Sale" else -1
+        assert moved[(op["id"], "bonus")] == sign * (op["bonus_accrued"] - op["bonus_spent"]), op["id"]
+        assert moved[(op["id"], "accumulation")] == op["accumulation_delta"], op["id"]
+        assert moved[(op["id"], "receipt_count")] == op["receipt_count_delta"], op["id"]

@@ -1,0 +1,102 @@
+"""The back-office CLI, run as the installed `kkmtransfer` command."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+import requests
+
+from kkmtransfer.domain.model import CardStatus
+
+from .conftest import zeep_client
+from .helpers import op_dict
+
+KKM = str(Path(sys.executable).parent / "kkmtransfer")
+
+
+def cli(database_url, *args, stdin: str | None = None, check=True):
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url)
+    proc = subprocess.run([KKM, *args], input=stdin, capture_output=True, text=True, env=env, timeout=60)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kkmtransfer {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc
+
+
+COMMANDS = [[], ["db"], ["db", "upgrade"], ["serve"], ["users"], ["users", "add"], ["cards"],
+            ["cards", "add-range"], ["cards", "show"], ["cards", "block"], ["cards", "unblock"],
+            ["cards", "set-phone"], ["demo"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")
+def test_every_command_explains_itself(command):
+    proc = subprocess.run([KKM, *command, "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "Usage:" in proc.stdout and len(proc.stdout.splitlines()) > 4
+
+
+def test_users_and_cards_from_the_command_line(db, database_url, server):
+    cli(database_url, "db", "upgrade")  # again: a no-op
+    out = cli(database_url, "users", "add", "kassa-7", "--password-stdin", stdin="s3cret-pass\n").stdout
+    assert "created" in out
+    assert "kassa-7" in cli(database_url, "users", "list").stdout
+
+    out = cli(database_url, "cards", "add-range", "--from", "5", "--to", "9", "--prefix", "2000", "--width", "4",
+              "--holder", "Group A").stdout
+    assert "5 cards created" in out
+    assert "0 cards created, 5 already existed" in cli(database_url, "cards", "add-range", "--from", "5", "--to",
+                                                      "9", "--prefix", "2000", "--width", "4").stdout
+    assert db.card_info("20000007").holder == "Group A"
+
+    assert "9161234567" in cli(database_url, "cards", "set-phone", "20000005", "+7 916 123-45-67").stdout
+    cli(database_url, "cards", "block", "20000006")
+    assert db.card_info("20000006").status is CardStatus.BLOCKED
+    cli(database_url, "cards", "unblock", "20000006")
+    assert db.card_info("20000006").status is CardStatus.ACTIVE
+
+    # the user made with the CLI works over SOAP, and `cards show` reads what the register did
+    client = zeep_client(server, "kassa-7", "s3cret-pass")
+    assert client.service.FindCardByPhone("89161234567").CardNumber == "20000005"
+    client.service.RegisterOperation(Operation=op_dict("20000005", receipt_sum="10.00", accrued="1.50"))
+    show = cli(database_url, "cards", "show", "20000005").stdout
+    assert "bonus         1.50" in show and "receipts      1" in show
+
+
+def test_cli_errors_are_one_clear_line(db, database_url):
+    proc = cli(database_url, "cards", "show", "NOPE", check=False)
+    assert proc.returncode == 1 and "Client.CardNotFound" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli(database_url, "cards", "set-phone", "NOPE", "123", check=False)
+    assert proc.returncode == 1 and "Client.ValidationError" in proc.stderr
+    proc = cli(database_url, "users", "add", "short", "--password-stdin", stdin="abc\n", check=False)
+    assert proc.returncode == 1 and "at least 8" in proc.stderr
+
+
+def test_demo_then_serve_answers_over_http(tmp_path):
+    url = f"sqlite:///{tmp_path / 'demo.sqlite3'}"
+    out = cli(url, "demo").stdout
+    assert "kassa1" in out and "7770000001" in out
+    assert "0 new" in cli(url, "demo").stdout  # running it twice is harmless
+
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=url)
+    proc = subprocess.Popen([KKM, "serve", "--host", "127.0.0.1", "--port", "0"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 20
+        while "KKMTransfer on" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        endpoint = line.split()[2]
+        assert requests.get(endpoint + "?wsdl", timeout=5).status_code == 200
+        info = zeep_client(endpoint, "kassa1", "kassa1-demo").service.GetCardInfo("7770000001")
+        assert info.BonusBalance == D("0.00") and info.Status == "Active"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path):
+    proc = cli(f"sqlite:///{tmp_path / 'empty.sqlite3'}", "serve", "--port", "0", check=False)
+    assert proc.returncode == 1 and "kkmtransfer db upgrade" in proc.stderr
