@@ -9,11 +9,16 @@ skipped, except with CI=true, where they fail.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from datetime import datetime, timezone
 
 import pytest
+import requests
 from sqlalchemy import text
 
 from kkmtransfer.adapters.db import make_engine, metadata
@@ -155,3 +160,40 @@ def soap(db, server):
     """A zeep client of a register user, against an empty ledger."""
     db.add_user(USER, PASSWORD)
     return zeep_client(server)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gunicorn(database_url, tmp_path_factory):
+    """`gunicorn kkmtransfer.wsgi:application` with 4 worker processes of 4 threads, on the test database."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", "4", "--threads", "4", "--bind", f"127.0.0.1:{port}",
+             "--graceful-timeout", "2", "kkmtransfer.wsgi:application"],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/KKMTransfer"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(url + "?wsdl", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,17 +1,11 @@
 """Concurrent registers hitting one card, through gunicorn with several worker processes."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from decimal import Decimal as D
 
 import pytest
-import requests
 from sqlalchemy import func, select
 from zeep.exceptions import Fault
 
@@ -22,43 +16,6 @@ from .helpers import new_id, op_dict
 
 N = 30
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def gunicorn(database_url, tmp_path_factory):
-    """`gunicorn kkmtransfer.wsgi:application` with 4 worker processes of 4 threads, on the test database."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", "4", "--threads", "4", "--bind", f"127.0.0.1:{port}",
-             "--graceful-timeout", "2", "kkmtransfer.wsgi:application"],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/KKMTransfer"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(url + "?wsdl", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def hammer(url: str, operations_to_send: list[dict]) -> list[object]:

@@ -51,11 +51,18 @@ class Role(str, Enum):
     """Why an entry moved an amount into or out of a lot."""
 
     CREDIT = "credit"      # accrual of a measure (a new or existing lot, or paying a debt)
+    CREDIT_DEFERRED = "credit_deferred"      # accrual into a lot that starts later (posted by the nightly)
     SPEND = "spend"        # bonus spent on a receipt
     REFUND = "refund"      # spent bonus given back by a return, to the lot it came from
     TAKEBACK = "takeback"  # accrued amount taken back by a return (or a negative delta)
+    TAKEBACK_DEFERRED = "takeback_deferred"  # taken back from a lot that has not started yet
     DEBT = "debt"          # what a takeback could not find in any lot
-    EXPIRY = "expiry"      # burnt by the nightly regulation
+    EXPIRY = "expiry"      # burnt: by the nightly regulation, or at once when moved into a burnt lot
+
+
+# Moves into lots that have not started: the card's books show them when the lot starts (the nightly
+# "Accrual" document), not with the operation that made them.
+DEFERRED_ROLES = (Role.CREDIT_DEFERRED, Role.TAKEBACK_DEFERRED)
 
 
 def money(value, field_name: str, *, allow_negative: bool = False) -> Decimal:
@@ -68,12 +75,12 @@ def money(value, field_name: str, *, allow_negative: bool = False) -> Decimal:
         raise ValidationError(f"{field_name}: not a decimal number: {value!r}") from exc
     if not dec.is_finite():
         raise ValidationError(f"{field_name}: not a finite number")
+    if abs(dec) > MAX_AMOUNT:
+        raise ValidationError(f"{field_name}: out of range")
     if dec != dec.quantize(CENT):
         raise ValidationError(f"{field_name}: at most 2 fraction digits allowed, got {value}")
     if not allow_negative and dec < 0:
         raise ValidationError(f"{field_name}: must not be negative, got {value}")
-    if abs(dec) > MAX_AMOUNT:
-        raise ValidationError(f"{field_name}: out of range")
     return dec.quantize(CENT) + ZERO  # also turns -0.00 into 0.00
 
 

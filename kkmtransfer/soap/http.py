@@ -74,6 +74,10 @@ class KKMTransferApp:
             return _plain(start, "400 Bad Request", "Content-Length is not a number")
         if declared > limit:
             return _plain(start, "413 Payload Too Large", f"The request body is over the limit of {limit} bytes")
+        if declared < 0 and not environ.get("wsgi.input_terminated"):
+            # no length and a server that does not end the stream for us (gunicorn does): reading would
+            # wait for a close that never comes
+            return _plain(start, "411 Length Required", "Send Content-Length (or use gunicorn for chunked bodies)")
         stream = environ["wsgi.input"]
         body = stream.read(declared) if declared >= 0 else stream.read(limit + 1)
         if len(body) > limit:

@@ -205,14 +205,32 @@ CONTRACT_FAULTS = {
 }
 
 
+def _client_error(what: str, exc: Exception) -> Fault:
+    return Fault("Client.ValidationError", f"{what}: {type(exc).__name__}: {exc}"[:500])
+
+
 class KKMSoap11(Soap11):
-    """SOAP 1.1 that refuses documents with a DTD (SOAP forbids them; no entity tricks get through)."""
+    """SOAP 1.1 that refuses documents with a DTD (SOAP forbids them; no entity tricks get through), and
+    turns whatever spyne's parser raises on nonsense (an empty body, NaN, February 30) into a client fault."""
 
     def create_in_document(self, ctx, charset=None):
-        super().create_in_document(ctx, charset)
+        try:
+            super().create_in_document(ctx, charset)
+        except Fault:
+            raise
+        except (StopIteration, ValueError, TypeError, ArithmeticError) as exc:
+            raise _client_error("the request is not a SOAP document", exc)
         root = ctx.in_document[0]
         if root.getroottree().docinfo.doctype:
             raise Fault("Client.ValidationError", "a SOAP message must not contain a Document Type Declaration")
+
+    def deserialize(self, ctx, message):
+        try:
+            return super().deserialize(ctx, message)
+        except Fault:
+            raise
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise _client_error("a value in the request is invalid", exc)
 
 
 class KKMSoap11Out(Soap11):
