@@ -72,10 +72,13 @@ def test_refund_goes_back_to_the_lots_it_came_from_last_drawn_first():
 
 
 def test_a_refund_to_an_expired_lot_comes_back_expired():
-    expired = lot(1, "0.00", expires_days=-1)
-    ledger = CardLedger([expired], NOW)
-    ledger.refund([(expired, D("5.00"))], D("5.00"))
-    assert expired.remaining == D("5.00") and ledger.balance(Measure.BONUS) == D("0.00")
+    expired, live = lot(1, "0.00", expires_days=-1), lot(2, "0.00")
+    ledger = CardLedger([expired, live], NOW)
+    ledger.refund([(live, D("1.00")), (expired, D("5.00"))], D("6.00"))
+    # the expired lot gets its 5.00 back and burns them in the same operation
+    assert [(m.lot.id, m.amount, m.role) for m in ledger.moves] == [
+        (1, D("5.00"), Role.REFUND), (1, D("-5.00"), Role.EXPIRY), (2, D("1.00"), Role.REFUND)]
+    assert ledger.balance(Measure.BONUS) == D("1.00") and expired.remaining == D("0.00")
 
 
 def test_balances_report_next_expiry_as_the_day_the_bonus_is_gone():

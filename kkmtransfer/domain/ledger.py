@@ -13,12 +13,13 @@ transaction. Nothing here knows about SQL, SOAP or HTTP.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Iterable, Sequence
 
 from .errors import InsufficientBonus
 from .model import ZERO, Balances, Lot, Measure, Role
+from .rules import day_start
 
 
 @dataclass
@@ -116,7 +117,15 @@ class CardLedger:
                     self._move(lot, pay, Role.CREDIT)
                     left -= pay
         if left > 0:
-            self._move(self._bucket(measure, available_from, expires_at), left, Role.CREDIT)
+            lot = self._bucket(measure, available_from, expires_at)
+            self._move(lot, left, Role.CREDIT_DEFERRED if lot.is_pending(self.now) else Role.CREDIT)
+            self._burn_if_expired(lot, left)
+
+    def _burn_if_expired(self, lot: Lot, amount: Decimal) -> None:
+        """What lands in a lot that has already burnt (a late receipt's credit, a refund to a lot that
+        expired meanwhile) burns in the same operation: the books never hold a live-looking burnt lot."""
+        if lot.is_expired(self.now):
+            self._move(lot, -amount, Role.EXPIRY)
 
     def take_back(self, measure: Measure, amount: Decimal, preferred: Sequence[Lot] = ()) -> None:
         """Take an accrued amount back: from the preferred lots (those the original operation credited,
@@ -135,7 +144,7 @@ class CardLedger:
                 break
             if lot.remaining > 0 and not lot.is_expired(self.now):
                 take = min(lot.remaining, left)
-                self._move(lot, -take, Role.TAKEBACK)
+                self._move(lot, -take, Role.TAKEBACK_DEFERRED if lot.is_pending(self.now) else Role.TAKEBACK)
                 left -= take
         if left > 0:
             self._move(self._bucket(measure, None, None), -left, Role.DEBT)
@@ -150,14 +159,10 @@ class CardLedger:
             give = min(refundable, left)
             if give > 0:
                 self._move(lot, give, Role.REFUND)
+                self._burn_if_expired(lot, give)
                 left -= give
         if left > 0:  # the caller checks the limits; this would be a bug
             raise AssertionError(f"refund of {amount} exceeds what the sale drew")
-
-
-def day_start(day, tz: tzinfo) -> datetime:
-    """The instant a business day starts, in UTC."""
-    return datetime.combine(day, time(0), tzinfo=tz).astimezone(timezone.utc)
 
 
 def day_bounds(first_day, last_day, tz: tzinfo) -> tuple[datetime, datetime]:
