@@ -52,3 +52,13 @@ def test_wsdl_has_the_contract_names():
     assert sequence("GetCardOperations") == ["CardNumber", "DateFrom", "DateTo"]
     assert sequence("RegisterOperation") == ["Operation"]
     assert sequence("RegisterOperationResponse") == ["RegisterOperationResult"]
+
+
+def test_the_wsdl_address_is_the_one_each_client_used(server):
+    port = server.split(":")[2].split("/")[0]
+    first = requests.get(server + "?wsdl", headers={"Host": f"kkm.example.org:{port}"}, timeout=10)
+    second = requests.get(server + "?wsdl", timeout=10)
+    loc = "{http://schemas.xmlsoap.org/wsdl/soap/}address"
+    assert next(etree.fromstring(first.content).iter(loc)).get("location") == \
+        f"http://kkm.example.org:{port}/KKMTransfer"
+    assert next(etree.fromstring(second.content).iter(loc)).get("location") == server

@@ -7,7 +7,13 @@ import io
 import logging
 import uuid
 
+from xml.sax.saxutils import quoteattr
+from wsgiref.util import application_uri
+
 from .service import make_soap_app
+from .wsdl import build_wsdl
+
+WSDL_PLACEHOLDER = "http://kkmtransfer.invalid/KKMTransfer"
 
 log = logging.getLogger("kkmtransfer.http")
 
@@ -19,6 +25,12 @@ def _plain(start_response, status: str, text: str, extra=()):
     start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
                             ("Content-Length", str(len(body))), *extra])
     return [body]
+
+
+def request_url(environ) -> str:
+    """The endpoint's URL as this client reached it (scheme, Host, script name), XML-escaped."""
+    url = application_uri(environ).rstrip("/") + ENDPOINT
+    return quoteattr(url)[1:-1]
 
 
 def basic_credentials(environ) -> tuple[str, str] | None:
@@ -41,6 +53,15 @@ class KKMTransferApp:
         self.billing = billing
         self.settings = settings
         self.soap = make_soap_app(billing)
+        self._wsdl_template: bytes | None = None
+
+    def _wsdl(self, environ, start):
+        """The WSDL with the address this request came to (spyne would pin the first caller's Host)."""
+        if self._wsdl_template is None:
+            self._wsdl_template = build_wsdl(WSDL_PLACEHOLDER)
+        body = self._wsdl_template.replace(WSDL_PLACEHOLDER.encode(), request_url(environ).encode())
+        start("200 OK", [("Content-Type", "text/xml; charset=utf-8"), ("Content-Length", str(len(body)))])
+        return [body]
 
     def __call__(self, environ, start_response):
         request_id = uuid.uuid4().hex[:16]
@@ -55,7 +76,7 @@ class KKMTransferApp:
         method = environ.get("REQUEST_METHOD", "GET")
         query = environ.get("QUERY_STRING", "")
         if method == "GET" and query.lower() in ("wsdl", "wsdl="):
-            return self.soap(environ, start)
+            return self._wsdl(environ, start)
         if method != "POST":
             return _plain(start, "405 Method Not Allowed", "Use POST for SOAP calls, GET ?wsdl for the WSDL",
                           [("Allow", "GET, POST")])

@@ -25,7 +25,10 @@ SERVICE_NAME = "KKMTransfer"
 log = logging.getLogger("kkmtransfer.soap")
 
 # spyne logs every client fault with a traceback: that is noise, a client fault is a normal answer.
-logging.getLogger("spyne.application.client").setLevel(logging.CRITICAL)
+# Server faults are logged by _call / KKMWsgiApplication with the request id; spyne's own copy would
+# only repeat them (what spyne itself cannot handle it logs at CRITICAL, which still passes).
+for _name in ("spyne.application", "spyne.application.client", "spyne.server.wsgi"):
+    logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 
 def _named(base, name, **kw):
