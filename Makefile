@@ -12,6 +12,9 @@ help:
 	@echo "make run    - install, create the demo SQLite database and serve SOAP on $(HOST):$(PORT)"
 	@echo "make test   - install and run the whole test suite (SQLite, PostgreSQL, Redis)"
 	@echo "make wsdl   - regenerate wsdl/KKMTransfer.wsdl from the service definition"
+	@echo "make worker - run a Celery worker (broker: KKMTRANSFER_BROKER_URL, default local Redis)"
+	@echo "make beat   - run Celery beat (nightly regulation at 02:00 in the business time zone)"
+	@echo "make bench  - benchmarks on PostgreSQL (prints times beside bare SQL)"
 	@echo "make clean  - remove the virtualenv and the local database"
 
 $(BIN)/python:
@@ -31,6 +34,13 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+worker: install
+	$(BIN)/celery -A kkmtransfer.tasks worker --loglevel INFO --concurrency 2
+
+beat: install
+	mkdir -p var
+	$(BIN)/celery -A kkmtransfer.tasks beat --loglevel INFO --schedule var/celerybeat-schedule
 
 wsdl: install
 	$(BIN)/python -m kkmtransfer.soap.wsdl > wsdl/KKMTransfer.wsdl.tmp

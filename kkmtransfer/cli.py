@@ -252,6 +252,112 @@ def cards_set_holder(number, holder):
     click.echo(f"card {number} holder {holder or '(none)'}")
 
 
+@cards.command("set-rule")
+@click.argument("number", required=False)
+@click.option("--from", "first", help="First card number of a range (compared as text: same-length numbers).")
+@click.option("--to", "last", help="Last card number of the range (inclusive).")
+@click.option("--accumulation-delay-days", type=click.IntRange(min=0),
+              help="Accumulation counts this many calendar days after the receipt's day.")
+@click.option("--accumulation-lifetime-days", type=click.IntRange(min=0),
+              help="Accumulation burns after this many days of life (0: never).")
+@click.option("--count-delay-days", type=click.IntRange(min=0),
+              help="Receipt counts count this many calendar days after the receipt's day.")
+@click.option("--count-lifetime-days", type=click.IntRange(min=0),
+              help="Receipt counts burn after this many days of life (0: never).")
+@domain_errors
+def cards_set_rule(number, first, last, **rules):
+    """Set the deferral and lifetime of accumulation and receipt count for card NUMBER, or for every card
+    from --from to --to (group processing). Options not given stay as they are. The rule applies to
+    receipts registered from now on."""
+    if bool(number) == bool(first or last) or (first is None) != (last is None):
+        raise click.UsageError("give either NUMBER or both --from and --to")
+    changed = _billing().set_card_rules(number or first, None if number else last, **rules)
+    click.echo(f"rules set on {changed} card(s)")
+
+
+# -- promotions ------------------------------------------------------------------------------
+@main.group()
+def promotions():
+    """Promotions ("Назначение акции") and their bonus life rules."""
+
+
+@promotions.command("add")
+@click.argument("code")
+@click.option("--name", required=True, help="What the promotion is called.")
+@click.option("--delay-days", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Bonuses become spendable this many calendar days after the receipt's business day.")
+@click.option("--lifetime-days", type=click.IntRange(min=1),
+              help="Bonuses can be spent on this many days from the day they start, then burn.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]),
+              help="Bonuses can be spent up to and including this day (business time zone), then burn.")
+@click.option("--valid-from", type=click.DateTime(["%Y-%m-%d"]), help="First receipt day the promotion applies to.")
+@click.option("--valid-to", type=click.DateTime(["%Y-%m-%d"]), help="Last receipt day the promotion applies to.")
+@domain_errors
+def promotions_add(code, name, delay_days, lifetime_days, until, valid_from, valid_to):
+    """Create promotion CODE. Registers name it in RegisterOperation.PromotionCode; its rule decides
+    when the receipt's bonuses start and burn. Without --lifetime-days or --until they never burn."""
+    if lifetime_days and until:
+        raise click.UsageError("--lifetime-days and --until exclude each other")
+    _billing().add_promotion(code, name, delay_days, lifetime_days, until and until.date(),
+                             valid_from and valid_from.date(), valid_to and valid_to.date())
+    click.echo(f"promotion {code} created")
+
+
+@promotions.command("list")
+def promotions_list():
+    """List promotions with their rules and validity."""
+    from .domain.rules import LifeRule
+
+    rows = _billing().list_promotions()
+    if not rows:
+        click.echo("no promotions")
+    for p in rows:
+        rule = LifeRule(p["delay_days"], p["lifetime_days"], p["until_date"]).describe()
+        period = f"{p['valid_from'] or '…'} – {p['valid_to'] or '…'}"
+        state = "closed" if p["closed_at"] else "open"
+        click.echo(f"{p['code']}\t{p['name']}\t{period}\t{state}\t{rule}")
+
+
+@promotions.command("close")
+@click.argument("code")
+@domain_errors
+def promotions_close(code):
+    """Close promotion CODE: receipts after today can no longer name it (returns still can)."""
+    end = _billing().close_promotion(code)
+    click.echo(f"promotion {code} closed; last day {end}")
+
+
+# -- nightly regulation ----------------------------------------------------------------------
+@main.command()
+@click.option("--date", "day", type=click.DateTime(["%Y-%m-%d"]),
+              help="Business date to run (default: today in the business time zone). Missed dates before it "
+                   "are run first.")
+@click.option("--batch", type=click.IntRange(min=1), help="Lots per transaction (default KKMTRANSFER_NIGHTLY_BATCH).")
+@domain_errors
+def nightly(day, batch):
+    """Run the nightly regulation without Celery: burn what expired (WriteOff document) and post deferred
+    credits whose day came (Accrual document). Safe to re-run: a date already done adds nothing, an
+    interrupted one is completed."""
+    from .service_layer.nightly import Nightly
+
+    bars = {}
+
+    def progress(what, done, total):
+        bar = bars.get(what)
+        if bar is None:
+            bar = bars[what] = click.progressbar(length=max(total, 1), label=f"{what:9}", file=sys.stderr)
+            bar.__enter__()
+        bar.update(done - bar.pos)
+        if done >= total:
+            bar.render_finish()
+
+    reports = Nightly(_billing(), batch=batch, progress=progress).run(day and day.date())
+    for r in reports:
+        state = "already done" if r.skipped else "done"
+        click.echo(f"{r.day}: {state}; write-off {r.expired_lots} lots in {r.write_off_lines} lines, "
+                   f"accrual {r.accrued_lots} lots in {r.accrual_lines} lines")
+
+
 # -- demo ------------------------------------------------------------------------------------
 @main.command()
 @domain_errors

@@ -5,6 +5,12 @@
 | KKMTRANSFER_DATABASE_URL        | sqlite:///./var/kkmtransfer.sqlite3        |
 | KKMTRANSFER_TIMEZONE            | Europe/Moscow                             |
 | KKMTRANSFER_MAX_REQUEST_BYTES   | 1048576 (1 MiB)                           |
+| KKMTRANSFER_BONUS_DELAY_DAYS    | 0: bonuses without a promotion count at once |
+| KKMTRANSFER_BONUS_LIFETIME_DAYS | empty: bonuses without a promotion never burn |
+| KKMTRANSFER_ACCUMULATION_DELAY_DAYS / _LIFETIME_DAYS | 0 / empty: the rule given to new cards |
+| KKMTRANSFER_COUNT_DELAY_DAYS / _LIFETIME_DAYS        | 0 / empty: the rule given to new cards |
+| KKMTRANSFER_BROKER_URL          | redis://127.0.0.1:6379/0 (Celery)         |
+| KKMTRANSFER_NIGHTLY_BATCH       | 1000 cards per transaction of the nightly regulation |
 """
 from __future__ import annotations
 
@@ -25,6 +31,14 @@ class Settings:
     database_url: str
     timezone_name: str = "Europe/Moscow"
     max_request_bytes: int = 1024 * 1024
+    bonus_delay_days: int = 0
+    bonus_lifetime_days: int | None = None
+    accumulation_delay_days: int = 0
+    accumulation_lifetime_days: int | None = None
+    count_delay_days: int = 0
+    count_lifetime_days: int | None = None
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    nightly_batch: int = 1000
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -34,18 +48,45 @@ class Settings:
             raise ConfigError(f"KKMTRANSFER_TIMEZONE: unknown time zone {self.timezone_name!r}") from exc
         if self.max_request_bytes <= 0:
             raise ConfigError("KKMTRANSFER_MAX_REQUEST_BYTES must be a positive number of bytes")
+        if self.nightly_batch <= 0:
+            raise ConfigError("KKMTRANSFER_NIGHTLY_BATCH must be positive")
+        for name in ("bonus", "accumulation", "count"):
+            delay, life = getattr(self, f"{name}_delay_days"), getattr(self, f"{name}_lifetime_days")
+            if delay < 0 or (life is not None and life <= 0):
+                raise ConfigError(f"KKMTRANSFER_{name.upper()}_DELAY_DAYS must be >= 0 and "
+                                  f"KKMTRANSFER_{name.upper()}_LIFETIME_DAYS > 0 (or empty)")
+
+    def rule(self, name: str):
+        """The configured default LifeRule for 'bonus', 'accumulation' or 'count'."""
+        from .domain.rules import LifeRule
+
+        return LifeRule(delay_days=getattr(self, f"{name}_delay_days"),
+                        lifetime_days=getattr(self, f"{name}_lifetime_days"))
 
     @classmethod
     def from_env(cls, environ=None) -> "Settings":
         env = os.environ if environ is None else environ
         url = env.get("KKMTRANSFER_DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}"
-        raw_max = env.get("KKMTRANSFER_MAX_REQUEST_BYTES") or str(1024 * 1024)
-        try:
-            max_bytes = int(raw_max)
-        except ValueError as exc:
-            raise ConfigError(f"KKMTRANSFER_MAX_REQUEST_BYTES: not a whole number: {raw_max!r}") from exc
+
+        def whole(name: str, default):
+            raw = env.get(name, "")
+            if raw.strip() == "":
+                return default
+            try:
+                return int(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: not a whole number: {raw!r}") from exc
+
         return cls(
             database_url=url,
             timezone_name=env.get("KKMTRANSFER_TIMEZONE") or "Europe/Moscow",
-            max_request_bytes=max_bytes,
+            max_request_bytes=whole("KKMTRANSFER_MAX_REQUEST_BYTES", 1024 * 1024),
+            bonus_delay_days=whole("KKMTRANSFER_BONUS_DELAY_DAYS", 0),
+            bonus_lifetime_days=whole("KKMTRANSFER_BONUS_LIFETIME_DAYS", None),
+            accumulation_delay_days=whole("KKMTRANSFER_ACCUMULATION_DELAY_DAYS", 0),
+            accumulation_lifetime_days=whole("KKMTRANSFER_ACCUMULATION_LIFETIME_DAYS", None),
+            count_delay_days=whole("KKMTRANSFER_COUNT_DELAY_DAYS", 0),
+            count_lifetime_days=whole("KKMTRANSFER_COUNT_LIFETIME_DAYS", None),
+            broker_url=env.get("KKMTRANSFER_BROKER_URL") or "redis://127.0.0.1:6379/0",
+            nightly_batch=whole("KKMTRANSFER_NIGHTLY_BATCH", 1000),
         )

@@ -29,7 +29,8 @@ def cli(database_url, *args, stdin: str | None = None, check=True):
 
 COMMANDS = [[], ["db"], ["db", "upgrade"], ["serve"], ["users"], ["users", "add"], ["cards"],
             ["cards", "add-range"], ["cards", "show"], ["cards", "block"], ["cards", "unblock"],
-            ["cards", "set-phone"], ["demo"]]
+            ["cards", "set-phone"], ["cards", "set-rule"], ["promotions"], ["promotions", "add"],
+            ["promotions", "list"], ["promotions", "close"], ["nightly"], ["demo"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")
@@ -100,3 +101,29 @@ def test_demo_then_serve_answers_over_http(tmp_path):
 def test_serve_refuses_an_unmigrated_database(tmp_path):
     proc = cli(f"sqlite:///{tmp_path / 'empty.sqlite3'}", "serve", "--port", "0", check=False)
     assert proc.returncode == 1 and "kkmtransfer db upgrade" in proc.stderr
+
+
+def test_promotions_rules_and_nightly_from_the_command_line(db, database_url):
+    cli(database_url, "promotions", "add", "SPRING", "--name", "Spring", "--delay-days", "1", "--lifetime-days",
+        "30", "--valid-from", "2026-03-01", "--valid-to", "2026-05-31")
+    cli(database_url, "promotions", "add", "NY", "--name", "New year", "--until", "2027-01-10")
+    listing = cli(database_url, "promotions", "list").stdout
+    assert "SPRING" in listing and "starts after 1 day(s), usable for 30 day(s)" in listing
+    assert "usable through 2027-01-10" in listing
+    proc = cli(database_url, "promotions", "add", "BAD", "--name", "x", "--lifetime-days", "3", "--until",
+               "2027-01-01", check=False)
+    assert proc.returncode == 2 and "exclude each other" in proc.stderr
+    assert "closed" in cli(database_url, "promotions", "close", "NY").stdout
+
+    db.add_card_range(1, 5, "R", 0, None)
+    out = cli(database_url, "cards", "set-rule", "--from", "R2", "--to", "R4", "--accumulation-delay-days", "2",
+              "--count-lifetime-days", "90").stdout
+    assert "rules set on 3 card(s)" in out
+    assert "1 card" in cli(database_url, "cards", "set-rule", "R5", "--count-delay-days", "1").stdout
+    proc = cli(database_url, "cards", "set-rule", "R1", "--from", "R1", "--to", "R2", "--count-delay-days", "1",
+               check=False)
+    assert proc.returncode == 2
+
+    out = cli(database_url, "nightly").stdout
+    assert "done; write-off 0 lots in 0 lines, accrual 0 lots in 0 lines" in out
+    assert "already done" in cli(database_url, "nightly").stdout

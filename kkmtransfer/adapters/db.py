@@ -21,8 +21,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.types import TypeDecorator
@@ -98,6 +100,42 @@ cards = Table(
     Column("holder", String(200)),
     Column("phone", String(10), index=True),
     Column("created_at", UTCDateTime(), nullable=False),
+    # life rules of accumulation and receipt count (deferral and lifetime in days; NULL lifetime: never)
+    Column("accumulation_delay_days", Integer(), nullable=False, server_default="0"),
+    Column("accumulation_lifetime_days", Integer()),
+    Column("count_delay_days", Integer(), nullable=False, server_default="0"),
+    Column("count_lifetime_days", Integer()),
+)
+
+promotions = Table(
+    "promotions",
+    metadata,
+    Column("code", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("valid_from", Date()),
+    Column("valid_to", Date()),
+    Column("delay_days", Integer(), nullable=False),
+    Column("lifetime_days", Integer()),
+    Column("until_date", Date()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("closed_at", UTCDateTime()),
+)
+
+# The nightly regulation's documents: one "WriteOff" ("Списание с дисконтных карт") and one "Accrual"
+# ("Начисление на дисконтные карты") per business date; their lines are operations (document_id).
+documents = Table(
+    "documents",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("business_date", Date(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("lines", Integer(), nullable=False, server_default="0"),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("completed_at", UTCDateTime()),
+    Column("leased_by", String(64)),       # the run working on it (claimed with a conditional UPDATE)
+    Column("lease_until", UTCDateTime()),
+    UniqueConstraint("kind", "business_date", name="uq_documents_kind_date"),
 )
 
 operations = Table(
@@ -122,6 +160,7 @@ operations = Table(
     Column("original_operation_id", String(36), index=True),
     Column("note", String(500)),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("document_id", String(36), index=True),
     Index("ix_operations_card_time", "card_number", "operation_time"),
 )
 
@@ -135,7 +174,14 @@ lots = Table(
     Column("available_from", UTCDateTime()),
     Column("expires_at", UTCDateTime()),
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("accrual_document_id", String(36)),  # the nightly Accrual document that posted its start
     Index("ix_lots_card_measure", "card_number", "measure"),
+    # partial indexes: the nightly regulation reads only what is due, however large the ledger grows
+    Index("ix_lots_due_expiry", "expires_at", "id", postgresql_where=text("remaining > 0"),
+          sqlite_where=text("remaining > 0")),
+    Index("ix_lots_due_accrual", "available_from", "id",
+          postgresql_where=text("accrual_document_id IS NULL AND available_from IS NOT NULL"),
+          sqlite_where=text("accrual_document_id IS NULL AND available_from IS NOT NULL")),
 )
 
 entries = Table(

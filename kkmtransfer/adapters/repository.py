@@ -9,8 +9,9 @@ from sqlalchemy import BigInteger, and_, case, func, insert, or_, select, type_c
 from sqlalchemy.engine import Connection
 
 from ..domain.ledger import Move
-from ..domain.model import ZERO, Kind, Lot, Measure, OperationView, Role
-from .db import cards, entries, lots, operations, users
+from ..domain.model import DEFERRED_ROLES, ZERO, Kind, Lot, Measure, OperationView, Role
+from ..domain.rules import CardRules, LifeRule, Promotion
+from .db import cards, entries, lots, operations, promotions, users
 
 
 class Repository:
@@ -41,6 +42,30 @@ class Repository:
 
     def update_card(self, number: str, **values) -> int:
         return self.conn.execute(update(cards).where(cards.c.number == number).values(**values)).rowcount
+
+    def update_cards_between(self, first: str, last: str, **values) -> int:
+        return self.conn.execute(update(cards).where(cards.c.number.between(first, last)).values(**values)).rowcount
+
+    @staticmethod
+    def card_rules(row) -> CardRules:
+        return CardRules(
+            accumulation=LifeRule(row["accumulation_delay_days"], row["accumulation_lifetime_days"]),
+            receipt_count=LifeRule(row["count_delay_days"], row["count_lifetime_days"]),
+        )
+
+    # -- promotions --------------------------------------------------------------------------
+    def get_promotion(self, code: str) -> Promotion | None:
+        row = self.conn.execute(select(promotions).where(promotions.c.code == code)).mappings().first()
+        return None if row is None else _promotion(row)
+
+    def promotion_rows(self):
+        return self.conn.execute(select(promotions).order_by(promotions.c.code)).mappings().all()
+
+    def insert_promotion(self, **values) -> None:
+        self.conn.execute(insert(promotions).values(**values))
+
+    def update_promotion(self, code: str, **values) -> int:
+        return self.conn.execute(update(promotions).where(promotions.c.code == code).values(**values)).rowcount
 
     # -- users -------------------------------------------------------------------------------
     def get_user(self, name: str):
@@ -81,7 +106,6 @@ class Repository:
 
     def save_moves(self, card_number: str, operation_id: str, moves: list[Move], now: datetime) -> None:
         """Write the planned moves: new lots, one entry per move, each touched lot's new remaining."""
-        touched: dict[int, Lot] = {}
         for move in moves:
             lot = move.lot
             if lot.id is None:
@@ -90,15 +114,20 @@ class Repository:
                                         available_from=lot.available_from, expires_at=lot.expires_at,
                                         created_at=now).returning(lots.c.id)
                 ).scalar_one()
-            touched[lot.id] = lot
         if moves:
             self.conn.execute(insert(entries), [
                 dict(operation_id=operation_id, lot_id=m.lot.id, card_number=card_number,
                      measure=m.lot.measure.value, role=m.role.value, amount=m.amount)
                 for m in moves
             ])
-        for lot_id, lot in touched.items():
-            self.conn.execute(update(lots).where(lots.c.id == lot_id).values(remaining=lot.remaining))
+        # relative updates: the nightly regulation may burn other lots of this card at the same time
+        deltas: dict[int, Decimal] = {}
+        for m in moves:
+            deltas[m.lot.id] = deltas.get(m.lot.id, ZERO) + m.amount
+        for lot_id, delta in deltas.items():
+            if delta != 0:
+                self.conn.execute(update(lots).where(lots.c.id == lot_id)
+                                  .values(remaining=lots.c.remaining + type_coerce(delta, lots.c.remaining.type)))
 
     # -- operations --------------------------------------------------------------------------
     def get_operation(self, operation_id: str):
@@ -135,26 +164,36 @@ class Repository:
     def credited_lots(self, sale_id: str) -> list[int]:
         """The lots the operation credited (any measure), oldest first."""
         return list(self.conn.execute(
-            select(entries.c.lot_id).where(entries.c.operation_id == sale_id, entries.c.role == Role.CREDIT.value,
+            select(entries.c.lot_id).where(entries.c.operation_id == sale_id,
+                                           entries.c.role.in_([Role.CREDIT.value, Role.CREDIT_DEFERRED.value]),
                                            entries.c.amount > 0)
             .group_by(entries.c.lot_id).order_by(entries.c.lot_id)
         ).scalars())
 
     def card_operations(self, card_number: str, start: datetime, end: datetime) -> list[OperationView]:
-        def net(measure: Measure):
+        deferred = [r.value for r in DEFERRED_ROLES]
+
+        def net(measure: Measure, posted):
+            """What the operation did to the balance: its entries, except moves into lots that had not
+            started (those are shown by the Accrual line that posts the lot); an Accrual line shows what
+            it posted (its own columns)."""
             raw = type_coerce(entries.c.amount, BigInteger)  # whole hundredths, summed exactly
-            return func.coalesce(func.sum(case((entries.c.measure == measure.value, raw), else_=0)), 0)
+            moved = func.coalesce(func.sum(case(
+                (and_(entries.c.measure == measure.value, entries.c.role.not_in(deferred)), raw), else_=0)), 0)
+            return case((operations.c.kind == Kind.ACCRUAL.value, posted), else_=moved)
 
         stmt = (
             select(operations.c.id, operations.c.operation_time, operations.c.kind, operations.c.source,
                    operations.c.kkm, operations.c.receipt_number,
-                   net(Measure.BONUS).label("bonus"), net(Measure.ACCUMULATION).label("acc"),
-                   net(Measure.RECEIPT_COUNT).label("cnt"))
+                   net(Measure.BONUS, type_coerce(operations.c.bonus_accrued, BigInteger)).label("bonus"),
+                   net(Measure.ACCUMULATION, type_coerce(operations.c.accumulation_delta, BigInteger)).label("acc"),
+                   net(Measure.RECEIPT_COUNT, operations.c.receipt_count_delta * 100).label("cnt"))
             .select_from(operations.outerjoin(entries, entries.c.operation_id == operations.c.id))
             .where(operations.c.card_number == card_number,
                    operations.c.operation_time >= start, operations.c.operation_time < end)
             .group_by(operations.c.id, operations.c.operation_time, operations.c.kind, operations.c.source,
-                      operations.c.kkm, operations.c.receipt_number)
+                      operations.c.kkm, operations.c.receipt_number, operations.c.bonus_accrued,
+                      operations.c.accumulation_delta, operations.c.receipt_count_delta, operations.c.created_at)
             .order_by(operations.c.operation_time, operations.c.created_at, operations.c.id)
         )
 
@@ -177,6 +216,11 @@ class Repository:
             .where(raw_remaining != func.coalesce(sums.c.total, 0))
         ).all()
         return [(r.id, r.remaining, _cents(r.total)) for r in rows]
+
+
+def _promotion(row) -> Promotion:
+    return Promotion(code=row["code"], name=row["name"], valid_from=row["valid_from"], valid_to=row["valid_to"],
+                     rule=LifeRule(row["delay_days"], row["lifetime_days"], row["until_date"]))
 
 
 def _cents(raw) -> Decimal:

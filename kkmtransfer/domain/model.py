@@ -51,11 +51,11 @@ class Role(str, Enum):
     """Why an entry moved an amount into or out of a lot."""
 
     CREDIT = "credit"      # accrual of a measure (a new or existing lot, or paying a debt)
-    CREDIT_DEFERRED = "credit_deferred"      # accrual into a lot that starts later (posted by the nightly)
+    CREDIT_DEFERRED = "credit_pending"      # accrual into a lot that starts later (posted by the nightly)
     SPEND = "spend"        # bonus spent on a receipt
     REFUND = "refund"      # spent bonus given back by a return, to the lot it came from
     TAKEBACK = "takeback"  # accrued amount taken back by a return (or a negative delta)
-    TAKEBACK_DEFERRED = "takeback_deferred"  # taken back from a lot that has not started yet
+    TAKEBACK_DEFERRED = "takeback_pending"  # taken back from a lot that has not started yet
     DEBT = "debt"          # what a takeback could not find in any lot
     EXPIRY = "expiry"      # burnt: by the nightly regulation, or at once when moved into a burnt lot
 

@@ -127,20 +127,28 @@ class BillingService:
             if card["status"] != CardStatus.ACTIVE.value:
                 raise errors.CardBlocked(f"card {request.card_number} is blocked")
 
+            day = request.operation_time.astimezone(self.settings.tz).date()
+            promotion = self._promotion(repo, request, day)
+            rules = repo.card_rules(card)
             if request.kind is Kind.SALE:
                 ledger = CardLedger(repo.load_lots(card["number"]), now)
                 ledger.spend(request.bonus_spent)
-                ledger.credit(Measure.BONUS, request.bonus_accrued)
-                self._apply_delta(ledger, Measure.ACCUMULATION, request.accumulation_delta)
-                self._apply_delta(ledger, Measure.RECEIPT_COUNT, Decimal(request.receipt_count_delta))
+                bonus_rule = promotion.rule if promotion else self.settings.rule("bonus")
+                ledger.credit(Measure.BONUS, request.bonus_accrued, *bonus_rule.life(day, self.settings.tz))
+                preferred = ()
             else:
-                ledger = self._plan_return(repo, card, request, now)
+                ledger, preferred = self._plan_return(repo, card, request, now)
+            tz = self.settings.tz
+            self._apply_delta(ledger, Measure.ACCUMULATION, request.accumulation_delta,
+                              rules.accumulation.life(day, tz), preferred)
+            self._apply_delta(ledger, Measure.RECEIPT_COUNT, Decimal(request.receipt_count_delta),
+                              rules.receipt_count.life(day, tz), preferred)
 
             repo.insert_operation(
                 id=request.operation_id, card_number=card["number"], kind=request.kind.value,
                 source=source.value, kkm=request.kkm, store=request.store,
                 receipt_number=request.receipt_number, operation_time=request.operation_time,
-                business_date=request.operation_time.astimezone(self.settings.tz).date(),
+                business_date=day,
                 content_hash=request.content_hash(), receipt_sum=request.receipt_sum,
                 bonus_accrued=request.bonus_accrued, bonus_spent=request.bonus_spent,
                 accumulation_delta=request.accumulation_delta,
@@ -153,13 +161,26 @@ class BillingService:
         return ApplyResult(request.operation_id, APPLIED, view)
 
     @staticmethod
-    def _apply_delta(ledger: CardLedger, measure: Measure, delta: Decimal, preferred=()) -> None:
+    def _promotion(repo: Repository, request: OperationRequest, day: date):
+        """The promotion named by the operation (None when none is named). A sale must fall in its
+        validity period; a return only needs it to exist (goods come back after a promotion ends)."""
+        if not request.promotion_code:
+            return None
+        promotion = repo.get_promotion(request.promotion_code)
+        if promotion is None:
+            raise errors.ValidationError(f"unknown PromotionCode {request.promotion_code!r}")
+        if request.kind is Kind.SALE:
+            promotion.check_valid_on(day)
+        return promotion
+
+    @staticmethod
+    def _apply_delta(ledger: CardLedger, measure: Measure, delta: Decimal, life, preferred=()) -> None:
         if delta > 0:
-            ledger.credit(measure, delta)
+            ledger.credit(measure, delta, *life)
         elif delta < 0:
             ledger.take_back(measure, -delta, preferred)
 
-    def _plan_return(self, repo: Repository, card, request: OperationRequest, now) -> CardLedger:
+    def _plan_return(self, repo: Repository, card, request: OperationRequest, now):
         sale = repo.get_operation(request.original_operation_id)
         if sale is None or sale["kind"] != Kind.SALE.value:
             raise errors.OriginalNotFound(f"no sale with OperationId {request.original_operation_id}")
@@ -183,9 +204,7 @@ class BillingService:
         ledger.refund([(by_id[lot_id], amount) for lot_id, amount in sources], request.bonus_spent)
         preferred = [by_id[i] for i in credited]
         ledger.take_back(Measure.BONUS, request.bonus_accrued, preferred)
-        self._apply_delta(ledger, Measure.ACCUMULATION, request.accumulation_delta, preferred)
-        self._apply_delta(ledger, Measure.RECEIPT_COUNT, Decimal(request.receipt_count_delta), preferred)
-        return ledger
+        return ledger, preferred
 
     # -- back office: cards ------------------------------------------------------------------
     def add_card_range(self, first: int, last: int, prefix: str = "", width: int = 0,
@@ -201,8 +220,12 @@ class BillingService:
         with UnitOfWork(self.engine, write=True) as uow:
             existing = uow.repo.existing_card_numbers(numbers)
             new = [n for n in numbers if n not in existing]
+            st = self.settings
             uow.repo.insert_cards([dict(number=n, status=CardStatus.ACTIVE.value, holder=holder, phone=None,
-                                        created_at=now) for n in new])
+                                        created_at=now, accumulation_delay_days=st.accumulation_delay_days,
+                                        accumulation_lifetime_days=st.accumulation_lifetime_days,
+                                        count_delay_days=st.count_delay_days,
+                                        count_lifetime_days=st.count_lifetime_days) for n in new])
             uow.commit()
         return CardRange(created=new, skipped=sorted(existing))
 
@@ -225,6 +248,65 @@ class BillingService:
             if not uow.repo.update_card(number, holder=holder):
                 raise errors.CardNotFound(f"card {number} not found")
             uow.commit()
+
+    def set_card_rules(self, first: str, last: str | None = None, **rules) -> int:
+        """Set accumulation/count life rules on one card or on the cards numbered first..last (as text).
+        Only the rules given (not None) change; a lifetime of 0 means "never burns"."""
+        allowed = {"accumulation_delay_days", "accumulation_lifetime_days", "count_delay_days",
+                   "count_lifetime_days"}
+        values = {k: v for k, v in rules.items() if v is not None}
+        if not values or set(values) - allowed:
+            raise errors.ValidationError("give at least one rule to set")
+        for key, value in values.items():
+            if value < 0:
+                raise errors.ValidationError(f"{key.replace('_', '-')} must not be negative")
+            if key.endswith("lifetime_days") and value == 0:
+                values[key] = None
+        with UnitOfWork(self.engine, write=True) as uow:
+            if last is None:
+                changed = uow.repo.update_card(first, **values)
+                if not changed:
+                    raise errors.CardNotFound(f"card {first} not found")
+            else:
+                if last < first:
+                    raise errors.ValidationError("--to must not be before --from")
+                changed = uow.repo.update_cards_between(first, last, **values)
+            uow.commit()
+        return changed
+
+    # -- back office: promotions ---------------------------------------------------------------
+    def add_promotion(self, code: str, name: str, delay_days: int = 0, lifetime_days: int | None = None,
+                      until: date | None = None, valid_from: date | None = None, valid_to: date | None = None):
+        from ..domain.rules import LifeRule
+
+        code = required_text(code, "promotion code", 64)
+        name = required_text(name, "promotion name", 200)
+        LifeRule(delay_days, lifetime_days, until)  # validates
+        if valid_from and valid_to and valid_to < valid_from:
+            raise errors.ValidationError("the validity period ends before it starts")
+        with UnitOfWork(self.engine, write=True) as uow:
+            if uow.repo.get_promotion(code) is not None:
+                raise errors.ValidationError(f"promotion {code} already exists")
+            uow.repo.insert_promotion(code=code, name=name, delay_days=delay_days, lifetime_days=lifetime_days,
+                                      until_date=until, valid_from=valid_from, valid_to=valid_to,
+                                      created_at=self.clock())
+            uow.commit()
+
+    def list_promotions(self):
+        with UnitOfWork(self.engine) as uow:
+            return [dict(r) for r in uow.repo.promotion_rows()]
+
+    def close_promotion(self, code: str) -> date:
+        """End a promotion's validity today (business day): sales from tomorrow on cannot name it."""
+        today = self.clock().astimezone(self.settings.tz).date()
+        with UnitOfWork(self.engine, write=True) as uow:
+            promotion = uow.repo.get_promotion(code)
+            if promotion is None:
+                raise errors.ValidationError(f"unknown promotion {code}")
+            end = min(promotion.valid_to, today) if promotion.valid_to else today
+            uow.repo.update_promotion(code, valid_to=end, closed_at=self.clock())
+            uow.commit()
+        return end
 
     # -- back office: registers' users -------------------------------------------------------
     def add_user(self, name: str, password: str) -> bool:

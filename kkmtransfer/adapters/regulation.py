@@ -1,0 +1,173 @@
+"""Set-based SQL of the nightly regulation: burning what expired, posting deferred credits.
+
+Each function works on one batch inside the caller's transaction. Batches are read through partial
+indexes (``ix_lots_due_expiry``, ``ix_lots_due_accrual``) that hold only what is still due, so a batch
+costs the same however large the ledger is.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import BigInteger, and_, bindparam, func, insert, or_, select, type_coerce, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from ..domain.model import DEFERRED_ROLES, Kind, Measure, Role, Source
+from .db import documents, entries, lots, operations
+
+LINE_NAMESPACE = uuid.UUID("6b1f3c1e-2f4a-4d7e-9a51-0c4d1e8a7f10")
+WRITE_OFF, ACCRUAL = "WriteOff", "Accrual"
+RUNNING, DONE = "running", "done"
+
+
+def document_id(kind: str, day: date) -> str:
+    return str(uuid.uuid5(LINE_NAMESPACE, f"{kind}/{day.isoformat()}"))
+
+
+def line_id(doc_id: str, card_number: str) -> str:
+    """One line per card in a document; the same id on every run, so nothing is ever written twice."""
+    return str(uuid.uuid5(LINE_NAMESPACE, f"{doc_id}/{card_number}"))
+
+
+def ensure_document(conn: Connection, kind: str, day: date, now: datetime):
+    doc_id = document_id(kind, day)
+    row = conn.execute(select(documents).where(documents.c.id == doc_id)).mappings().first()
+    if row is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(documents).values(id=doc_id, kind=kind, business_date=day, status=RUNNING,
+                                                      lines=0, started_at=now))
+        except IntegrityError:
+            pass  # another run made it first
+        row = conn.execute(select(documents).where(documents.c.id == doc_id)).mappings().one()
+    return row
+
+
+def claim(conn: Connection, doc_id: str, runner: str, now: datetime, until: datetime) -> bool:
+    """Take (or renew) the document's lease with a conditional UPDATE: one run at a time works on it."""
+    result = conn.execute(
+        update(documents)
+        .where(documents.c.id == doc_id, documents.c.status == RUNNING,
+               or_(documents.c.leased_by.is_(None), documents.c.leased_by == runner,
+                   documents.c.lease_until < now))
+        .values(leased_by=runner, lease_until=until))
+    return result.rowcount == 1
+
+
+def finish(conn: Connection, doc_id: str, now: datetime) -> int:
+    lines = conn.execute(select(func.count()).select_from(operations)
+                         .where(operations.c.document_id == doc_id)).scalar_one()
+    conn.execute(update(documents).where(documents.c.id == doc_id)
+                 .values(status=DONE, completed_at=now, lines=lines, leased_by=None, lease_until=None))
+    return lines
+
+
+def due_expiry_count(conn: Connection, cutoff: datetime) -> int:
+    return conn.execute(select(func.count()).select_from(lots)
+                        .where(lots.c.remaining > 0, lots.c.expires_at <= cutoff)).scalar_one()
+
+
+def due_accrual_count(conn: Connection, cutoff: datetime) -> int:
+    return conn.execute(select(func.count()).select_from(lots)
+                        .where(lots.c.accrual_document_id.is_(None), lots.c.available_from.is_not(None),
+                               lots.c.available_from <= cutoff)).scalar_one()
+
+
+def _line_rows(doc_id: str, kind: Kind, cards, day: date, cutoff: datetime, now: datetime):
+    return [dict(id=line_id(doc_id, c), card_number=c, kind=kind.value, source=Source.NIGHTLY.value, kkm=None,
+                 store=None, receipt_number=None, operation_time=cutoff, business_date=day,
+                 content_hash=line_id(doc_id, c), receipt_sum=Decimal("0.00"), bonus_accrued=Decimal("0.00"),
+                 bonus_spent=Decimal("0.00"), accumulation_delta=Decimal("0.00"), receipt_count_delta=0,
+                 promotion_code=None, original_operation_id=None, note=None, created_at=now, document_id=doc_id)
+            for c in cards]
+
+
+def _insert_missing_lines(conn: Connection, rows: list[dict]) -> None:
+    ids = [r["id"] for r in rows]
+    have = set(conn.execute(select(operations.c.id).where(operations.c.id.in_(ids))).scalars())
+    missing = [r for r in rows if r["id"] not in have]
+    if missing:
+        conn.execute(insert(operations), missing)
+
+
+def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
+                 postgres: bool) -> int:
+    """Burn up to ``limit`` lots whose life ended by ``cutoff``; one Expiry line per card. Returns lots done."""
+    stmt = (select(lots.c.id, lots.c.card_number).where(lots.c.remaining > 0, lots.c.expires_at <= cutoff)
+            .order_by(lots.c.expires_at, lots.c.id).limit(limit))
+    if postgres:
+        stmt = stmt.with_for_update(skip_locked=True)
+    batch = conn.execute(stmt).all()
+    if not batch:
+        return 0
+    ids = [r.id for r in batch]
+    _insert_missing_lines(conn, _line_rows(doc_id, Kind.EXPIRY, sorted({r.card_number for r in batch}), day,
+                                           cutoff, now))
+    # one statement writes every entry of the batch, one statement empties the lots
+    conn.execute(
+        insert(entries).from_select(
+            ["operation_id", "lot_id", "card_number", "measure", "role", "amount"],
+            select(operations.c.id, lots.c.id, lots.c.card_number, lots.c.measure,
+                   type_coerce(Role.EXPIRY.value, entries.c.role.type), -type_coerce(lots.c.remaining, BigInteger))
+            .select_from(lots.join(operations, and_(operations.c.document_id == doc_id,
+                                                    operations.c.card_number == lots.c.card_number)))
+            .where(lots.c.id.in_(bindparam("ids", expanding=True)))),
+        {"ids": ids})
+    conn.execute(update(lots).where(lots.c.id.in_(bindparam("ids", expanding=True))).values(remaining=0),
+                 {"ids": ids})
+    return len(ids)
+
+
+def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
+                 postgres: bool) -> int:
+    """Post up to ``limit`` deferred lots whose start came by ``cutoff``: one Accrual line per card that
+    shows what became usable (what was credited into the lot before it started, less what was taken back
+    before it started). Returns lots done."""
+    stmt = (select(lots.c.id, lots.c.card_number)
+            .where(lots.c.accrual_document_id.is_(None), lots.c.available_from.is_not(None),
+                   lots.c.available_from <= cutoff)
+            .order_by(lots.c.available_from, lots.c.id).limit(limit))
+    if postgres:
+        stmt = stmt.with_for_update(skip_locked=True)
+    batch = conn.execute(stmt).all()
+    if not batch:
+        return 0
+    ids = [r.id for r in batch]
+    conn.execute(update(lots).where(lots.c.id.in_(bindparam("ids", expanding=True)))
+                 .values(accrual_document_id=doc_id), {"ids": ids})
+    sums = conn.execute(
+        select(lots.c.card_number, lots.c.measure, func.sum(type_coerce(entries.c.amount, BigInteger)))
+        .select_from(lots.join(entries, entries.c.lot_id == lots.c.id))
+        .where(lots.c.id.in_(bindparam("ids", expanding=True)),
+               entries.c.role.in_([r.value for r in DEFERRED_ROLES]))
+        .group_by(lots.c.card_number, lots.c.measure), {"ids": ids}).all()
+    per_card: dict[str, dict[str, int]] = defaultdict(dict)
+    for card, measure, cents in sums:
+        if cents:
+            per_card[card][measure] = int(cents)
+    if not per_card:
+        return len(ids)
+    _insert_missing_lines(conn, _line_rows(doc_id, Kind.ACCRUAL, sorted(per_card), day, cutoff, now))
+    for card, amounts in per_card.items():
+        def money(measure):
+            return Decimal(amounts.get(measure.value, 0)).scaleb(-2)
+
+        conn.execute(
+            update(operations).where(operations.c.id == line_id(doc_id, card)).values(
+                bonus_accrued=operations.c.bonus_accrued + type_coerce(money(Measure.BONUS),
+                                                                       operations.c.bonus_accrued.type),
+                accumulation_delta=operations.c.accumulation_delta + type_coerce(
+                    money(Measure.ACCUMULATION), operations.c.accumulation_delta.type),
+                receipt_count_delta=operations.c.receipt_count_delta
+                + amounts.get(Measure.RECEIPT_COUNT.value, 0) // 100))
+    return len(ids)
+
+
+def last_completed_day(conn: Connection) -> date | None:
+    """The last business date whose two documents are both done."""
+    done = (select(documents.c.business_date).where(documents.c.status == DONE)
+            .group_by(documents.c.business_date).having(func.count() == 2))
+    return conn.execute(select(func.max(done.subquery().c.business_date))).scalar()

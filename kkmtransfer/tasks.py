@@ -1,0 +1,39 @@
+"""Celery tasks: ``celery -A kkmtransfer.tasks worker`` and ``celery -A kkmtransfer.tasks beat``.
+
+The configuration is the top-level ``celeryconfig.py`` (broker, beat schedule, time limits, acks-late).
+Each task opens its own units of work: one transaction per batch, nothing held across the task.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import date
+
+from celery import Celery
+
+log = logging.getLogger(__name__)
+
+app = Celery("kkmtransfer")
+app.config_from_object("celeryconfig")
+
+_billing = None
+
+
+def billing():
+    """One engine per worker process, made on first use (after the fork)."""
+    global _billing
+    if _billing is None:
+        from .app import create_billing
+
+        _billing = create_billing()
+    return _billing
+
+
+@app.task(name="kkmtransfer.nightly_regulation")
+def nightly_regulation(day: str | None = None) -> list[dict]:
+    """Run the nightly regulation up to ``day`` (ISO date; default today in the business zone)."""
+    from .service_layer.nightly import Nightly
+
+    reports = Nightly(billing()).run(date.fromisoformat(day) if day else None)
+    return [dict(day=r.day.isoformat(), expired_lots=r.expired_lots, accrued_lots=r.accrued_lots,
+                 write_off_lines=r.write_off_lines, accrual_lines=r.accrual_lines, skipped=r.skipped)
+            for r in reports]

@@ -1,0 +1,188 @@
+"""The nightly regulation: documents, idempotence, catch-up, crash and re-run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal as D
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from kkmtransfer.adapters.db import documents, entries, lots, operations
+from kkmtransfer.domain import errors
+from kkmtransfer.service_layer.nightly import Nightly
+
+from .helpers import request
+
+MSK = ZoneInfo("Europe/Moscow")
+KKM = str(Path(sys.executable).parent / "kkmtransfer")
+
+
+def msk(y, m, d, hh=12, mm=0) -> datetime:
+    return datetime(y, m, d, hh, mm, tzinfo=MSK)
+
+
+def rows(db, table, *where):
+    with db.engine.connect() as conn:
+        return conn.execute(select(table).where(*where)).mappings().all()
+
+
+def count(db, table, *where) -> int:
+    with db.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+def history_total(db, card: str, field: str):
+    return sum((getattr(h, field) for h in db.card_operations(card, date(2000, 1, 1), date(2100, 1, 1))),
+               D("0.00") if field != "receipt_count" else 0)
+
+
+@pytest.fixture
+def setup(db):
+    db.add_card_range(1, 3, "N", 0, None)
+    db.add_promotion("SHORT", "short", lifetime_days=2)    # Nov 10 receipt: usable Nov 10-11, burns Nov 12
+    db.add_promotion("LATE", "late", delay_days=3)         # Nov 10 receipt: starts Nov 13
+    db.clock.set(msk(2026, 11, 10))
+    db.register_operation(request("N1", accrued="10.00", time=msk(2026, 11, 10), promotion_code="SHORT"))
+    db.register_operation(request("N1", accrued="4.00", time=msk(2026, 11, 10)))
+    db.register_operation(request("N2", accrued="6.00", time=msk(2026, 11, 10), promotion_code="SHORT"))
+    db.register_operation(request("N2", spent="1.00", time=msk(2026, 11, 10, 13)))
+    db.register_operation(request("N3", receipt_sum="300.00", accrued="8.00", spent="0.00",
+                                  time=msk(2026, 11, 10), promotion_code="LATE"))
+    return db
+
+
+def test_a_date_writes_one_write_off_and_one_accrual_document(setup):
+    db = setup
+    db.clock.set(msk(2026, 11, 13, 2, 0))
+    before = {c: db.card_info(c).balances for c in ("N1", "N2", "N3")}
+    [report] = Nightly(db).run(date(2026, 11, 13))
+    assert (report.write_off_lines, report.accrual_lines) == (2, 1)
+
+    docs = {d["kind"]: d for d in rows(db, documents)}
+    assert set(docs) == {"WriteOff", "Accrual"} and all(d["status"] == "done" for d in docs.values())
+    lines = rows(db, operations, operations.c.source == "Nightly")
+    assert sorted((l["card_number"], l["kind"]) for l in lines) == [
+        ("N1", "Expiry"), ("N2", "Expiry"), ("N3", "Accrual")]
+    # the books changed, the balances did not: they were already right
+    assert {c: db.card_info(c).balances for c in before} == before
+
+    # the first run ever does only its own date: its document holds all that burnt by the start of it
+    [expiry_n2] = [h for h in db.card_operations("N2", date(2026, 11, 13), date(2026, 11, 13))]
+    assert (expiry_n2.kind, expiry_n2.source, expiry_n2.bonus) == ("Expiry", "Nightly", D("-5.00"))
+    assert expiry_n2.time == msk(2026, 11, 13, 0, 0)
+    hist_n3 = db.card_operations("N3", date(2026, 11, 1), date(2026, 11, 30))
+    assert [(h.kind, h.bonus) for h in hist_n3] == [("Sale", D("0.00")), ("Accrual", D("8.00"))]
+    for card in ("N1", "N2", "N3"):  # the books add up to the balance
+        assert history_total(db, card, "bonus") == db.card_info(card).balances.bonus
+
+
+def test_running_a_date_again_adds_nothing(setup):
+    db = setup
+    db.clock.set(msk(2026, 11, 13, 2, 0))
+    Nightly(db).run(date(2026, 11, 13))
+    snapshot = (count(db, operations), count(db, entries), count(db, documents))
+    [again] = Nightly(db).run(date(2026, 11, 13))
+    assert again.skipped and (count(db, operations), count(db, entries), count(db, documents)) == snapshot
+    assert Nightly(db).run() == [again.__class__(date(2026, 11, 13), write_off_lines=2, accrual_lines=1,
+                                                 skipped=True)]
+
+
+def test_missed_dates_are_caught_up_oldest_first(setup):
+    db = setup
+    db.clock.set(msk(2026, 11, 9, 2, 0))
+    Nightly(db).run(date(2026, 11, 9))            # the last night that ran
+    db.clock.set(msk(2026, 11, 15, 2, 0))
+    reports = Nightly(db).run()                   # the worker was down for five nights
+    assert [r.day for r in reports] == [date(2026, 11, d) for d in range(10, 16)]
+    by_day = {r.day: r for r in reports}
+    assert by_day[date(2026, 11, 12)].write_off_lines == 2 and by_day[date(2026, 11, 13)].accrual_lines == 1
+    assert sum(r.write_off_lines + r.accrual_lines for r in reports) == 3
+    assert count(db, documents) == 14 and count(db, documents, documents.c.status == "done") == 14
+
+
+def test_a_future_date_is_refused(setup):
+    db = setup
+    db.clock.set(msk(2026, 11, 13))
+    with pytest.raises(errors.ValidationError, match="future"):
+        Nightly(db).run(date(2026, 11, 14))
+
+
+def test_one_run_at_a_time_works_on_a_document(setup):
+    db = setup
+    db.clock.set(msk(2026, 11, 13, 2, 0))
+    first = Nightly(db)
+    with db.engine.begin() as conn:  # another run holds a fresh lease on the write-off
+        from kkmtransfer.adapters import regulation as sql
+        sql.ensure_document(conn, sql.WRITE_OFF, date(2026, 11, 13), db.clock())
+        assert sql.claim(conn, sql.document_id(sql.WRITE_OFF, date(2026, 11, 13)), "other", db.clock(),
+                         db.clock() + timedelta(minutes=10))
+    with pytest.raises(errors.DomainError, match="being written"):
+        first.run(date(2026, 11, 13))
+    db.clock.set(msk(2026, 11, 13, 2, 11))        # the other run's lease ran out: take over
+    [report] = first.run(date(2026, 11, 13))
+    assert report.write_off_lines == 2
+
+
+def seed_expiring(db, cards: int, per_card: int, expires_at: datetime) -> int:
+    """Many expiring lots, fast: cards, one Sale each, and per lot one credit entry (set up in bulk)."""
+    from tests.helpers import new_id
+
+    now = datetime.now(timezone.utc)
+    numbers = [f"K{i:06d}" for i in range(cards)]
+    db.add_card_range(0, cards - 1, "K", 6, None)
+    ops = [dict(id=new_id(), card_number=n, kind="Sale", source="Offline", kkm="K", operation_time=now,
+                business_date=now.date(), content_hash="x", receipt_sum=D("0.00"), bonus_accrued=D("1.00") * per_card,
+                bonus_spent=D("0.00"), accumulation_delta=D("0.00"), receipt_count_delta=0, created_at=now)
+           for n in numbers]
+    with db.engine.begin() as conn:
+        conn.execute(insert(operations), ops)
+        conn.execute(insert(lots), [dict(card_number=n, measure="bonus", remaining=D("1.00"), available_from=None,
+                                         expires_at=expires_at + timedelta(minutes=k), created_at=now)
+                                    for n in numbers for k in range(per_card)])
+        lot_ids = conn.execute(select(lots.c.id, lots.c.card_number).order_by(lots.c.id)).all()
+        op_of = {o["card_number"]: o["id"] for o in ops}
+        conn.execute(insert(entries), [dict(operation_id=op_of[c], lot_id=i, card_number=c, measure="bonus",
+                                            role="credit", amount=D("1.00")) for i, c in lot_ids])
+    return cards * per_card
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_way_is_completed_by_the_next_one(db, database_url):
+    db.clock.set(datetime.now(timezone.utc))
+    day = datetime.now(MSK).date()
+    total = seed_expiring(db, cards=600, per_card=3, expires_at=datetime.now(timezone.utc) - timedelta(days=3))
+
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url)
+    proc = subprocess.Popen([KKM, "nightly", "--date", day.isoformat(), "--batch", "7"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while count(db, entries, entries.c.role == "expiry") < total // 5:
+        assert proc.poll() is None, "the run ended before it could be killed: make the data larger"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    burnt_at_kill = count(db, entries, entries.c.role == "expiry")
+    assert 0 < burnt_at_kill < total, "the kill did not land mid-run"
+    assert rows(db, documents, documents.c.kind == "WriteOff")[0]["status"] == "running"
+
+    # the next run waits for nothing: the dead run's lease is taken over once it runs out
+    db.clock.set(datetime.now(timezone.utc) + timedelta(minutes=11))
+    [report] = Nightly(db, batch=50).run(day)
+    assert report.expired_lots == total - burnt_at_kill
+
+    expiry = rows(db, entries, entries.c.role == "expiry")
+    assert len(expiry) == total and len({e["lot_id"] for e in expiry}) == total   # each lot burnt once
+    assert sum(e["amount"] for e in expiry) == -D("1.00") * total
+    per_line = Counter(e["operation_id"] for e in expiry)
+    assert len(per_line) == 600 and set(per_line.values()) == {3}                 # one line per card
+    assert count(db, lots, lots.c.remaining != 0) == 0
+    assert all(d["status"] == "done" for d in rows(db, documents))
