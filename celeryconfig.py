@@ -1,7 +1,8 @@
 """Celery configuration of kkmtransfer (loaded by kkmtransfer.tasks with config_from_object).
 
 Broker and result backend: KKMTRANSFER_BROKER_URL (default redis://127.0.0.1:6379/0).
-Beat: the nightly regulation every day at 02:00 in the business time zone (KKMTRANSFER_TIMEZONE).
+Beat: the nightly regulation every day at 02:00 in the business time zone (KKMTRANSFER_TIMEZONE), and
+the journal inbox (KKMTRANSFER_INBOX_DIR) every KKMTRANSFER_INBOX_EVERY_SECONDS (default 60).
 """
 import os
 
@@ -32,5 +33,10 @@ beat_schedule = {
         "task": "kkmtransfer.nightly_regulation",
         "schedule": crontab(hour=2, minute=0),
         "options": {"expires": 20 * 3600},
+    },
+    "import-inbox": {
+        "task": "kkmtransfer.import_inbox",
+        "schedule": float(os.environ.get("KKMTRANSFER_INBOX_EVERY_SECONDS") or 60),
+        "options": {"expires": 50},
     },
 }

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 import click
 
@@ -356,6 +357,163 @@ def nightly(day, batch):
         state = "already done" if r.skipped else "done"
         click.echo(f"{r.day}: {state}; write-off {r.expired_lots} lots in {r.write_off_lines} lines, "
                    f"accrual {r.accrued_lots} lots in {r.accrual_lines} lines")
+
+
+# -- offline journals --------------------------------------------------------------------------
+@main.group()
+def journal():
+    """Registers' offline transaction journals (docs/offline-format.md)."""
+
+
+def _summary_lines(summary) -> list[str]:
+    line = (f"{summary.file}: {summary.rows} rows, {summary.applied} applied, {summary.already} already "
+            f"applied, {summary.rejected} rejected")
+    reasons = ", ".join(f"{code} {n}" for code, n in sorted(summary.reasons.items()))
+    return [line + (f" ({reasons})" if reasons else "")]
+
+
+@journal.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch", default=200, show_default=True, type=click.IntRange(1, 10000),
+              help="Rows per transaction.")
+@domain_errors
+def journal_import(files, batch):
+    """Load journal FILES. Each row is applied exactly once, whatever was applied before (online or from
+    other files); rows that cannot be applied are kept as rejects (see `journal rejects`)."""
+    from .adapters.journal_file import JournalFileError
+    from .service_layer.journal import ImportSummary, JournalImport
+
+    total = ImportSummary(file="total")
+    failed = 0
+    with click.progressbar(length=JournalImport.rows_in(files), label="rows", file=sys.stderr) as bar:
+        importer = JournalImport(_billing(), batch=batch, progress=bar.update)
+        results = []
+        for path in files:
+            try:
+                results.append(importer.import_file(path))
+            except JournalFileError as exc:
+                failed += 1
+                results.append(str(exc))
+    for result in results:
+        if isinstance(result, str):
+            click.echo(f"FAILED {result}", err=True)
+        else:
+            total.add(result)
+            click.echo(_summary_lines(result)[0])
+    if len(files) > 1:
+        click.echo(_summary_lines(total)[0])
+    if failed:
+        raise click.ClickException(f"{failed} file(s) could not be read")
+
+
+@journal.command("rejects")
+@click.option("--all", "show_all", is_flag=True, help="Also list rejects resolved since.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many.")
+def journal_rejects(show_all, limit):
+    """List rows of journals that could not be applied: file, line, reason and the row itself."""
+    from .service_layer.journal import PENDING, JournalImport
+
+    rows = JournalImport(_billing()).rejects(None if show_all else PENDING, limit)
+    if not rows:
+        click.echo("no rejects" if show_all else "no pending rejects")
+    for r in rows:
+        click.echo(f"#{r['id']}\t{r['status']}\t{r['file_name']}:{r['line_no']}\t{r['fault_code']}: {r['reason']}"
+                   f"\t(tries {r['attempts']})\n\t{r['raw_row']}")
+
+
+@journal.command("retry")
+def journal_retry():
+    """Apply the pending rejects again (e.g. after a top-up or once the card exists)."""
+    from .service_layer.journal import JournalImport
+
+    importer = JournalImport(_billing())
+    with click.progressbar(length=len(importer.rejects()), label="rejects", file=sys.stderr) as bar:
+        importer.progress = bar.update
+        summary = importer.retry()
+    click.echo(f"{summary.rows} retried: {summary.applied} applied, {summary.already} already applied, "
+               f"{summary.rejected} still rejected")
+
+
+@journal.command("inbox")
+@click.option("--dir", "inbox", type=click.Path(file_okay=False, path_type=Path),
+              help="The inbox folder (default KKMTRANSFER_INBOX_DIR).")
+@domain_errors
+def journal_inbox(inbox):
+    """Import every *.csv file in the inbox once, moving each to done/ or failed/ (what the Celery task
+    does every minute)."""
+    from .service_layer.inbox import process_inbox
+
+    billing = _billing()
+    results = process_inbox(billing, inbox or billing.settings.inbox_dir)
+    if not results:
+        click.echo("inbox empty")
+    for r in results:
+        if r.error:
+            click.echo(f"FAILED {r.name} -> {r.moved_to}: {r.error}", err=True)
+        else:
+            click.echo(_summary_lines(r.summary)[0] + f" -> {r.moved_to}")
+
+
+# -- billing start / stop, export ------------------------------------------------------------
+@main.group()
+def billing():
+    """Starting and stopping billing on a live chain."""
+
+
+@billing.command("enable")
+@click.option("--start-date", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="First day billed (today or a past date). Opening balances are dated the day before.")
+@click.option("--opening-balances", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CardNumber;Bonus;Accumulation;ReceiptCount file with a header (docs/offline-format.md).")
+@domain_errors
+def billing_enable(start_date, opening_balances):
+    """Start billing: one InitialBalance operation per card of the file. Runs once; a bad line refuses
+    the whole file (every bad line is listed)."""
+    from .service_layer.billing_admin import BillingAdmin, read_opening_balances
+
+    admin = BillingAdmin(_billing())
+    total = len(read_opening_balances(opening_balances))
+    with click.progressbar(length=total, label="cards", file=sys.stderr) as bar:
+        n = admin.enable(start_date.date(), opening_balances, bar.update)
+    click.echo(f"billing enabled from {start_date.date()}: {n} opening balance(s) written")
+
+
+@billing.command("disable")
+@click.option("--yes-i-have-a-backup", "confirmed", is_flag=True,
+              help="Do not ask for the confirmation phrase (for scripts).")
+@domain_errors
+def billing_disable(confirmed):
+    """Delete ALL billing data (operations, lots, documents, journals' keys and rejects, the billing
+    start). Cards, users and promotions stay. Make a backup first."""
+    from .service_layer.billing_admin import CONFIRMATION, BillingAdmin
+
+    if not confirmed:
+        click.echo("This deletes every billing operation and balance. Cards, users and promotions stay.", err=True)
+        typed = click.prompt(f"Type {CONFIRMATION!r} to go on", default="", show_default=False, err=True)
+        if typed.strip() != CONFIRMATION:
+            raise click.ClickException("not confirmed: nothing deleted")
+    removed = BillingAdmin(_billing()).disable()
+    click.echo("deleted: " + ", ".join(f"{n} {table}" for table, n in removed.items()))
+
+
+@main.group()
+def export():
+    """Files for registers."""
+
+
+@export.command("balances")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
+@click.option("--cards", "cards_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Only these cards: a file with one card number per line.")
+@domain_errors
+def export_balances(out, cards_file):
+    """Write every card's (or the listed cards') current bonus, accumulation and receipt count for
+    registers working pseudo-online (docs/offline-format.md)."""
+    from .service_layer.billing_admin import BillingAdmin
+
+    numbers = cards_file.read_text(encoding="utf-8-sig").splitlines() if cards_file else None
+    n = BillingAdmin(_billing()).export(out, numbers)
+    click.echo(f"{n} card(s) written to {out}")
 
 
 # -- demo ------------------------------------------------------------------------------------

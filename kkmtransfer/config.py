@@ -10,7 +10,8 @@
 | KKMTRANSFER_ACCUMULATION_DELAY_DAYS / _LIFETIME_DAYS | 0 / empty: the rule given to new cards |
 | KKMTRANSFER_COUNT_DELAY_DAYS / _LIFETIME_DAYS        | 0 / empty: the rule given to new cards |
 | KKMTRANSFER_BROKER_URL          | redis://127.0.0.1:6379/0 (Celery)         |
-| KKMTRANSFER_NIGHTLY_BATCH       | 1000 cards per transaction of the nightly regulation |
+| KKMTRANSFER_NIGHTLY_BATCH       | 1000 lots per transaction of the nightly regulation |
+| KKMTRANSFER_INBOX_DIR           | ./var/inbox: journal files dropped here are imported |
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Settings:
     count_lifetime_days: int | None = None
     broker_url: str = "redis://127.0.0.1:6379/0"
     nightly_batch: int = 1000
+    inbox_dir: Path = Path("var") / "inbox"
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -89,4 +91,5 @@ class Settings:
             count_lifetime_days=whole("KKMTRANSFER_COUNT_LIFETIME_DAYS", None),
             broker_url=env.get("KKMTRANSFER_BROKER_URL") or "redis://127.0.0.1:6379/0",
             nightly_batch=whole("KKMTRANSFER_NIGHTLY_BATCH", 1000),
+            inbox_dir=Path(env.get("KKMTRANSFER_INBOX_DIR") or Path("var") / "inbox"),
         )

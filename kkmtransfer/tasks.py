@@ -37,3 +37,15 @@ def nightly_regulation(day: str | None = None) -> list[dict]:
     return [dict(day=r.day.isoformat(), expired_lots=r.expired_lots, accrued_lots=r.accrued_lots,
                  write_off_lines=r.write_off_lines, accrual_lines=r.accrual_lines, skipped=r.skipped)
             for r in reports]
+
+
+@app.task(name="kkmtransfer.import_inbox")
+def import_inbox() -> list[dict]:
+    """Import the journal files waiting in KKMTRANSFER_INBOX_DIR (beat: every minute)."""
+    from .service_layer.inbox import process_inbox
+
+    b = billing()
+    return [dict(file=r.name, moved_to=str(r.moved_to), error=r.error,
+                 rows=r.summary.rows if r.summary else 0, applied=r.summary.applied if r.summary else 0,
+                 already=r.summary.already if r.summary else 0, rejected=r.summary.rejected if r.summary else 0)
+            for r in process_inbox(b, b.settings.inbox_dir)]

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -194,6 +195,48 @@ entries = Table(
     Column("measure", String(16), nullable=False),
     Column("role", String(16), nullable=False),
     Column("amount", Cents(), nullable=False),
+)
+
+
+# Offline journals: rows without an OperationId get one; the key of the register's transaction is kept
+# with it, so the same row loaded again maps to the same operation.
+journal_keys = Table(
+    "journal_keys",
+    metadata,
+    Column("kkm", String(64), primary_key=True),
+    Column("transaction_number", String(64), primary_key=True),
+    Column("transaction_time", UTCDateTime(), primary_key=True),
+    Column("operation_id", String(36), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Rows of journals that could not be applied: kept, listed and retried, never lost.
+journal_rejects = Table(
+    "journal_rejects",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("row_key", String(80), nullable=False, unique=True),
+    Column("file_name", String(255), nullable=False),
+    Column("line_no", Integer(), nullable=False),
+    Column("raw_row", Text(), nullable=False),
+    Column("fault_code", String(64), nullable=False),
+    Column("reason", Text(), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_journal_rejects_status", "status", "id"),
+)
+
+# Billing start ("включение биллинга"): one row once billing is enabled.
+billing_state = Table(
+    "billing_state",
+    metadata,
+    Column("id", Integer(), primary_key=True),
+    Column("start_date", Date(), nullable=False),
+    Column("enabled_at", UTCDateTime(), nullable=False),
+    Column("opening_file", String(255)),
+    Column("cards", Integer(), nullable=False),
 )
 
 

@@ -104,60 +104,65 @@ class BillingService:
                     raise
         raise AssertionError("unreachable")
 
-    def _already(self, repo: Repository, existing, request: OperationRequest, now) -> ApplyResult:
+    def _already(self, repo: Repository, existing, request: OperationRequest, now,
+                 with_view: bool = True) -> ApplyResult:
         if existing["content_hash"] != request.content_hash():
             raise errors.OperationConflict(
                 f"OperationId {request.operation_id} was already applied with different contents")
-        card = repo.get_card(existing["card_number"])
-        return ApplyResult(request.operation_id, ALREADY_APPLIED, self._view(repo, card, now))
+        view = self._view(repo, repo.get_card(existing["card_number"]), now) if with_view else None
+        return ApplyResult(request.operation_id, ALREADY_APPLIED, view)
 
     def _register(self, request: OperationRequest, source: Source) -> ApplyResult:
-        now = self.clock()
         with UnitOfWork(self.engine, write=True) as uow:
-            repo = uow.repo
-            existing = repo.get_operation(request.operation_id)
-            if existing is not None:
-                return self._already(repo, existing, request, now)
-            card = repo.get_card(request.card_number, lock=True)
-            if card is None:
-                raise errors.CardNotFound(f"card {request.card_number} not found")
-            existing = repo.get_operation(request.operation_id)  # again, now that the card is ours
-            if existing is not None:
-                return self._already(repo, existing, request, now)
-            if card["status"] != CardStatus.ACTIVE.value:
-                raise errors.CardBlocked(f"card {request.card_number} is blocked")
-
-            day = request.operation_time.astimezone(self.settings.tz).date()
-            promotion = self._promotion(repo, request, day)
-            rules = repo.card_rules(card)
-            if request.kind is Kind.SALE:
-                ledger = CardLedger(repo.load_lots(card["number"]), now)
-                ledger.spend(request.bonus_spent)
-                bonus_rule = promotion.rule if promotion else self.settings.rule("bonus")
-                ledger.credit(Measure.BONUS, request.bonus_accrued, *bonus_rule.life(day, self.settings.tz))
-                preferred = ()
-            else:
-                ledger, preferred = self._plan_return(repo, card, request, now)
-            tz = self.settings.tz
-            self._apply_delta(ledger, Measure.ACCUMULATION, request.accumulation_delta,
-                              rules.accumulation.life(day, tz), preferred)
-            self._apply_delta(ledger, Measure.RECEIPT_COUNT, Decimal(request.receipt_count_delta),
-                              rules.receipt_count.life(day, tz), preferred)
-
-            repo.insert_operation(
-                id=request.operation_id, card_number=card["number"], kind=request.kind.value,
-                source=source.value, kkm=request.kkm, store=request.store,
-                receipt_number=request.receipt_number, operation_time=request.operation_time,
-                business_date=day,
-                content_hash=request.content_hash(), receipt_sum=request.receipt_sum,
-                bonus_accrued=request.bonus_accrued, bonus_spent=request.bonus_spent,
-                accumulation_delta=request.accumulation_delta,
-                receipt_count_delta=request.receipt_count_delta, promotion_code=request.promotion_code,
-                original_operation_id=request.original_operation_id, created_at=now,
-            )
-            repo.save_moves(card["number"], request.operation_id, ledger.moves, now)
-            view = self._view(repo, card, now, ledger)
+            result = self.apply(uow.repo, request, source, self.clock())
             uow.commit()
+        return result
+
+    def apply(self, repo: Repository, request: OperationRequest, source: Source, now: datetime,
+              *, with_view: bool = True) -> ApplyResult:
+        """Apply one operation inside the caller's transaction (the journal import applies many in
+        one, each under a savepoint). ``with_view=False`` skips computing the card's balances."""
+        existing = repo.get_operation(request.operation_id)
+        if existing is not None:
+            return self._already(repo, existing, request, now, with_view)
+        card = repo.get_card(request.card_number, lock=True)
+        if card is None:
+            raise errors.CardNotFound(f"card {request.card_number} not found")
+        existing = repo.get_operation(request.operation_id)  # again, now that the card is ours
+        if existing is not None:
+            return self._already(repo, existing, request, now, with_view)
+        if card["status"] != CardStatus.ACTIVE.value:
+            raise errors.CardBlocked(f"card {request.card_number} is blocked")
+
+        tz = self.settings.tz
+        day = request.operation_time.astimezone(tz).date()
+        promotion = self._promotion(repo, request, day)
+        rules = repo.card_rules(card)
+        if request.kind is Kind.SALE:
+            ledger = CardLedger(repo.load_lots(card["number"]), now)
+            ledger.spend(request.bonus_spent)
+            bonus_rule = promotion.rule if promotion else self.settings.rule("bonus")
+            ledger.credit(Measure.BONUS, request.bonus_accrued, *bonus_rule.life(day, tz))
+            preferred = ()
+        else:
+            ledger, preferred = self._plan_return(repo, card, request, now)
+        self._apply_delta(ledger, Measure.ACCUMULATION, request.accumulation_delta,
+                          rules.accumulation.life(day, tz), preferred)
+        self._apply_delta(ledger, Measure.RECEIPT_COUNT, Decimal(request.receipt_count_delta),
+                          rules.receipt_count.life(day, tz), preferred)
+
+        repo.insert_operation(
+            id=request.operation_id, card_number=card["number"], kind=request.kind.value,
+            source=source.value, kkm=request.kkm, store=request.store,
+            receipt_number=request.receipt_number, operation_time=request.operation_time,
+            business_date=day, content_hash=request.content_hash(), receipt_sum=request.receipt_sum,
+            bonus_accrued=request.bonus_accrued, bonus_spent=request.bonus_spent,
+            accumulation_delta=request.accumulation_delta,
+            receipt_count_delta=request.receipt_count_delta, promotion_code=request.promotion_code,
+            original_operation_id=request.original_operation_id, created_at=now,
+        )
+        repo.save_moves(card["number"], request.operation_id, ledger.moves, now)
+        view = self._view(repo, card, now, ledger) if with_view else None
         return ApplyResult(request.operation_id, APPLIED, view)
 
     @staticmethod

@@ -1,0 +1,190 @@
+"""Loading registers' offline journals into the ledger, exactly once, losing no row.
+
+Rows are applied in batches: one transaction per batch, one savepoint per row, so a refused row never
+takes its neighbours with it. A row carrying an OperationId is applied like RegisterOperation (same
+rules, same faults): the same id already applied online or from another file is AlreadyApplied. A row
+without one gets a GUID made from (KKM, TransactionNumber, TransactionTime), kept in ``journal_keys``,
+so loading the same file again, or an overlapping one, changes nothing. A row that is invalid or that
+the ledger refuses goes to ``journal_rejects`` with its file, line, row and reason.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..adapters.db import journal_keys, journal_rejects
+from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
+from ..domain import errors
+from ..domain.model import Source
+from .services import ALREADY_APPLIED
+from .unit_of_work import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+PENDING, RESOLVED = "pending", "resolved"
+
+
+@dataclass
+class ImportSummary:
+    file: str
+    rows: int = 0
+    applied: int = 0
+    already: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: "ImportSummary") -> None:
+        self.rows += other.rows
+        self.applied += other.applied
+        self.already += other.already
+        self.rejected += other.rejected
+        for code, n in other.reasons.items():
+            self.reasons[code] = self.reasons.get(code, 0) + n
+
+
+class JournalImport:
+    def __init__(self, billing, batch: int = 200, progress: Callable[[int], None] | None = None):
+        self.billing = billing
+        self.batch = batch
+        self.progress = progress or (lambda n: None)
+
+    # -- import ------------------------------------------------------------------------------
+    def import_file(self, path: Path) -> ImportSummary:
+        summary = ImportSummary(file=path.name)
+        pending: list[JournalRow] = []
+        for row in read_journal(path):
+            pending.append(row)
+            if len(pending) >= self.batch:
+                self._apply_batch(pending, path.name, summary)
+                pending = []
+        if pending:
+            self._apply_batch(pending, path.name, summary)
+        log.info("journal %s: %s", path.name, summary)
+        return summary
+
+    @staticmethod
+    def rows_in(paths: Iterable[Path]) -> int:
+        return sum(count_rows(p) for p in paths)
+
+    def _apply_batch(self, rows: list[JournalRow], file_name: str, summary: ImportSummary) -> None:
+        now = self.billing.clock()
+        with UnitOfWork(self.billing.engine, write=True) as uow:
+            has_rejects = uow.conn.execute(
+                select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
+            for row in rows:
+                summary.rows += 1
+                outcome = self._apply_row(uow, row, now)
+                if isinstance(outcome, errors.DomainError):
+                    summary.rejected += 1
+                    summary.reasons[outcome.code] = summary.reasons.get(outcome.code, 0) + 1
+                    self._reject(uow.conn, row, file_name, outcome, now)
+                    continue
+                if outcome == ALREADY_APPLIED:
+                    summary.already += 1
+                else:
+                    summary.applied += 1
+                if has_rejects:
+                    self._resolve(uow.conn, row.row_key, now)
+            uow.commit()
+        self.progress(len(rows))
+
+    def _apply_row(self, uow, row: JournalRow, now):
+        """'Applied' / 'AlreadyApplied', or the DomainError that refused the row (nothing of it written)."""
+        if row.error is not None:
+            return row.error
+        for attempt in (1, 2):
+            savepoint = uow.conn.begin_nested()
+            try:
+                result = self.billing.apply(uow.repo, row.request, Source.OFFLINE, now, with_view=False)
+                if row.journal_key is not None:
+                    self._remember_key(uow.conn, row, now)
+                savepoint.commit()
+                return result.status
+            except errors.DomainError as exc:
+                savepoint.rollback()
+                return exc
+            except IntegrityError:
+                # the same operation was committed by a concurrent writer (online, or another import)
+                savepoint.rollback()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _remember_key(conn, row: JournalRow, now) -> None:
+        kkm, number, when = row.journal_key
+        known = conn.execute(select(journal_keys.c.operation_id).where(
+            journal_keys.c.kkm == kkm, journal_keys.c.transaction_number == number,
+            journal_keys.c.transaction_time == when)).scalar()
+        if known is None:
+            conn.execute(insert(journal_keys).values(kkm=kkm, transaction_number=number, transaction_time=when,
+                                                     operation_id=row.request.operation_id, created_at=now))
+
+    @staticmethod
+    def _reject(conn, row: JournalRow, file_name: str, exc: errors.DomainError, now) -> None:
+        existing = conn.execute(select(journal_rejects.c.id, journal_rejects.c.attempts)
+                                .where(journal_rejects.c.row_key == row.row_key)).first()
+        if existing is None:
+            conn.execute(insert(journal_rejects).values(
+                row_key=row.row_key, file_name=file_name[:255], line_no=row.line_no, raw_row=row.raw,
+                fault_code=exc.code, reason=exc.message, status=PENDING, attempts=1, created_at=now,
+                updated_at=now))
+        else:
+            conn.execute(update(journal_rejects).where(journal_rejects.c.id == existing.id).values(
+                fault_code=exc.code, reason=exc.message, status=PENDING, attempts=existing.attempts + 1,
+                updated_at=now))
+
+    @staticmethod
+    def _resolve(conn, row_key: str, now) -> None:
+        conn.execute(update(journal_rejects)
+                     .where(journal_rejects.c.row_key == row_key, journal_rejects.c.status == PENDING)
+                     .values(status=RESOLVED, updated_at=now))
+
+    # -- rejects -----------------------------------------------------------------------------
+    def rejects(self, status: str | None = PENDING, limit: int | None = None):
+        stmt = select(journal_rejects).order_by(journal_rejects.c.id)
+        if status:
+            stmt = stmt.where(journal_rejects.c.status == status)
+        if limit:
+            stmt = stmt.limit(limit)
+        with UnitOfWork(self.billing.engine) as uow:
+            return [dict(r) for r in uow.conn.execute(stmt).mappings()]
+
+    def retry(self) -> ImportSummary:
+        """Apply every pending reject again; those that go through (or were applied meanwhile) are
+        resolved, the others stay pending with the new reason."""
+        summary = ImportSummary(file="(rejects)")
+        last_id = 0
+        while True:
+            with UnitOfWork(self.billing.engine) as uow:
+                batch = uow.conn.execute(
+                    select(journal_rejects).where(journal_rejects.c.status == PENDING,
+                                                  journal_rejects.c.id > last_id)
+                    .order_by(journal_rejects.c.id).limit(self.batch)).mappings().all()
+            if not batch:
+                return summary
+            last_id = batch[-1]["id"]
+            now = self.billing.clock()
+            with UnitOfWork(self.billing.engine, write=True) as uow:
+                for rej in batch:
+                    row = parse_raw(rej["raw_row"], rej["line_no"])
+                    summary.rows += 1
+                    outcome = self._apply_row(uow, row, now)
+                    if isinstance(outcome, errors.DomainError):
+                        summary.rejected += 1
+                        summary.reasons[outcome.code] = summary.reasons.get(outcome.code, 0) + 1
+                        uow.conn.execute(update(journal_rejects).where(journal_rejects.c.id == rej["id"]).values(
+                            fault_code=outcome.code, reason=outcome.message, attempts=rej["attempts"] + 1,
+                            updated_at=now))
+                        continue
+                    summary.applied += outcome != ALREADY_APPLIED
+                    summary.already += outcome == ALREADY_APPLIED
+                    uow.conn.execute(update(journal_rejects).where(journal_rejects.c.id == rej["id"])
+                                     .values(status=RESOLVED, attempts=rej["attempts"] + 1, updated_at=now))
+                uow.commit()
+            self.progress(len(batch))

@@ -1,0 +1,223 @@
+"""The offline path: journal import, exactly once with the online path, rejects, inbox, billing start,
+balance export."""
+from __future__ import annotations
+
+import csv
+import os
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal as D
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from kkmtransfer.adapters.db import journal_keys, operations
+from kkmtransfer.adapters.journal_file import HEADER
+from kkmtransfer.domain import errors
+from kkmtransfer.service_layer.billing_admin import BillingAdmin
+from kkmtransfer.service_layer.inbox import process_inbox
+from kkmtransfer.service_layer.journal import JournalImport
+
+from .helpers import op_dict, request
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=timezone(timedelta(hours=3)))
+
+
+def line(kkm="K1", number="1", when=T0, kind="Sale", card="J1", receipt="R", total="100.00", accrued="0.00",
+         spent="0.00", acc="", count="", op_id="", promo="", original="") -> str:
+    return ";".join([kkm, str(number), when.isoformat(), kind, card, receipt, total, accrued, spent, acc,
+                     count, op_id, promo, original])
+
+
+def journal(tmp_path: Path, name: str, *lines: str) -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join([HEADER, *lines]) + "\n", encoding="utf-8")
+    return path
+
+
+def n_ops(db) -> int:
+    with db.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(operations)).scalar_one()
+
+
+@pytest.fixture
+def cards(db):
+    db.add_card_range(1, 3, "J", 0, None)
+    db.clock.set(T0 + timedelta(days=1))
+    return db
+
+
+@pytest.mark.parametrize("online_first", [True, False], ids=["online-then-journal", "journal-then-online"])
+def test_a_receipt_sent_online_and_in_a_journal_applies_once(db, server, soap, tmp_path, online_first):
+    db.add_card_range(1, 1, "J", 0, None)
+    op = op_dict("J1", receipt_sum="250.00", accrued="25.00", time=T0, kkm="K9")
+    row = line(kkm="K9", number="77", when=T0, card="J1", total="250.00", accrued="25.00", op_id=op["OperationId"])
+    path = journal(tmp_path, "k9.csv", row)
+    importer = JournalImport(db)
+    if online_first:
+        assert soap.service.RegisterOperation(Operation=op).Status == "Applied"
+        summary = importer.import_file(path)
+        assert (summary.applied, summary.already, summary.rejected) == (0, 1, 0)
+    else:
+        assert importer.import_file(path).applied == 1
+        assert soap.service.RegisterOperation(Operation=op).Status == "AlreadyApplied"
+    info = db.card_info("J1").balances
+    assert (info.bonus, info.accumulation, info.receipt_count) == (D("25.00"), D("250.00"), 1)
+    assert n_ops(db) == 1
+    [rec] = db.card_operations("J1", date(2026, 11, 20), date(2026, 11, 20))
+    assert rec.source == ("Online" if online_first else "Offline")
+
+
+def test_a_journal_loaded_twice_or_overlapping_changes_nothing_more(cards, tmp_path):
+    db = cards
+    rows = [line(number=str(i), when=T0 + timedelta(minutes=i), accrued="1.00", total="10.00") for i in range(1, 7)]
+    first = journal(tmp_path, "a.csv", *rows[:4])
+    overlap = journal(tmp_path, "b.csv", *rows[2:])          # rows 3-4 again, 5-6 new
+    importer = JournalImport(db)
+    assert importer.import_file(first).applied == 4
+    again = importer.import_file(first)
+    assert (again.applied, again.already) == (0, 4)
+    both = importer.import_file(overlap)
+    assert (both.applied, both.already) == (2, 2)
+    b = db.card_info("J1").balances
+    assert (b.bonus, b.accumulation, b.receipt_count) == (D("6.00"), D("60.00"), 6)
+    with db.engine.connect() as conn:   # the transaction key <-> GUID pairs are kept
+        assert conn.execute(select(func.count()).select_from(journal_keys)).scalar_one() == 6
+    # the same transaction written with another offset is the same instant, hence the same row
+    same_instant = line(number="1", when=(T0 + timedelta(minutes=1)).astimezone(timezone.utc), accrued="1.00",
+                        total="10.00")
+    assert importer.import_file(journal(tmp_path, "c.csv", same_instant)).already == 1
+
+
+def test_a_broken_row_in_the_middle_does_not_stop_the_rest(cards, tmp_path):
+    db = cards
+    path = journal(tmp_path, "mid.csv",
+                   line(number="1", accrued="2.00"),
+                   line(number="2", total="not-a-number"),
+                   "K1;3;only;four",
+                   line(number="4", card="NOPE"),
+                   line(number="5", accrued="3.00"))
+    importer = JournalImport(db)
+    summary = importer.import_file(path)
+    assert (summary.rows, summary.applied, summary.rejected) == (5, 2, 3)
+    assert summary.reasons == {"Client.ValidationError": 2, "Client.CardNotFound": 1}
+    rejects = importer.rejects()
+    assert [(r["file_name"], r["line_no"], r["fault_code"]) for r in rejects] == [
+        ("mid.csv", 3, "Client.ValidationError"), ("mid.csv", 4, "Client.ValidationError"),
+        ("mid.csv", 5, "Client.CardNotFound")]
+    assert rejects[2]["raw_row"].split(";")[4] == "NOPE"
+    assert db.card_info("J1").balances.bonus == D("5.00")
+    importer.import_file(path)      # loading it again does not duplicate the rejects
+    assert len(importer.rejects()) == 3 and importer.rejects()[0]["attempts"] == 2
+
+
+def test_refused_rows_are_kept_and_go_through_on_retry_after_a_top_up(cards, tmp_path):
+    db = cards
+    path = journal(tmp_path, "spend.csv", line(number="1", spent="40.00", total="400.00"),
+                   line(number="2", spent="5.00", total="50.00"))
+    importer = JournalImport(db)
+    summary = importer.import_file(path)
+    assert (summary.applied, summary.rejected, summary.reasons) == (0, 2, {"Client.InsufficientBonus": 2})
+    assert n_ops(db) == 0
+    db.register_operation(request("J1", accrued="42.00"))
+    retried = importer.retry()
+    assert (retried.rows, retried.applied, retried.rejected) == (2, 1, 1)   # 40 fits, then 5 does not
+    [left] = importer.rejects()
+    assert left["line_no"] == 3 and left["attempts"] == 2
+    assert db.card_info("J1").balances.bonus == D("2.00")
+    assert {r["status"] for r in importer.rejects(status=None)} == {"pending", "resolved"}
+
+
+def test_a_journal_row_conflicting_with_an_online_operation_is_rejected(cards, tmp_path):
+    db = cards
+    online = request("J1", accrued="5.00", time=T0)
+    db.register_operation(online)
+    path = journal(tmp_path, "x.csv", line(number="1", accrued="6.00", op_id=online.operation_id))
+    summary = JournalImport(db).import_file(path)
+    assert summary.reasons == {"Client.OperationConflict": 1}
+    assert db.card_info("J1").balances.bonus == D("5.00")
+
+
+def test_a_file_without_the_header_is_refused_whole(cards, tmp_path):
+    from kkmtransfer.adapters.journal_file import JournalFileError
+
+    path = tmp_path / "nohdr.csv"
+    path.write_text(line(number="1", accrued="1.00") + "\n", encoding="utf-8")
+    with pytest.raises(JournalFileError, match="header"):
+        JournalImport(cards).import_file(path)
+    assert n_ops(cards) == 0
+
+
+def test_the_inbox_imports_complete_files_only_and_moves_them(cards, tmp_path):
+    db = cards
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    journal(inbox, "k1.csv", line(number="1", accrued="1.00"))
+    journal(inbox, "k2.csv.part", line(number="2", accrued="2.00"))     # still being written
+    (inbox / "bad.csv").write_text("no;header\n", encoding="utf-8")
+    results = {r.name: r for r in process_inbox(db, inbox)}
+    assert set(results) == {"k1.csv", "bad.csv"}
+    assert results["k1.csv"].summary.applied == 1 and (inbox / "done" / "k1.csv").exists()
+    assert (inbox / "failed" / "bad.csv").exists()
+    assert "header" in (inbox / "failed" / "bad.csv.error.txt").read_text(encoding="utf-8")
+    assert (inbox / "k2.csv.part").exists() and db.card_info("J1").balances.bonus == D("1.00")
+    os.rename(inbox / "k2.csv.part", inbox / "k2.csv")                  # the writer finished: rename
+    journal(inbox, "k1.csv", line(number="1", accrued="1.00"))          # and the same file came again
+    results = {r.name: r for r in process_inbox(db, inbox)}
+    assert results["k2.csv"].summary.applied == 1 and results["k1.csv"].summary.already == 1
+    assert len(list((inbox / "done").iterdir())) == 3
+    assert db.card_info("J1").balances.bonus == D("3.00")
+
+
+def test_opening_balances_then_a_sale_then_the_export(cards, tmp_path):
+    db = cards
+    opening = tmp_path / "open.csv"
+    opening.write_text("CardNumber;Bonus;Accumulation;ReceiptCount\nJ1;100.00;5000,00;12\nJ2;0;300;2\n",
+                       encoding="utf-8")
+    admin = BillingAdmin(db)
+    assert admin.enable(date(2026, 11, 1), opening) == 2
+    with pytest.raises(errors.ValidationError, match="already"):
+        admin.enable(date(2026, 11, 1), opening)
+    [initial] = db.card_operations("J1", date(2026, 10, 31), date(2026, 10, 31))
+    assert (initial.kind, initial.bonus, initial.accumulation, initial.receipt_count) == (
+        "InitialBalance", D("100.00"), D("5000.00"), 12)
+
+    db.register_operation(request("J1", receipt_sum="1000.00", accrued="50.00", spent="30.00",
+                                  time=T0))
+    out = tmp_path / "balances.csv"
+    assert admin.export(out) == 3
+    got = {r["CardNumber"]: r for r in csv.DictReader(out.open(encoding="utf-8"), delimiter=";")}
+    assert (got["J1"]["Bonus"], got["J1"]["Accumulation"], got["J1"]["ReceiptCount"]) == ("120.00", "6000.00", "13")
+    assert (got["J2"]["Bonus"], got["J2"]["Accumulation"], got["J2"]["ReceiptCount"]) == ("0.00", "300.00", "2")
+    assert got["J3"]["Bonus"] == "0.00" and got["J1"]["Status"] == "Active"
+    listed = tmp_path / "cards.txt"
+    listed.write_text("J2\n", encoding="utf-8")
+    assert admin.export(out, listed.read_text().splitlines()) == 1
+
+    removed = admin.disable()
+    assert removed["operations"] == 3 and db.card_info("J1").balances.bonus == D("0.00")
+    assert admin.enable(date(2026, 11, 1), opening) == 2            # after a disable it can start again
+
+
+def test_billing_cannot_start_in_the_future_or_with_a_bad_file(cards, tmp_path):
+    admin = BillingAdmin(cards)
+    opening = tmp_path / "open.csv"
+    opening.write_text("CardNumber;Bonus;Accumulation;ReceiptCount\nJ1;1;1;1\n", encoding="utf-8")
+    with pytest.raises(errors.ValidationError, match="future"):
+        admin.enable(date(2026, 11, 22), opening)
+    opening.write_text("CardNumber;Bonus;Accumulation;ReceiptCount\nJ1;-1;1;1\nJ9;1;1;x\n", encoding="utf-8")
+    with pytest.raises(errors.ValidationError, match="2 bad line"):
+        admin.enable(date(2026, 11, 1), opening)
+    opening.write_text("CardNumber;Bonus;Accumulation;ReceiptCount\nNOPE;1;1;1\n", encoding="utf-8")
+    with pytest.raises(errors.CardNotFound):
+        admin.enable(date(2026, 11, 1), opening)
+    assert admin.state() is None and n_ops(cards) == 0
+
+
+def test_the_documented_example_journal_loads(db, tmp_path):
+    db.add_card_range(1, 2, "777", 7, None)
+    example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "journal.csv"
+    summary = JournalImport(db).import_file(example)
+    assert (summary.rows, summary.applied, summary.rejected) == (3, 3, 0)
+    assert db.card_info("7770000001").balances.bonus == D("40.00")
+    assert db.card_info("7770000002").balances.bonus == D("17.50")
