@@ -12,6 +12,19 @@ def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class SchemaError(RuntimeError):
+    """The database is not at the schema revision this version needs."""
+
+
+def require_schema(engine, url: str) -> None:
+    from .adapters.migrate import current_revision, head_revision
+
+    current, head = current_revision(engine), head_revision(url)
+    if current != head:
+        raise SchemaError(f"the database schema is at {current or 'nothing'}, this version needs {head}: "
+                          "run `kkmtransfer db upgrade` first")
+
+
 def create_billing(settings: Settings | None = None, engine=None, clock=utcnow) -> BillingService:
     settings = settings or Settings.from_env()
     engine = engine or make_engine(settings.database_url)

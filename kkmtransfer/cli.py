@@ -26,9 +26,14 @@ def _settings() -> Settings:
 
 
 def _billing():
-    from .app import create_billing
+    from .app import SchemaError, create_billing, require_schema
 
-    return create_billing(_settings())
+    billing = create_billing(_settings())
+    try:
+        require_schema(billing.engine, billing.settings.database_url)
+    except SchemaError as exc:
+        raise click.ClickException(str(exc))
+    return billing
 
 
 def domain_errors(fn):
@@ -64,11 +69,18 @@ def db():
 @click.option("--revision", default="head", show_default=True, help="Target revision.")
 def db_upgrade(revision):
     """Create the schema or bring it up to date. Safe to run again."""
-    from .adapters.migrate import upgrade
+    from .adapters.db import make_engine
+    from .adapters.migrate import current_revision, head_revision, upgrade
 
     settings = _settings()
+    if head_revision(settings.database_url) is None:
+        raise click.ClickException("this installation has no migration scripts: reinstall the package")
     upgrade(settings.database_url, revision)
-    click.echo(f"database is at revision {revision}: {_safe_url(settings.database_url)}")
+    engine = make_engine(settings.database_url)
+    try:
+        click.echo(f"database is at revision {current_revision(engine)}: {_safe_url(settings.database_url)}")
+    finally:
+        engine.dispose()
 
 
 @db.command("current")
@@ -89,17 +101,6 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _require_schema(billing) -> None:
-    from .adapters.migrate import current_revision, head_revision
-
-    current = current_revision(billing.engine)
-    head = head_revision(billing.settings.database_url)
-    if current != head:
-        raise click.ClickException(
-            f"the database schema is at {current or 'nothing'}, this version needs {head}: "
-            "run `kkmtransfer db upgrade` first")
-
-
 # -- serve -----------------------------------------------------------------------------------
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -118,7 +119,6 @@ def serve(host, port, log_level):
 
     configure_logging(log_level.upper())
     billing = _billing()
-    _require_schema(billing)
     server = make_server(host, port, KKMTransferApp(billing, billing.settings))
     real_port = server.server_address[1]
     click.echo(f"KKMTransfer on http://{host}:{real_port}/KKMTransfer (WSDL: ?wsdl); Ctrl+C stops", err=True)
@@ -516,6 +516,233 @@ def export_balances(out, cards_file):
     click.echo(f"{n} card(s) written to {out}")
 
 
+# -- back office: actions, annulment -----------------------------------------------------------
+@main.group()
+def actions():
+    """Bonus actions on many cards ("Бонус-акция"), zeroing ("Обнуление бессрочных бонусов"), cancelling."""
+
+
+def _selection(first, last, cards_file, all_active):
+    from .service_layer.actions import Selection
+
+    numbers = None
+    if cards_file is not None:
+        numbers = tuple(n.strip() for n in cards_file.read_text(encoding="utf-8-sig").splitlines() if n.strip())
+    return Selection(first=first, last=last, numbers=numbers, all_active=all_active)
+
+
+def _action_report(report, what: str) -> None:
+    from .service_layer.actions import ZERO_KIND
+
+    if report.dry_run:
+        state = " (it exists already: nothing would change)" if report.already_done else ""
+        click.echo(f"dry run: action {report.action_id} would {what} {report.cards} card(s), "
+                   f"{report.amount} in all{state}")
+    elif report.already_done:
+        click.echo(f"action {report.action_id} was done before: nothing changed ({report.cards} card(s))")
+    else:
+        verb = "burnt" if report.kind == ZERO_KIND else "credited"
+        click.echo(f"action {report.action_id}: {report.done} card(s), {report.amount} {verb}"
+                   + (f", {report.skipped} blocked card(s) skipped" if report.skipped else ""))
+
+
+@actions.command("credit")
+@click.option("--amount", required=True, help="Bonus to credit to each card (> 0, 2 decimals).")
+@click.option("--from", "first", help="First card number of a range (compared as text).")
+@click.option("--to", "last", help="Last card number of the range (inclusive).")
+@click.option("--cards", "cards_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A file with one card number per line.")
+@click.option("--all-active", is_flag=True, help="Every active card.")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]),
+              help="Last day the bonus can be spent (inclusive, business time zone); default: never burns.")
+@click.option("--note", help="Why (shown in the cards' history and in `report actions`).")
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100000), help="Cards per transaction.")
+@domain_errors
+def actions_credit(amount, first, last, cards_file, all_active, until, note, dry_run, batch):
+    """Credit --amount bonus to many cards at once, one operation per card. Giving the same command again
+    the same day (e.g. after a crash) resumes the same action and never credits a card twice; use another
+    --note for a second, separate action."""
+    from .service_layer.actions import Actions
+
+    selection = _selection(first, last, cards_file, all_active)
+    with click.progressbar(length=1, label="cards", file=sys.stderr) as bar:
+        def progress(n):
+            bar.length = max(bar.length, bar.pos + n)
+            bar.update(n)
+
+        report = Actions(_billing(), batch=batch, progress=progress).credit(
+            amount, selection, until and until.date(), note, dry_run)
+    _action_report(report, f"credit {amount} to")
+
+
+@actions.command("zero")
+@click.option("--inactive-since", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="Cards without a purchase (sale or return) on or after this day.")
+@click.option("--note", help="Why.")
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100000), help="Cards per transaction.")
+@domain_errors
+def actions_zero(inactive_since, note, dry_run, batch):
+    """Burn the non-expiring bonuses of cards whose last purchase is before --inactive-since (dated
+    bonuses are left alone); one write-off operation per card."""
+    from .service_layer.actions import Actions
+
+    with click.progressbar(length=1, label="cards", file=sys.stderr) as bar:
+        def progress(n):
+            bar.length = max(bar.length, bar.pos + n)
+            bar.update(n)
+
+        report = Actions(_billing(), batch=batch, progress=progress).zero(inactive_since.date(), note, dry_run)
+    _action_report(report, "zero")
+
+
+@actions.command("cancel")
+@click.argument("action_id")
+@domain_errors
+def actions_cancel(action_id):
+    """Reverse an action card by card. For a credit, what is left of it is taken back and the report lists
+    what could not be (already spent or burnt); a zeroing gives the bonuses back."""
+    from .service_layer.actions import Actions
+
+    report = Actions(_billing()).cancel(action_id)
+    click.echo(f"action {action_id} cancelled on {report.cards} card(s): {report.taken_back} reversed, "
+               f"{report.kept} could not be taken back")
+    for number, kept in report.kept_by_card[:200]:
+        click.echo(f"  {number}\t{kept} not taken back (spent or burnt)")
+    if len(report.kept_by_card) > 200:
+        click.echo(f"  … and {len(report.kept_by_card) - 200} more cards")
+
+
+@main.group()
+def receipts():
+    """Receipts' bonuses."""
+
+
+@receipts.command("annul")
+@click.argument("operation_id")
+@click.option("--note", help="Why.")
+@domain_errors
+def receipts_annul(operation_id, note):
+    """Take back the bonuses receipt OPERATION_ID accrued ("Аннулировать бонусы чека"), less what its
+    returns took back; may leave a debt that later accruals pay."""
+    result, amount = _billing().annul_receipt(operation_id, note)
+    if result.status == "AlreadyApplied":
+        click.echo(f"already annulled ({amount}); nothing changed")
+    else:
+        click.echo(f"annulled {amount} bonus; card {result.card.number} balance now {result.card.balances.bonus}")
+
+
+# -- reports and verification ------------------------------------------------------------------
+@main.group()
+def report():
+    """Reports: balances and turnovers, the operations journal, actions."""
+
+
+def _write_csv(path: Path, header: list[str], rows) -> int:
+    import csv
+
+    n = 0
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter=";", lineterminator="\n")
+        writer.writerow(header)
+        for row in rows:
+            writer.writerow(row)
+            n += 1
+    return n
+
+
+@report.command("balances")
+@click.option("--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]), help="First day (business zone).")
+@click.option("--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
+@click.option("--card", help="Only this card.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), help="Also write a CSV file.")
+@domain_errors
+def report_balances(first, last, card, csv_file):
+    """Balances and turnovers ("Остатки и обороты") per card and measure, with totals: opening, accrued,
+    spent, expired, returned, closing. Turnovers are signed as they move the balance, so opening plus
+    turnovers is closing."""
+    from .service_layer.reports import TURNOVERS, Reports
+
+    result = Reports(_billing()).balances(first.date(), last.date(), card)
+    header = ["card", "measure", "opening", *TURNOVERS, "closing"]
+
+    def cells(line):
+        return [line.card, line.measure, line.opening, *(getattr(line, t) for t in TURNOVERS), line.closing]
+
+    rows = [cells(line) for line in result.lines] + [cells(t) for t in result.totals().values()]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    click.echo(f"balances and turnovers {result.first} .. {result.last}")
+    for r in [header, *rows]:
+        click.echo("  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    if csv_file:
+        _write_csv(csv_file, header, rows)
+        click.echo(f"written to {csv_file}")
+
+
+@report.command("operations")
+@click.option("--card", help="Only this card.")
+@click.option("--kkm", help="Only this register.")
+@click.option("--kind", help="Sale, Return, Accrual, Expiry, Action, Zeroing, Annulment, InitialBalance.")
+@click.option("--source", type=click.Choice(["Online", "Offline", "Nightly", "BackOffice"]), help="Only this source.")
+@click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), help="First day (business zone).")
+@click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), help="Write CSV instead.")
+def report_operations(card, kkm, kind, source, first, last, limit, csv_file):
+    """The journal of operations, oldest first, with what each moved (bonus, accumulation, receipts)."""
+    from .service_layer.reports import Reports
+
+    rows = Reports(_billing()).operations(card, kkm, kind, source, first and first.date(), last and last.date(),
+                                          limit)
+    header = ["time", "card", "kind", "source", "kkm", "receipt", "bonus", "accumulation", "receipt_count",
+              "operation_id", "note"]
+
+    def cells(r):
+        return [r["time"].isoformat(timespec="seconds"), r["card"], r["kind"], r["source"], r["kkm"], r["receipt"],
+                r["bonus"], r["accumulation"], r["receipt_count"], r["id"], r["note"]]
+
+    if csv_file:
+        click.echo(f"{_write_csv(csv_file, header, map(cells, rows))} operation(s) written to {csv_file}")
+        return
+    click.echo("\t".join(header))
+    for r in rows:
+        click.echo("\t".join(str(c) for c in cells(r)))
+
+
+@report.command("actions")
+def report_actions():
+    """Bonus actions and zeroings with their state."""
+    from .service_layer.actions import Actions
+
+    rows = Actions(_billing()).list()
+    if not rows:
+        click.echo("no actions")
+    for a in rows:
+        what = f"credit {a['amount']}" + (f" until {a['until_date']}" if a["until_date"] else "") \
+            if a["kind"] == "credit" else f"zero, inactive since {a['inactive_since']}"
+        click.echo(f"{a['id']}\t{a['created_at']:%Y-%m-%d %H:%M}Z\t{a['status']}\t{a['cards']} card(s)\t{what}"
+                   f"\t{a['note'] or ''}")
+
+
+@main.group()
+def ledger():
+    """The ledger's own checks."""
+
+
+@ledger.command("verify")
+def ledger_verify():
+    """Recompute every balance from the entries; exit 1 with the list of differences if anything drifted."""
+    from .service_layer.reports import Reports
+
+    problems = Reports(_billing()).verify()
+    if problems:
+        for p in problems:
+            click.echo(p)
+        raise click.ClickException(f"{len(problems)} difference(s) found")
+    click.echo("ledger consistent: every lot equals the sum of its entries, every receipt moved what it reported")
+
+
 # -- demo ------------------------------------------------------------------------------------
 @main.command()
 @domain_errors
@@ -523,8 +750,7 @@ def demo():
     """Migrate the database and create demo cards and a demo register user (what `make run` uses)."""
     from .adapters.migrate import upgrade
 
-    settings = _settings()
-    upgrade(settings.database_url)
+    upgrade(_settings().database_url)
     billing = _billing()
     result = billing.add_card_range(DEMO_FIRST, DEMO_LAST, DEMO_PREFIX, DEMO_WIDTH, "Demo holder")
     first = f"{DEMO_PREFIX}{DEMO_FIRST:0{DEMO_WIDTH}d}"

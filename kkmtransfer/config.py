@@ -9,9 +9,11 @@
 | KKMTRANSFER_BONUS_LIFETIME_DAYS | empty: bonuses without a promotion never burn |
 | KKMTRANSFER_ACCUMULATION_DELAY_DAYS / _LIFETIME_DAYS | 0 / empty: the rule given to new cards |
 | KKMTRANSFER_COUNT_DELAY_DAYS / _LIFETIME_DAYS        | 0 / empty: the rule given to new cards |
-| KKMTRANSFER_BROKER_URL          | redis://127.0.0.1:6379/0 (Celery)         |
 | KKMTRANSFER_NIGHTLY_BATCH       | 1000 lots per transaction of the nightly regulation |
 | KKMTRANSFER_INBOX_DIR           | ./var/inbox: journal files dropped here are imported |
+
+Celery's own settings (KKMTRANSFER_BROKER_URL, KKMTRANSFER_RESULT_BACKEND, KKMTRANSFER_INBOX_EVERY_SECONDS)
+are read by the top-level celeryconfig.py.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ class Settings:
     accumulation_lifetime_days: int | None = None
     count_delay_days: int = 0
     count_lifetime_days: int | None = None
-    broker_url: str = "redis://127.0.0.1:6379/0"
     nightly_batch: int = 1000
     inbox_dir: Path = Path("var") / "inbox"
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
@@ -89,7 +90,6 @@ class Settings:
             accumulation_lifetime_days=whole("KKMTRANSFER_ACCUMULATION_LIFETIME_DAYS", None),
             count_delay_days=whole("KKMTRANSFER_COUNT_DELAY_DAYS", 0),
             count_lifetime_days=whole("KKMTRANSFER_COUNT_LIFETIME_DAYS", None),
-            broker_url=env.get("KKMTRANSFER_BROKER_URL") or "redis://127.0.0.1:6379/0",
             nightly_batch=whole("KKMTRANSFER_NIGHTLY_BATCH", 1000),
             inbox_dir=Path(env.get("KKMTRANSFER_INBOX_DIR") or Path("var") / "inbox"),
         )

@@ -22,9 +22,10 @@ def billing():
     """One engine per worker process, made on first use (after the fork)."""
     global _billing
     if _billing is None:
-        from .app import create_billing
+        from .app import create_billing, require_schema
 
         _billing = create_billing()
+        require_schema(_billing.engine, _billing.settings.database_url)
     return _billing
 
 

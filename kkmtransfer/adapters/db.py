@@ -176,6 +176,9 @@ lots = Table(
     Column("expires_at", UTCDateTime()),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("accrual_document_id", String(36)),  # the nightly Accrual document that posted its start
+    Column("origin_operation_id", String(36)),  # the operation that made the lot
+    # a bonus action's lot is its own: other credits never go into it, so cancelling takes back just it
+    Column("exclusive", Boolean(), nullable=False, server_default=text("false")),
     Index("ix_lots_card_measure", "card_number", "measure"),
     # partial indexes: the nightly regulation reads only what is due, however large the ledger grows
     Index("ix_lots_due_expiry", "expires_at", "id", postgresql_where=text("remaining > 0"),
@@ -237,6 +240,35 @@ billing_state = Table(
     Column("enabled_at", UTCDateTime(), nullable=False),
     Column("opening_file", String(255)),
     Column("cards", Integer(), nullable=False),
+)
+
+
+# Back-office actions ("Бонус-акция", "Обнуление бессрочных бонусов") and the cards each one covers.
+actions = Table(
+    "actions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(16), nullable=False),          # credit / zero
+    Column("amount", Cents()),
+    Column("until_date", Date()),
+    Column("inactive_since", Date()),
+    Column("selection", String(500), nullable=False),
+    Column("note", String(500)),
+    Column("status", String(16), nullable=False),        # running / done / cancelling / cancelled
+    Column("cards", Integer(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("completed_at", UTCDateTime()),
+    Column("cancelled_at", UTCDateTime()),
+)
+
+action_cards = Table(
+    "action_cards",
+    metadata,
+    Column("action_id", String(36), ForeignKey("actions.id"), primary_key=True),
+    Column("card_number", String(32), primary_key=True),
+    Column("state", String(16), nullable=False),         # pending / done / skipped / cancelled
+    Column("amount", Cents()),                           # what the action moved on this card
+    Column("kept", Cents()),                             # on cancel: what could not be taken back
 )
 
 

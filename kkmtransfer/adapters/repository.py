@@ -97,12 +97,13 @@ class Repository:
         if extra:
             cond = or_(cond, lots.c.id.in_(extra))
         rows = self.conn.execute(
-            select(lots.c.id, lots.c.measure, lots.c.remaining, lots.c.available_from, lots.c.expires_at)
+            select(lots.c.id, lots.c.measure, lots.c.remaining, lots.c.available_from, lots.c.expires_at,
+                   lots.c.exclusive)
             .where(lots.c.card_number == card_number, cond)
             .order_by(lots.c.id)
         ).all()
         return [Lot(id=r.id, measure=Measure(r.measure), remaining=r.remaining,
-                    available_from=r.available_from, expires_at=r.expires_at) for r in rows]
+                    available_from=r.available_from, expires_at=r.expires_at, exclusive=r.exclusive) for r in rows]
 
     def save_moves(self, card_number: str, operation_id: str, moves: list[Move], now: datetime) -> None:
         """Write the planned moves: new lots, one entry per move, each touched lot's new remaining."""
@@ -112,7 +113,8 @@ class Repository:
                 lot.id = self.conn.execute(
                     insert(lots).values(card_number=card_number, measure=lot.measure.value, remaining=ZERO,
                                         available_from=lot.available_from, expires_at=lot.expires_at,
-                                        created_at=now).returning(lots.c.id)
+                                        created_at=now, origin_operation_id=operation_id,
+                                        exclusive=lot.exclusive).returning(lots.c.id)
                 ).scalar_one()
         if moves:
             self.conn.execute(insert(entries), [
@@ -144,7 +146,12 @@ class Repository:
                 func.coalesce(func.sum(operations.c.bonus_spent), 0).label("bonus_spent"),
             ).where(operations.c.original_operation_id == sale_id, operations.c.kind == Kind.RETURN.value)
         ).mappings().one()
-        return dict(row)
+        totals = dict(row)
+        totals["annulled"] = self.conn.execute(
+            select(func.coalesce(func.sum(operations.c.bonus_accrued), 0))
+            .where(operations.c.original_operation_id == sale_id, operations.c.kind == Kind.ANNULMENT.value)
+        ).scalar_one()
+        return totals
 
     def spend_sources(self, sale_id: str) -> list[tuple[int, Decimal]]:
         """(lot id, amount still refundable) for each lot the sale spent from, in draw order."""

@@ -76,12 +76,13 @@ class CardLedger:
         lot.remaining += amount
         self.moves.append(Move(lot, amount, role))
 
-    def _bucket(self, measure: Measure, available_from, expires_at) -> Lot:
-        for lot in self._of(measure):
-            if lot.available_from == available_from and lot.expires_at == expires_at:
-                return lot
+    def _bucket(self, measure: Measure, available_from, expires_at, exclusive: bool = False) -> Lot:
+        if not exclusive:
+            for lot in self._of(measure):
+                if lot.available_from == available_from and lot.expires_at == expires_at and not lot.exclusive:
+                    return lot
         lot = Lot(id=None, measure=measure, remaining=ZERO,
-                  available_from=available_from, expires_at=expires_at)
+                  available_from=available_from, expires_at=expires_at, exclusive=exclusive)
         self.lots.append(lot)
         return lot
 
@@ -103,8 +104,9 @@ class CardLedger:
         assert left == 0, "balance check and draws disagree"
 
     def credit(self, measure: Measure, amount: Decimal, available_from: datetime | None = None,
-               expires_at: datetime | None = None) -> None:
-        """Credit a measure. Debts (negative live lots) are paid first, the rest goes to its bucket."""
+               expires_at: datetime | None = None, exclusive: bool = False) -> None:
+        """Credit a measure. Debts (negative live lots) are paid first, the rest goes to its bucket (or,
+        ``exclusive``, to a lot of its own)."""
         if amount <= 0:
             return
         left = amount
@@ -117,7 +119,7 @@ class CardLedger:
                     self._move(lot, pay, Role.CREDIT)
                     left -= pay
         if left > 0:
-            lot = self._bucket(measure, available_from, expires_at)
+            lot = self._bucket(measure, available_from, expires_at, exclusive)
             self._move(lot, left, Role.CREDIT_DEFERRED if lot.is_pending(self.now) else Role.CREDIT)
             self._burn_if_expired(lot, left)
 

@@ -251,6 +251,7 @@ class Lot:
     remaining: Decimal
     available_from: datetime | None  # UTC; None: from the start
     expires_at: datetime | None      # UTC instant at which it burns; None: never
+    exclusive: bool = False          # belongs to the operation that made it: no other credit goes in
 
     def is_pending(self, now: datetime) -> bool:
         return self.available_from is not None and self.available_from > now

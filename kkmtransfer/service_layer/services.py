@@ -21,7 +21,9 @@ from ..domain.model import (
     Measure,
     OperationRequest,
     OperationView,
+    Role,
     Source,
+    ZERO,
     normalise_phone,
     required_text,
 )
@@ -156,14 +158,21 @@ class BillingService:
             source=source.value, kkm=request.kkm, store=request.store,
             receipt_number=request.receipt_number, operation_time=request.operation_time,
             business_date=day, content_hash=request.content_hash(), receipt_sum=request.receipt_sum,
-            bonus_accrued=request.bonus_accrued, bonus_spent=request.bonus_spent,
-            accumulation_delta=request.accumulation_delta,
+            bonus_accrued=self._taken_back(ledger) if request.kind is Kind.RETURN else request.bonus_accrued,
+            bonus_spent=request.bonus_spent, accumulation_delta=request.accumulation_delta,
             receipt_count_delta=request.receipt_count_delta, promotion_code=request.promotion_code,
             original_operation_id=request.original_operation_id, created_at=now,
         )
         repo.save_moves(card["number"], request.operation_id, ledger.moves, now)
         view = self._view(repo, card, now, ledger) if with_view else None
         return ApplyResult(request.operation_id, APPLIED, view)
+
+    @staticmethod
+    def _taken_back(ledger: CardLedger) -> Decimal:
+        """The accrued bonus a return really took back (less than asked when the receipt's bonuses
+        were annulled before)."""
+        roles = (Role.TAKEBACK, Role.TAKEBACK_DEFERRED, Role.DEBT)
+        return -sum((m.amount for m in ledger.moves if m.lot.measure is Measure.BONUS and m.role in roles), ZERO)
 
     @staticmethod
     def _promotion(repo: Repository, request: OperationRequest, day: date):
@@ -208,8 +217,49 @@ class BillingService:
         by_id = {lot.id: lot for lot in ledger.lots}
         ledger.refund([(by_id[lot_id], amount) for lot_id, amount in sources], request.bonus_spent)
         preferred = [by_id[i] for i in credited]
-        ledger.take_back(Measure.BONUS, request.bonus_accrued, preferred)
+        # what an annulment of the receipt's bonuses already took back is not taken again
+        left = sale["bonus_accrued"] - done["bonus_accrued"] - done["annulled"]
+        ledger.take_back(Measure.BONUS, max(min(request.bonus_accrued, left), ZERO), preferred)
         return ledger, preferred
+
+    # -- back office: annulling a receipt's bonuses --------------------------------------------
+    def annul_receipt(self, sale_id: str, note: str | None = None) -> tuple[ApplyResult, Decimal]:
+        """Take back the bonuses a sale accrued ("Аннулировать бонусы чека"), less what its returns
+        took back already; may leave a debt. Once per sale: again, it answers AlreadyApplied."""
+        import uuid
+
+        from ..domain.model import canonical_guid
+
+        sale_id = canonical_guid(sale_id)
+        op_id = str(uuid.uuid5(uuid.UUID(sale_id), "annulment"))
+        now = self.clock()
+        with UnitOfWork(self.engine, write=True) as uow:
+            repo = uow.repo
+            sale = repo.get_operation(sale_id)
+            if sale is None or sale["kind"] != Kind.SALE.value:
+                raise errors.OriginalNotFound(f"no sale with OperationId {sale_id}")
+            existing = repo.get_operation(op_id)
+            card = repo.get_card(sale["card_number"], lock=True)
+            if existing is not None:
+                return (ApplyResult(op_id, ALREADY_APPLIED, self._view(repo, card, now)),
+                        existing["bonus_accrued"])
+            done = repo.return_totals(sale_id)
+            left = max(sale["bonus_accrued"] - done["bonus_accrued"], ZERO)
+            credited = repo.credited_lots(sale_id)
+            ledger = CardLedger(repo.load_lots(card["number"], credited), now)
+            by_id = {lot.id: lot for lot in ledger.lots}
+            ledger.take_back(Measure.BONUS, left, [by_id[i] for i in credited])
+            repo.insert_operation(
+                id=op_id, card_number=card["number"], kind=Kind.ANNULMENT.value, source=Source.BACKOFFICE.value,
+                operation_time=now, business_date=now.astimezone(self.settings.tz).date(), content_hash=op_id,
+                receipt_sum=ZERO, bonus_accrued=left, bonus_spent=ZERO, accumulation_delta=ZERO,
+                receipt_count_delta=0, original_operation_id=sale_id,
+                note=(note or f"bonuses of receipt {sale['receipt_number'] or sale_id} annulled")[:500],
+                created_at=now)
+            repo.save_moves(card["number"], op_id, ledger.moves, now)
+            view = self._view(repo, card, now, ledger)
+            uow.commit()
+        return ApplyResult(op_id, APPLIED, view), left
 
     # -- back office: cards ------------------------------------------------------------------
     def add_card_range(self, first: int, last: int, prefix: str = "", width: int = 0,
@@ -287,6 +337,8 @@ class BillingService:
         code = required_text(code, "promotion code", 64)
         name = required_text(name, "promotion name", 200)
         LifeRule(delay_days, lifetime_days, until)  # validates
+        if until is not None and until < self.clock().astimezone(self.settings.tz).date():
+            raise errors.ValidationError(f"--until {until} is in the past")
         if valid_from and valid_to and valid_to < valid_from:
             raise errors.ValidationError("the validity period ends before it starts")
         with UnitOfWork(self.engine, write=True) as uow:

@@ -1,0 +1,407 @@
+"""Back-office actions on many cards: a bonus credit ("Бонус-акция"), the zeroing of non-expiring
+bonuses ("Обнуление бессрочных бонусов"), and cancelling either.
+
+An action is recorded once with the cards it covers (``action_cards``) and one ledger operation per card
+whose GUID is derived from the action and the card, so a crashed run, resumed by giving the same command
+again, never touches a card twice. The action's id is derived from what it does (kind, amount, last date,
+note, the selection and the business day it was given on): the same command given again the same day is
+the same action. Cards are processed in batches of one transaction, with set-based SQL.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Callable
+
+from sqlalchemy import (BigInteger, String, and_, bindparam, case, exists, func, insert, literal, or_, select,
+                        type_coerce, update)
+
+from ..adapters.db import action_cards, actions, cards, entries, is_postgresql, lots, operations
+from ..domain import errors
+from ..domain.ledger import CardLedger
+from ..domain.model import ZERO, CardStatus, Kind, Measure, Role, Source, money
+from ..domain.rules import day_start
+from .unit_of_work import UnitOfWork
+
+NAMESPACE = uuid.UUID("5e0b7f3a-91c4-4d2e-8a6b-3c7d9e1f2a40")
+CREDIT, ZERO_KIND = "credit", "zero"
+RUNNING, DONE, CANCELLING, CANCELLED = "running", "done", "cancelling", "cancelled"
+PENDING, SKIPPED = "pending", "skipped"
+ZEROING_ROLE = "zeroing"
+
+
+@dataclass
+class ActionReport:
+    action_id: str
+    kind: str
+    cards: int = 0
+    done: int = 0
+    skipped: int = 0
+    amount: Decimal = ZERO
+    resumed: bool = False
+    already_done: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class CancelReport:
+    action_id: str
+    cards: int = 0
+    taken_back: Decimal = ZERO
+    kept: Decimal = ZERO
+    kept_by_card: list[tuple[str, Decimal]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which cards: a range of numbers (as text), a list, or every active card."""
+
+    first: str | None = None
+    last: str | None = None
+    numbers: tuple[str, ...] | None = None
+    all_active: bool = False
+
+    def __post_init__(self):
+        given = sum([self.first is not None or self.last is not None, self.numbers is not None, self.all_active])
+        if given != 1 or ((self.first is None) != (self.last is None)):
+            raise errors.ValidationError("choose the cards one way: --from and --to, --cards FILE or --all-active")
+        if self.numbers is not None and not self.numbers:
+            raise errors.ValidationError("the list of cards is empty")
+
+    def key(self) -> str:
+        if self.all_active:
+            return "all-active"
+        if self.numbers is not None:
+            digest = hashlib.sha256("\n".join(sorted(set(self.numbers))).encode()).hexdigest()[:16]
+            return f"cards:{len(set(self.numbers))}:{digest}"
+        return f"range:{self.first}..{self.last}"
+
+    def condition(self):
+        if self.all_active:
+            return cards.c.status == CardStatus.ACTIVE.value
+        if self.numbers is not None:
+            return cards.c.number.in_(bindparam("numbers", expanding=True))
+        return cards.c.number.between(self.first, self.last)
+
+
+class Actions:
+    def __init__(self, billing, batch: int = 1000, progress: Callable[[int], None] | None = None):
+        self.billing = billing
+        self.engine = billing.engine
+        self.tz = billing.settings.tz
+        self.batch = batch
+        self.progress = progress or (lambda n: None)
+        self.postgres = is_postgresql(self.engine)
+
+    # -- shared --------------------------------------------------------------------------------
+    def _today(self) -> date:
+        return self.billing.clock().astimezone(self.tz).date()
+
+    def _action_id(self, **what) -> str:
+        what["day"] = self._today().isoformat()
+        return str(uuid.uuid5(NAMESPACE, json.dumps(what, sort_keys=True, default=str)))
+
+    @staticmethod
+    def _op_id(action_id: str, card: str, purpose: str = "") -> str:
+        return str(uuid.uuid5(uuid.UUID(action_id), purpose + card))
+
+    def _lock(self, conn, numbers: list[str]) -> None:
+        if self.postgres:  # in number order, so two batch jobs never deadlock each other
+            conn.execute(select(cards.c.number).where(cards.c.number.in_(numbers))
+                         .order_by(cards.c.number).with_for_update())
+
+    def _pending(self, action_id: str, state: str) -> list[str]:
+        with UnitOfWork(self.engine) as uow:
+            return list(uow.conn.execute(
+                select(action_cards.c.card_number)
+                .where(action_cards.c.action_id == action_id, action_cards.c.state == state)
+                .order_by(action_cards.c.card_number).limit(self.batch)).scalars())
+
+    def _ops(self, conn, action_id, numbers, kind: Kind, purpose: str, note: str, **amounts) -> dict[str, str]:
+        now = self.billing.clock()
+        ids = {n: self._op_id(action_id, n, purpose) for n in numbers}
+        conn.execute(insert(operations), [dict(
+            id=ids[n], card_number=n, kind=kind.value, source=Source.BACKOFFICE.value, kkm=None, store=None,
+            receipt_number=None, operation_time=now, business_date=now.astimezone(self.tz).date(),
+            content_hash=ids[n], receipt_sum=ZERO, bonus_accrued=amounts.get("accrued", ZERO), bonus_spent=ZERO,
+            accumulation_delta=ZERO, receipt_count_delta=0, promotion_code=None,
+            original_operation_id=amounts.get("original", {}).get(n), note=note[:500], created_at=now,
+            document_id=None) for n in numbers])
+        return ids
+
+    def _count(self, action_id: str, state: str | None = None) -> int:
+        with UnitOfWork(self.engine) as uow:
+            stmt = select(func.count()).select_from(action_cards).where(action_cards.c.action_id == action_id)
+            if state:
+                stmt = stmt.where(action_cards.c.state == state)
+            return uow.conn.execute(stmt).scalar_one()
+
+    def get(self, action_id: str):
+        with UnitOfWork(self.engine) as uow:
+            row = uow.conn.execute(select(actions).where(actions.c.id == action_id)).mappings().first()
+        if row is None:
+            raise errors.ValidationError(f"no action {action_id}")
+        return row
+
+    def list(self):
+        with UnitOfWork(self.engine) as uow:
+            return [dict(r) for r in uow.conn.execute(select(actions).order_by(actions.c.created_at))
+                    .mappings()]
+
+    def _start(self, action_id: str, kind: str, selection_text: str, card_select, params: dict,
+               values: dict, dry_run: bool) -> ActionReport | None:
+        """Create the action and its cards, or find it again. None: new and created (go on)."""
+        now = self.billing.clock()
+        with UnitOfWork(self.engine, write=True) as uow:
+            row = uow.conn.execute(select(actions).where(actions.c.id == action_id)).mappings().first()
+            if row is not None:
+                if row["status"] in (CANCELLING, CANCELLED):
+                    raise errors.ValidationError(f"action {action_id} was cancelled; give another --note")
+                report = ActionReport(action_id, kind, cards=row["cards"], resumed=row["status"] == RUNNING,
+                                      already_done=row["status"] == DONE, dry_run=dry_run)
+                return report if row["status"] == DONE or dry_run else None
+            if dry_run:
+                chosen = uow.conn.execute(select(func.count()).select_from(card_select.subquery()), params)
+                return ActionReport(action_id, kind, cards=chosen.scalar_one(), dry_run=True)
+            uow.conn.execute(insert(actions).values(id=action_id, kind=kind, selection=selection_text[:500],
+                                                    status=RUNNING, cards=0, created_at=now, **values))
+            chosen = card_select.subquery()
+            uow.conn.execute(insert(action_cards).from_select(
+                ["action_id", "card_number", "state"],
+                select(literal(action_id, String), chosen.c.number, chosen.c.state)), params)
+            total = uow.conn.execute(select(func.count()).select_from(action_cards)
+                                     .where(action_cards.c.action_id == action_id)).scalar_one()
+            uow.conn.execute(update(actions).where(actions.c.id == action_id).values(cards=total))
+            uow.commit()
+        return None
+
+    def _finish(self, action_id: str, kind: str, resumed: bool) -> ActionReport:
+        now = self.billing.clock()
+        with UnitOfWork(self.engine, write=True) as uow:
+            uow.conn.execute(update(actions).where(actions.c.id == action_id, actions.c.status == RUNNING)
+                             .values(status=DONE, completed_at=now))
+            counts = dict(uow.conn.execute(select(action_cards.c.state, func.count())
+                                           .where(action_cards.c.action_id == action_id)
+                                           .group_by(action_cards.c.state)).all())
+            moved = uow.conn.execute(select(func.coalesce(func.sum(action_cards.c.amount), 0))
+                                     .where(action_cards.c.action_id == action_id)).scalar_one()
+            uow.commit()
+        return ActionReport(action_id, kind, cards=sum(counts.values()), done=counts.get(DONE, 0),
+                            skipped=counts.get(SKIPPED, 0), amount=Decimal(moved).quantize(Decimal("0.01")),
+                            resumed=resumed)
+
+    # -- bonus credit ----------------------------------------------------------------------------
+    def credit(self, amount, selection: Selection, until: date | None = None, note: str | None = None,
+               dry_run: bool = False) -> ActionReport:
+        amount = money(amount, "--amount")
+        if amount <= 0:
+            raise errors.ValidationError("--amount must be above 0")
+        if until is not None and until < self._today():
+            raise errors.ValidationError(f"--until {until} is in the past")
+        numbers = None if selection.numbers is None else sorted(set(n.strip() for n in selection.numbers))
+        if numbers is not None:
+            with UnitOfWork(self.engine) as uow:
+                missing = [n for n in numbers if n not in uow.repo.existing_card_numbers(numbers)]
+            if missing:
+                raise errors.CardNotFound(f"{len(missing)} card(s) of the list do not exist, e.g. "
+                                          f"{', '.join(missing[:10])}")
+        action_id = self._action_id(kind=CREDIT, amount=str(amount), until=until, note=note or "",
+                                    selection=selection.key())
+        card_select = select(cards.c.number, _state_column()).where(selection.condition())
+        started = self._start(action_id, CREDIT, f"credit {amount} to {selection.key()}", card_select,
+                              {"numbers": numbers} if numbers is not None else {},
+                              dict(amount=amount, until_date=until, note=note), dry_run)
+        if started is not None:
+            if dry_run:
+                started.amount = amount * started.cards
+            return started
+        expires_at = day_start(until + timedelta(days=1), self.tz) if until else None
+        text = note or f"bonus action {action_id}"
+        while batch := self._pending(action_id, PENDING):
+            self._credit_batch(action_id, batch, amount, expires_at, text)
+            self.progress(len(batch))
+        return self._finish(action_id, CREDIT, False)
+
+    def _credit_batch(self, action_id, batch, amount, expires_at, note):
+        now = self.billing.clock()
+        with UnitOfWork(self.engine, write=True) as uow:
+            conn = uow.conn
+            self._lock(conn, batch)
+            debtors = set(conn.execute(select(lots.c.card_number).distinct().where(
+                lots.c.card_number.in_(batch), lots.c.measure == Measure.BONUS.value, lots.c.remaining < 0)).scalars())
+            plain = [n for n in batch if n not in debtors]
+            ids = self._ops(conn, action_id, batch, Kind.ACTION, "", note, accrued=amount)
+            if plain:  # one new lot and one entry per card, two statements for the whole batch
+                plain_ids = [ids[n] for n in plain]
+                conn.execute(insert(lots).from_select(
+                    ["card_number", "measure", "remaining", "available_from", "expires_at", "created_at",
+                     "origin_operation_id", "exclusive"],
+                    select(operations.c.card_number, literal(Measure.BONUS.value, String),
+                           type_coerce(operations.c.bonus_accrued, BigInteger),
+                           literal(None, lots.c.available_from.type), literal(expires_at, lots.c.expires_at.type),
+                           literal(now, lots.c.created_at.type), operations.c.id, literal(True, lots.c.exclusive.type))
+                    .where(operations.c.id.in_(bindparam("ids", expanding=True)))), {"ids": plain_ids})
+                conn.execute(insert(entries).from_select(
+                    ["operation_id", "lot_id", "card_number", "measure", "role", "amount"],
+                    select(lots.c.origin_operation_id, lots.c.id, lots.c.card_number, lots.c.measure,
+                           literal(Role.CREDIT.value, String), type_coerce(lots.c.remaining, BigInteger))
+                    .where(lots.c.origin_operation_id.in_(bindparam("ids", expanding=True)))), {"ids": plain_ids})
+            for n in sorted(debtors):  # a debt is paid first: the ledger's own rules, card by card
+                ledger = CardLedger(uow.repo.load_lots(n), now)
+                ledger.credit(Measure.BONUS, amount, None, expires_at, exclusive=True)
+                uow.repo.save_moves(n, ids[n], ledger.moves, now)
+            conn.execute(update(action_cards).where(action_cards.c.action_id == action_id,
+                                                    action_cards.c.card_number.in_(batch))
+                         .values(state=DONE, amount=amount))
+            uow.commit()
+
+    # -- zeroing ---------------------------------------------------------------------------------
+    def zero(self, inactive_since: date, note: str | None = None, dry_run: bool = False) -> ActionReport:
+        """Burn the live non-expiring bonuses of cards without a purchase (sale or return) on or after
+        ``inactive_since``; dated bonuses are left alone."""
+        now = self.billing.clock()
+        action_id = self._action_id(kind=ZERO_KIND, inactive_since=inactive_since, note=note or "")
+        purchases = select(operations.c.id).where(
+            operations.c.card_number == cards.c.number,
+            operations.c.kind.in_([Kind.SALE.value, Kind.RETURN.value]),
+            operations.c.business_date >= inactive_since)
+        card_select = select(cards.c.number, literal(PENDING, String).label("state")).where(
+            ~exists(purchases), exists(select(lots.c.id).where(*_zeroable(now), lots.c.card_number == cards.c.number)))
+        started = self._start(action_id, ZERO_KIND, f"zero non-expiring bonuses, inactive since {inactive_since}",
+                              card_select, {}, dict(inactive_since=inactive_since, note=note), dry_run)
+        if started is not None:
+            if dry_run:
+                with UnitOfWork(self.engine) as uow:
+                    started.amount = Decimal(uow.conn.execute(
+                        select(func.coalesce(func.sum(type_coerce(lots.c.remaining, BigInteger)), 0))
+                        .where(*_zeroable(now), lots.c.card_number.in_(card_select.with_only_columns(cards.c.number)))
+                    ).scalar_one()).scaleb(-2)
+            return started
+        text = note or f"zeroing {action_id}: inactive since {inactive_since}"
+        while batch := self._pending(action_id, PENDING):
+            self._zero_batch(action_id, batch, text)
+            self.progress(len(batch))
+        return self._finish(action_id, ZERO_KIND, False)
+
+    def _zero_batch(self, action_id, batch, note):
+        now = self.billing.clock()
+        with UnitOfWork(self.engine, write=True) as uow:
+            conn = uow.conn
+            self._lock(conn, batch)
+            ids = self._ops(conn, action_id, batch, Kind.ZEROING, "", note)
+            due = and_(*_zeroable(now), lots.c.card_number.in_(bindparam("cards", expanding=True)))
+            conn.execute(insert(entries).from_select(
+                ["operation_id", "lot_id", "card_number", "measure", "role", "amount"],
+                select(operations.c.id, lots.c.id, lots.c.card_number, lots.c.measure, literal(ZEROING_ROLE, String),
+                       -type_coerce(lots.c.remaining, BigInteger))
+                .select_from(lots.join(operations, operations.c.card_number == lots.c.card_number))
+                .where(due, operations.c.id.in_(bindparam("ids", expanding=True)))),
+                {"cards": batch, "ids": list(ids.values())})
+            conn.execute(update(lots).where(due).values(remaining=0), {"cards": batch})
+            burnt = dict(conn.execute(select(entries.c.card_number, func.sum(entries.c.amount))
+                                      .where(entries.c.operation_id.in_(list(ids.values())))
+                                      .group_by(entries.c.card_number)).all())
+            conn.execute(update(action_cards).where(action_cards.c.action_id == action_id,
+                                                    action_cards.c.card_number == bindparam("n"))
+                         .values(state=DONE, amount=bindparam("a")),
+                         [{"n": n, "a": -burnt.get(n, ZERO)} for n in batch])
+            uow.commit()
+
+    # -- cancelling ------------------------------------------------------------------------------
+    def cancel(self, action_id: str) -> CancelReport:
+        """Reverse what an action did, card by card: a credit takes back what is left of it (the report
+        lists what had been spent or had burnt), a zeroing gives the bonuses back to their lots."""
+        row = self.get(action_id)
+        if row["status"] == RUNNING:
+            raise errors.ValidationError(f"action {action_id} has not finished: run it to the end first")
+        now = self.billing.clock()
+        if row["status"] == DONE:
+            with UnitOfWork(self.engine, write=True) as uow:
+                uow.conn.execute(update(actions).where(actions.c.id == action_id).values(status=CANCELLING))
+                uow.commit()
+        while batch := self._pending(action_id, DONE):
+            if row["kind"] == CREDIT:
+                self._cancel_credit_batch(action_id, batch, now)
+            else:
+                self._cancel_zero_batch(action_id, batch, now)
+            self.progress(len(batch))
+        with UnitOfWork(self.engine, write=True) as uow:
+            uow.conn.execute(update(actions).where(actions.c.id == action_id, actions.c.status == CANCELLING)
+                             .values(status=CANCELLED, cancelled_at=now))
+            result = uow.conn.execute(select(action_cards.c.card_number, action_cards.c.amount, action_cards.c.kept)
+                                      .where(action_cards.c.action_id == action_id,
+                                             action_cards.c.state == CANCELLED)
+                                      .order_by(action_cards.c.card_number)).all()
+            uow.commit()
+        report = CancelReport(action_id, cards=len(result))
+        for number, moved, kept in result:
+            kept = kept or ZERO
+            report.kept += kept
+            report.taken_back += (moved or ZERO) - kept
+            if kept:
+                report.kept_by_card.append((number, kept))
+        return report
+
+    def _cancel_credit_batch(self, action_id, batch, now):
+        with UnitOfWork(self.engine, write=True) as uow:
+            conn = uow.conn
+            self._lock(conn, batch)
+            credit_ops = {n: self._op_id(action_id, n) for n in batch}
+            ids = self._ops(conn, action_id, batch, Kind.ANNULMENT, "cancel/", f"cancel of action {action_id}",
+                            original=credit_ops)
+            cancel_of = {credit_ops[n]: ids[n] for n in batch}
+            live = and_(lots.c.origin_operation_id.in_(list(credit_ops.values())), lots.c.remaining > 0,
+                        or_(lots.c.expires_at.is_(None), lots.c.expires_at > now))
+            left = conn.execute(select(lots.c.id, lots.c.card_number, lots.c.origin_operation_id, lots.c.remaining)
+                                .where(live)).all()
+            if left:
+                conn.execute(insert(entries), [dict(operation_id=cancel_of[r.origin_operation_id], lot_id=r.id,
+                                                    card_number=r.card_number, measure=Measure.BONUS.value,
+                                                    role=Role.TAKEBACK.value, amount=-r.remaining) for r in left])
+                conn.execute(update(lots).where(lots.c.id.in_([r.id for r in left])).values(remaining=0))
+            taken = {r.card_number: r.remaining for r in left}
+            moved = dict(conn.execute(select(action_cards.c.card_number, action_cards.c.amount).where(
+                action_cards.c.action_id == action_id, action_cards.c.card_number.in_(batch))).all())
+            conn.execute(update(action_cards).where(action_cards.c.action_id == action_id,
+                                                    action_cards.c.card_number == bindparam("n"))
+                         .values(state=CANCELLED, kept=bindparam("k")),
+                         [{"n": n, "k": moved[n] - taken.get(n, ZERO)} for n in batch])
+            uow.commit()
+
+    def _cancel_zero_batch(self, action_id, batch, now):
+        with UnitOfWork(self.engine, write=True) as uow:
+            conn = uow.conn
+            self._lock(conn, batch)
+            zero_ops = {n: self._op_id(action_id, n) for n in batch}
+            ids = self._ops(conn, action_id, batch, Kind.ANNULMENT, "cancel/", f"cancel of action {action_id}",
+                            original=zero_ops)
+            cancel_of = {zero_ops[n]: ids[n] for n in batch}
+            burnt = conn.execute(select(entries.c.operation_id, entries.c.lot_id, entries.c.card_number,
+                                        entries.c.amount)
+                                 .where(entries.c.operation_id.in_(list(zero_ops.values())))).all()
+            if burnt:
+                conn.execute(insert(entries), [dict(operation_id=cancel_of[b.operation_id], lot_id=b.lot_id,
+                                                    card_number=b.card_number, measure=Measure.BONUS.value,
+                                                    role=Role.REFUND.value, amount=-b.amount) for b in burnt])
+                for b in burnt:
+                    conn.execute(update(lots).where(lots.c.id == b.lot_id)
+                                 .values(remaining=lots.c.remaining + type_coerce(-b.amount, lots.c.remaining.type)))
+            conn.execute(update(action_cards).where(action_cards.c.action_id == action_id,
+                                                    action_cards.c.card_number.in_(batch))
+                         .values(state=CANCELLED, kept=ZERO))
+            uow.commit()
+
+
+def _zeroable(now):
+    """Live, non-expiring, positive bonus lots."""
+    return (lots.c.measure == Measure.BONUS.value, lots.c.expires_at.is_(None), lots.c.remaining > 0,
+            or_(lots.c.available_from.is_(None), lots.c.available_from <= now))
+
+
+def _state_column():
+    """An action covers active cards; a blocked card in a range or list is recorded as skipped."""
+    return case((cards.c.status == CardStatus.ACTIVE.value, PENDING), else_=SKIPPED).label("state")

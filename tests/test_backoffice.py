@@ -1,0 +1,252 @@
+"""Back office: bonus actions, zeroing, cancelling, annulment, reports, ledger verification."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal as D
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import func, select, update
+
+from kkmtransfer.adapters.db import action_cards, lots, operations
+from kkmtransfer.domain import errors
+from kkmtransfer.domain.model import CardStatus
+from kkmtransfer.service_layer.actions import Actions, Selection
+from kkmtransfer.service_layer.nightly import Nightly
+from kkmtransfer.service_layer.reports import Reports
+
+from .conftest import empty_tables
+from .helpers import request
+
+MSK = ZoneInfo("Europe/Moscow")
+KKM = str(Path(sys.executable).parent / "kkmtransfer")
+
+
+def msk(y, m, d, hh=12) -> datetime:
+    return datetime(y, m, d, hh, tzinfo=MSK)
+
+
+def count(db, table, *where) -> int:
+    with db.engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+
+
+@pytest.fixture
+def cards(db):
+    db.add_card_range(1, 5, "B", 0, None)
+    db.clock.set(msk(2026, 11, 10))
+    return db
+
+
+def bonus(db, card):
+    return db.card_info(card).balances.bonus
+
+
+def test_a_credit_action_credits_each_card_once_and_respects_its_last_day(cards):
+    db = cards
+    db.set_card_status("B3", CardStatus.BLOCKED)
+    db.register_operation(request("B1", accrued="5.00", time=msk(2026, 11, 10)))
+    db.register_operation(request("B1", receipt_sum="1.00", spent="5.00", time=msk(2026, 11, 10)))
+    # B2 owes 4.00 (a return took back bonuses already spent): the action pays the debt first
+    sale = request("B2", accrued="4.00", time=msk(2026, 11, 10))
+    db.register_operation(sale)
+    db.register_operation(request("B2", spent="4.00", time=msk(2026, 11, 10)))
+    db.register_operation(request("B2", kind="Return", accrued="4.00", receipt_sum="0.00", time=msk(2026, 11, 10),
+                                  original_operation_id=sale.operation_id))
+    assert bonus(db, "B2") == D("-4.00")
+
+    actions = Actions(db, batch=2)
+    dry = actions.credit("10.00", Selection(first="B1", last="B4"), until=date(2026, 11, 30), note="Nov",
+                         dry_run=True)
+    assert dry.dry_run and dry.cards == 4 and count(db, action_cards) == 0
+    report = actions.credit("10.00", Selection(first="B1", last="B4"), until=date(2026, 11, 30), note="Nov")
+    assert (report.cards, report.done, report.skipped, report.amount) == (4, 3, 1, D("30.00"))
+    assert [bonus(db, c) for c in ("B1", "B2", "B3", "B4", "B5")] == [D("10.00"), D("6.00"), D("0.00"),
+                                                                      D("10.00"), D("0.00")]
+    again = actions.credit("10.00", Selection(first="B1", last="B4"), until=date(2026, 11, 30), note="Nov")
+    assert again.already_done and bonus(db, "B1") == D("10.00")
+    b = db.card_info("B4").balances
+    assert (b.next_expiry_date, b.next_expiry_amount) == (date(2026, 12, 1), D("10.00"))
+    db.clock.set(msk(2026, 12, 1, 0))
+    assert bonus(db, "B4") == D("0.00")
+    with pytest.raises(errors.ValidationError, match="past"):
+        actions.credit("1.00", Selection(all_active=True), until=date(2026, 11, 30))
+
+
+def test_a_credit_action_killed_mid_way_and_run_again_credits_each_card_once(db, database_url):
+    db.add_card_range(1, 1500, "M", 5, None)
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url)
+    command = [KKM, "actions", "credit", "--amount", "3.00", "--all-active", "--note", "crash", "--batch", "10"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while count(db, operations) < 200:
+        assert proc.poll() is None, "the action ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_at_kill = count(db, operations)
+    assert 0 < done_at_kill < 1500
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert count(db, operations) == 1500
+    with db.engine.connect() as conn:
+        per_card = conn.execute(select(operations.c.card_number, func.count()).group_by(operations.c.card_number)
+                                .having(func.count() != 1)).all()
+    assert per_card == []
+    assert {bonus(db, n) for n in ("M00001", "M00750", "M01500")} == {D("3.00")}
+
+
+def test_cancel_after_a_partial_spend_takes_back_what_is_left_and_reports_the_rest(cards):
+    db = cards
+    actions = Actions(db)
+    report = actions.credit("20.00", Selection(numbers=("B1", "B2")), note="gift")
+    db.register_operation(request("B1", receipt_sum="50.00", spent="15.00", time=msk(2026, 11, 10)))
+    db.register_operation(request("B2", accrued="7.00", time=msk(2026, 11, 10)))
+    cancel = actions.cancel(report.action_id)
+    assert (cancel.cards, cancel.taken_back, cancel.kept) == (2, D("25.00"), D("15.00"))
+    assert cancel.kept_by_card == [("B1", D("15.00"))]
+    assert (bonus(db, "B1"), bonus(db, "B2")) == (D("0.00"), D("7.00"))
+    assert actions.get(report.action_id)["status"] == "cancelled"
+    assert actions.cancel(report.action_id).taken_back == D("25.00")   # again: nothing more happens
+    assert (bonus(db, "B1"), bonus(db, "B2")) == (D("0.00"), D("7.00"))
+    with pytest.raises(errors.ValidationError, match="cancelled"):
+        actions.credit("20.00", Selection(numbers=("B1", "B2")), note="gift")
+
+
+def test_zeroing_burns_only_non_expiring_bonuses_of_inactive_cards_and_can_be_undone(cards):
+    db = cards
+    db.add_promotion("DATED", "dated", lifetime_days=120)
+    db.register_operation(request("B1", accrued="8.00", time=msk(2026, 9, 1)))                  # inactive
+    db.register_operation(request("B1", accrued="5.00", time=msk(2026, 9, 1), promotion_code="DATED"))
+    db.register_operation(request("B2", accrued="9.00", time=msk(2026, 11, 5)))                 # active
+    Actions(db).credit("2.00", Selection(numbers=("B3",)))                                       # no purchase
+    actions = Actions(db)
+    report = actions.zero(date(2026, 10, 1), note="sleepers")
+    assert (report.done, report.amount) == (2, D("10.00"))
+    assert [bonus(db, c) for c in ("B1", "B2", "B3")] == [D("5.00"), D("9.00"), D("0.00")]
+    assert db.card_info("B1").balances.next_expiry_amount == D("5.00")       # the dated 5.00 untouched
+    [line] = [h for h in db.card_operations("B1", date(2026, 11, 10), date(2026, 11, 10)) if h.kind == "Zeroing"]
+    assert line.bonus == D("-8.00") and line.source == "BackOffice"
+    undo = actions.cancel(report.action_id)
+    assert undo.taken_back == D("10.00") and [bonus(db, c) for c in ("B1", "B3")] == [D("13.00"), D("2.00")]
+
+
+def test_annulling_a_partly_returned_receipt_takes_back_only_what_is_left(cards):
+    db = cards
+    db.register_operation(request("B1", accrued="3.00", time=msk(2026, 11, 10)))
+    sale = request("B1", receipt_sum="300.00", accrued="30.00", time=msk(2026, 11, 10))
+    db.register_operation(sale)
+    db.register_operation(request("B1", kind="Return", receipt_sum="100.00", accrued="10.00", time=msk(2026, 11, 10),
+                                  original_operation_id=sale.operation_id))
+    result, amount = db.annul_receipt(sale.operation_id)
+    assert amount == D("20.00") and result.card.balances.bonus == D("3.00")
+    again, _ = db.annul_receipt(sale.operation_id)
+    assert again.status == "AlreadyApplied" and bonus(db, "B1") == D("3.00")
+    # a later return of the rest of the goods is taken, and takes no bonus back a second time
+    db.register_operation(request("B1", kind="Return", receipt_sum="200.00", accrued="20.00", time=msk(2026, 11, 10),
+                                  original_operation_id=sale.operation_id))
+    assert bonus(db, "B1") == D("3.00")
+    with pytest.raises(errors.OriginalNotFound):
+        db.annul_receipt("00000000-0000-4000-8000-000000000000")
+
+
+def test_annulling_a_fully_returned_receipt_changes_nothing(cards):
+    db = cards
+    sale = request("B1", receipt_sum="100.00", accrued="10.00", time=msk(2026, 11, 10))
+    db.register_operation(sale)
+    db.register_operation(request("B1", kind="Return", receipt_sum="100.00", accrued="10.00", time=msk(2026, 11, 10),
+                                  original_operation_id=sale.operation_id))
+    _, amount = db.annul_receipt(sale.operation_id)
+    assert amount == D("0.00") and bonus(db, "B1") == D("0.00")
+
+
+def test_ledger_verify_finds_drift(cards):
+    db = cards
+    db.register_operation(request("B1", accrued="5.00", time=msk(2026, 11, 10)))
+    assert Reports(db).verify() == []
+    with db.engine.begin() as conn:
+        conn.execute(update(lots).where(lots.c.card_number == "B1", lots.c.measure == "bonus").values(remaining=D("6.00")))
+    problems = Reports(db).verify()
+    assert any("entries sum to 5.00" in p for p in problems)
+    with db.engine.begin() as conn:  # put it right, or the fixture's own check fails
+        conn.execute(update(lots).where(lots.c.card_number == "B1", lots.c.measure == "bonus").values(remaining=D("5.00")))
+
+
+# -- property: the books add up, whatever happens ---------------------------------------------------
+EVENTS = st.lists(st.tuples(
+    st.sampled_from(["sale", "spend", "return", "deferred", "dated", "action", "annul", "days", "nightly"]),
+    st.integers(0, 2),                       # card
+    st.integers(1, 4000).map(lambda c: D(c).scaleb(-2)),  # an amount
+    st.integers(0, 5),                       # which earlier sale / how many days
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=EVENTS)
+def test_opening_plus_turnovers_is_closing_on_random_streams(db, engine, events):
+    empty_tables(engine)
+    db.add_card_range(0, 2, "H", 0, None)
+    db.add_promotion("LATE", "late", delay_days=2, lifetime_days=3)
+    db.add_promotion("SHORT", "short", lifetime_days=2)
+    day0 = date(2026, 1, 1)
+    now = msk(2026, 1, 1, 10)
+    sales: list = []
+    for kind, card_no, amount, pick in events:
+        card = f"H{card_no}"
+        db.clock.set(now.astimezone(timezone.utc))
+        try:
+            if kind in ("sale", "deferred", "dated"):
+                promo = {"deferred": "LATE", "dated": "SHORT"}.get(kind)
+                req = request(card, receipt_sum=str(amount * 10), accrued=str(amount), time=now, promotion_code=promo)
+                db.register_operation(req)
+                sales.append(req)
+            elif kind == "spend":
+                db.register_operation(request(card, receipt_sum=str(amount), spent=str(amount), time=now))
+            elif kind == "return" and sales:
+                sale = sales[pick % len(sales)]
+                db.register_operation(request(sale.card_number, kind="Return", receipt_sum="0.00",
+                                              accrued=str(min(amount, sale.bonus_accrued)), time=now,
+                                              original_operation_id=sale.operation_id))
+            elif kind == "action":
+                Actions(db).credit(amount, Selection(numbers=(card,)), note=f"{now.isoformat()}")
+            elif kind == "annul" and sales:
+                db.annul_receipt(sales[pick % len(sales)].operation_id)
+            elif kind == "days":
+                now += timedelta(days=pick + 1)
+            elif kind == "nightly":
+                Nightly(db).run(now.astimezone(MSK).date())
+        except (errors.InsufficientBonus, errors.ReturnExceedsSale):
+            pass  # refused operations are part of the stream: they must leave no trace
+    now += timedelta(days=1)
+    db.clock.set(now.astimezone(timezone.utc))
+    today = now.astimezone(MSK).date()
+    Nightly(db).run(today)   # the books catch up with what the clock already shows
+
+    reports = Reports(db)
+    whole = reports.balances(day0, today)
+    split = day0 + (today - day0) / 2
+    early, late = reports.balances(day0, split), reports.balances(split + timedelta(days=1), today)
+    late_by_key = {(l.card, l.measure): l for l in late.lines}
+    for line in whole.lines:
+        assert line.opening == D("0.00") and line.balanced(), line
+        # the closing of one period is the opening of the next
+        [first_half] = [l for l in early.lines if (l.card, l.measure) == (line.card, line.measure)]
+        assert first_half.closing == late_by_key[(line.card, line.measure)].opening
+        assert late_by_key[(line.card, line.measure)].closing == line.closing
+    for l in late.lines:
+        assert l.balanced(), l
+    closing = {(l.card, l.measure): l.closing for l in whole.lines}
+    for card in ("H0", "H1", "H2"):  # the books' closing is what a register reads (pending starts later)
+        b = db.card_info(card).balances
+        assert closing.get((card, "bonus"), D("0.00")) == b.bonus
+        assert closing.get((card, "accumulation"), D("0.00")) == b.accumulation
+        assert closing.get((card, "receipt_count"), D("0.00")) == b.receipt_count
+    assert Reports(db).verify() == []
