@@ -18,7 +18,9 @@ from kkmtransfer.service_layer.billing_admin import BillingAdmin
 from kkmtransfer.service_layer.inbox import process_inbox
 from kkmtransfer.service_layer.journal import JournalImport
 
-from .helpers import op_dict, request
+from kkmtransfer.service_layer.reports import Reports
+
+from .helpers import new_id, op_dict, request
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=timezone(timedelta(hours=3)))
 
@@ -221,3 +223,50 @@ def test_the_documented_example_journal_loads(db, tmp_path):
     assert (summary.rows, summary.applied, summary.rejected) == (3, 3, 0)
     assert db.card_info("7770000001").balances.bonus == D("40.00")
     assert db.card_info("7770000002").balances.bonus == D("17.50")
+
+
+def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, tmp_path, monkeypatch):
+    """Sales, spends, returns of sales in the same batch, repeated rows and refusals, on few cards: the
+    fast path (one read and one write per batch) must end where applying row by row ends."""
+    import random
+
+    from .conftest import empty_tables
+
+    rnd = random.Random(7)
+    lines, sales = [], []
+    for i in range(400):
+        card = f"J{rnd.randint(1, 3)}"
+        when = T0 + timedelta(minutes=i)
+        roll = rnd.random()
+        if roll < 0.15 and sales:
+            op_id, sale_card, accrued, spent = rnd.choice(sales)
+            lines.append(line(number=f"r{i}", when=when, kind="Return", card=sale_card, total="1.00",
+                              accrued=str(min(accrued, D("0.50"))), spent=str(min(spent, D("0.30"))),
+                              original=op_id))
+        elif roll < 0.2 and lines:
+            lines.append(rnd.choice(lines))                      # the same row again
+        else:
+            op_id = new_id()
+            accrued, spent = D(rnd.randint(0, 500)).scaleb(-2), D(rnd.randint(0, 400)).scaleb(-2)
+            lines.append(line(number=str(i), when=when, card=card, total="10.00", accrued=str(accrued),
+                              spent=str(spent), op_id=op_id if i % 2 else ""))
+            if i % 2:
+                sales.append((op_id, card, accrued, spent))
+    path = journal(tmp_path, "mix.csv", *lines)
+
+    def run(row_by_row: bool):
+        empty_tables(engine)
+        db.add_card_range(1, 3, "J", 0, None)
+        db.register_operation(request("J1", accrued="3.00", time=T0))
+        importer = JournalImport(db, batch=1 if row_by_row else 500)
+        if row_by_row:
+            monkeypatch.setattr(importer, "_run_batch",
+                                lambda rows, name, savepoints: JournalImport._run_batch(importer, rows, name, True))
+        summary = importer.import_file(path)
+        assert Reports(db).verify() == []
+        return (summary.applied, summary.already, summary.rejected,
+                [db.card_info(f"J{i}").balances for i in (1, 2, 3)])
+
+    fast, slow = run(False), run(True)
+    assert fast == slow
+    assert fast[0] > 100 and fast[1] >= 3 and fast[2] > 10     # the stream did exercise every path

@@ -68,8 +68,8 @@ def parse_row(values: dict[str, str], line_no: int) -> JournalRow:
         kkm = values["KKM"].strip()
         number = values["TransactionNumber"].strip()
         when = _time(values["TransactionTime"])
-        if not number:
-            raise errors.ValidationError("TransactionNumber is required")
+        if not number or len(number) > 64:
+            raise errors.ValidationError("TransactionNumber is required (at most 64 characters)")
         op_id = values["OperationId"].strip()
         if not op_id:
             key_time = when.astimezone(timezone.utc)

@@ -5,7 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Iterable
 
-from sqlalchemy import BigInteger, and_, case, func, insert, or_, select, type_coerce, update
+from sqlalchemy import BigInteger, and_, bindparam, case, func, insert, or_, select, type_coerce, update
 from sqlalchemy.engine import Connection
 
 from ..domain.ledger import Move
@@ -91,31 +91,46 @@ class Repository:
     def load_lots(self, card_number: str, extra_ids: Iterable[int] = ()) -> list[Lot]:
         """The card's lots that matter now: non-empty ones, the never-ending buckets (reused for new
         credits and debts), and any named by id (those an original operation touched)."""
+        return self._lots_of([card_number], extra_ids)[card_number]
+
+    def _lots_of(self, numbers: list[str], extra_ids: Iterable[int] = ()) -> dict[str, list[Lot]]:
         extra = sorted(set(extra_ids))
         cond = or_(lots.c.remaining != 0,
                    and_(lots.c.available_from.is_(None), lots.c.expires_at.is_(None)))
         if extra:
             cond = or_(cond, lots.c.id.in_(extra))
         rows = self.conn.execute(
-            select(lots.c.id, lots.c.measure, lots.c.remaining, lots.c.available_from, lots.c.expires_at,
-                   lots.c.exclusive)
-            .where(lots.c.card_number == card_number, cond)
+            select(lots.c.id, lots.c.card_number, lots.c.measure, lots.c.remaining, lots.c.available_from,
+                   lots.c.expires_at, lots.c.exclusive)
+            .where(lots.c.card_number.in_(numbers), cond)
             .order_by(lots.c.id)
         ).all()
-        return [Lot(id=r.id, measure=Measure(r.measure), remaining=r.remaining,
-                    available_from=r.available_from, expires_at=r.expires_at, exclusive=r.exclusive) for r in rows]
+        found: dict[str, list[Lot]] = {n: [] for n in numbers}
+        for r in rows:
+            found[r.card_number].append(Lot(id=r.id, measure=Measure(r.measure), remaining=r.remaining,
+                                            available_from=r.available_from, expires_at=r.expires_at,
+                                            exclusive=r.exclusive))
+        return found
 
     def save_moves(self, card_number: str, operation_id: str, moves: list[Move], now: datetime) -> None:
-        """Write the planned moves: new lots, one entry per move, each touched lot's new remaining."""
-        for move in moves:
-            lot = move.lot
-            if lot.id is None:
-                lot.id = self.conn.execute(
-                    insert(lots).values(card_number=card_number, measure=lot.measure.value, remaining=ZERO,
-                                        available_from=lot.available_from, expires_at=lot.expires_at,
-                                        created_at=now, origin_operation_id=operation_id,
-                                        exclusive=lot.exclusive).returning(lots.c.id)
-                ).scalar_one()
+        """Write the planned moves: new lots (born with their final remaining), one entry per move, and
+        the other touched lots' new remaining. A few statements whatever the number of moves."""
+        deltas: dict[int, Decimal] = {}
+        new: dict[int, Lot] = {}
+        for m in moves:
+            if m.lot.id is None:
+                new[id(m.lot)] = m.lot
+            else:
+                deltas[m.lot.id] = deltas.get(m.lot.id, ZERO) + m.amount
+        if new:
+            born = list(new.values())
+            ids = self.conn.execute(
+                insert(lots).returning(lots.c.id, sort_by_parameter_order=True),
+                [dict(card_number=card_number, measure=lot.measure.value, remaining=lot.remaining,
+                      available_from=lot.available_from, expires_at=lot.expires_at, created_at=now,
+                      origin_operation_id=operation_id, exclusive=lot.exclusive) for lot in born]).scalars().all()
+            for lot, lot_id in zip(born, ids):
+                lot.id = lot_id
         if moves:
             self.conn.execute(insert(entries), [
                 dict(operation_id=operation_id, lot_id=m.lot.id, card_number=card_number,
@@ -123,20 +138,16 @@ class Repository:
                 for m in moves
             ])
         # relative updates: the nightly regulation may burn other lots of this card at the same time
-        deltas: dict[int, Decimal] = {}
-        for m in moves:
-            deltas[m.lot.id] = deltas.get(m.lot.id, ZERO) + m.amount
-        for lot_id, delta in deltas.items():
-            if delta != 0:
-                self.conn.execute(update(lots).where(lots.c.id == lot_id)
-                                  .values(remaining=lots.c.remaining + type_coerce(delta, lots.c.remaining.type)))
+        changed = [{"lot_id": k, "delta": v} for k, v in deltas.items() if v != 0]
+        if changed:
+            self.conn.execute(_ADD_TO_LOT, changed)
 
     # -- operations --------------------------------------------------------------------------
     def get_operation(self, operation_id: str):
         return self.conn.execute(select(operations).where(operations.c.id == operation_id)).mappings().first()
 
     def insert_operation(self, **values) -> None:
-        self.conn.execute(insert(operations).values(**values))
+        self.conn.execute(insert(operations), [values])
 
     def return_totals(self, sale_id: str) -> dict[str, Decimal]:
         row = self.conn.execute(
@@ -225,6 +236,10 @@ class Repository:
         return [(r.id, r.remaining, _cents(r.total)) for r in rows]
 
 
+_ADD_TO_LOT = (update(lots).where(lots.c.id == bindparam("lot_id"))
+               .values(remaining=lots.c.remaining + bindparam("delta", type_=lots.c.remaining.type)))
+
+
 def _promotion(row) -> Promotion:
     return Promotion(code=row["code"], name=row["name"], valid_from=row["valid_from"], valid_to=row["valid_to"],
                      rule=LifeRule(row["delay_days"], row["lifetime_days"], row["until_date"]))
@@ -233,3 +248,110 @@ def _promotion(row) -> Promotion:
 def _cents(raw) -> Decimal:
     """A raw sum of whole hundredths as money."""
     return Decimal(int(raw)).scaleb(-2).quantize(Decimal("0.01"))
+
+
+class BatchRepository(Repository):
+    """A repository for applying many operations in one transaction with few round trips (the journal
+    import): the cards, their lots, the operations and the promotions the batch needs are read at once
+    (the cards locked, in number order), kept in memory as the operations change them, and written at
+    ``flush()``. What it does not hold (the history of a sale being returned) is read from the database
+    after a flush."""
+
+    def __init__(self, conn: Connection, numbers: Iterable[str], operation_ids: Iterable[str]):
+        super().__init__(conn)
+        numbers = sorted(set(numbers))
+        self._cards = {}
+        self._lots: dict[str, list[Lot]] = {}
+        for i in range(0, len(numbers), 500):
+            chunk = numbers[i:i + 500]
+            stmt = select(cards).where(cards.c.number.in_(chunk)).order_by(cards.c.number).with_for_update()
+            self._cards.update({r["number"]: r for r in conn.execute(stmt).mappings()})
+            self._lots.update(self._lots_of([n for n in chunk if n in self._cards]))
+        ids = sorted(set(operation_ids))
+        self._looked_up = set(ids)  # ids read at the start: those not found do not exist (yet)
+        self._ops = {}
+        for i in range(0, len(ids), 500):
+            stmt = select(operations).where(operations.c.id.in_(ids[i:i + 500]))
+            self._ops.update({r["id"]: r for r in conn.execute(stmt).mappings()})
+        self._promotions: dict[str, Promotion | None] = {}
+        self._new_ops: list[dict] = []
+        self._new_lots: list[tuple[str, str, Lot]] = []
+        self._entries: list[tuple[str, Lot, str, Move]] = []
+        self._deltas: dict[int, Decimal] = {}
+
+    def get_card(self, number: str, *, lock: bool = False):
+        if number in self._cards:
+            return self._cards[number]
+        return super().get_card(number, lock=lock)
+
+    def get_operation(self, operation_id: str):
+        if operation_id in self._ops:
+            return self._ops[operation_id]
+        if operation_id in self._looked_up:
+            return None
+        self.flush()
+        return super().get_operation(operation_id)
+
+    def get_promotion(self, code: str) -> Promotion | None:
+        if code not in self._promotions:
+            self._promotions[code] = super().get_promotion(code)
+        return self._promotions[code]
+
+    def load_lots(self, card_number: str, extra_ids: Iterable[int] = ()) -> list[Lot]:
+        if card_number in self._lots and not extra_ids:
+            return self._lots[card_number]
+        # read from the database (after writing what is pending); the card is not cached from now on
+        self.flush()
+        self._lots.pop(card_number, None)
+        return super().load_lots(card_number, extra_ids)
+
+    def insert_operation(self, **values) -> None:
+        self._new_ops.append(values)
+        self._ops[values["id"]] = values
+
+    def save_moves(self, card_number: str, operation_id: str, moves: list[Move], now: datetime) -> None:
+        cached = self._lots.get(card_number)
+        for m in moves:
+            if m.lot.id is None and all(m.lot is not lot for _, _, lot in self._new_lots):
+                self._new_lots.append((card_number, operation_id, m.lot))
+                if cached is not None:
+                    cached.append(m.lot)
+            elif m.lot.id is not None:
+                self._deltas[m.lot.id] = self._deltas.get(m.lot.id, ZERO) + m.amount
+            self._entries.append((operation_id, m.lot, card_number, m))
+        self._now = now
+
+    def flush(self) -> None:
+        """Write what the batch did so far: operations, new lots, entries, lots' new remaining."""
+        if self._new_ops:
+            for i in range(0, len(self._new_ops), 1000):
+                self.conn.execute(insert(operations), self._new_ops[i:i + 1000])
+        if self._new_lots:
+            ids = self.conn.execute(
+                insert(lots).returning(lots.c.id, sort_by_parameter_order=True),
+                [dict(card_number=card, measure=lot.measure.value, remaining=lot.remaining,
+                      available_from=lot.available_from, expires_at=lot.expires_at, created_at=self._now,
+                      origin_operation_id=op_id, exclusive=lot.exclusive)
+                 for card, op_id, lot in self._new_lots]).scalars().all()
+            for (_, _, lot), lot_id in zip(self._new_lots, ids):
+                lot.id = lot_id
+        if self._entries:
+            self.conn.execute(insert(entries), [
+                dict(operation_id=op_id, lot_id=lot.id, card_number=card, measure=lot.measure.value,
+                     role=m.role.value, amount=m.amount) for op_id, lot, card, m in self._entries])
+        changed = [{"lot_id": k, "delta": v} for k, v in self._deltas.items() if v != 0]
+        if changed:
+            self.conn.execute(_ADD_TO_LOT, changed)
+        self._new_ops, self._new_lots, self._entries, self._deltas = [], [], [], {}
+
+    def return_totals(self, sale_id: str):
+        self.flush()
+        return super().return_totals(sale_id)
+
+    def spend_sources(self, sale_id: str):
+        self.flush()
+        return super().spend_sources(sale_id)
+
+    def credited_lots(self, sale_id: str):
+        self.flush()
+        return super().credited_lots(sale_id)

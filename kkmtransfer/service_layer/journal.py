@@ -1,7 +1,8 @@
 """Loading registers' offline journals into the ledger, exactly once, losing no row.
 
-Rows are applied in batches: one transaction per batch, one savepoint per row, so a refused row never
-takes its neighbours with it. A row carrying an OperationId is applied like RegisterOperation (same
+Rows are applied in batches of one transaction. A refused row never takes its neighbours with it: the
+ledger checks everything before it writes anything, so a refusal leaves the transaction clean (and if a
+concurrent writer makes an insert fail, the batch is run again with a savepoint per row). A row carrying an OperationId is applied like RegisterOperation (same
 rules, same faults): the same id already applied online or from another file is AlreadyApplied. A row
 without one gets a GUID made from (KKM, TransactionNumber, TransactionTime), kept in ``journal_keys``,
 so loading the same file again, or an overlapping one, changes nothing. A row that is invalid or that
@@ -18,6 +19,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..adapters.db import journal_keys, journal_rejects
+from ..adapters.repository import BatchRepository
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
 from ..domain import errors
 from ..domain.model import Source
@@ -48,7 +50,7 @@ class ImportSummary:
 
 
 class JournalImport:
-    def __init__(self, billing, batch: int = 200, progress: Callable[[int], None] | None = None):
+    def __init__(self, billing, batch: int = 500, progress: Callable[[int], None] | None = None):
         self.billing = billing
         self.batch = batch
         self.progress = progress or (lambda n: None)
@@ -72,13 +74,26 @@ class JournalImport:
         return sum(count_rows(p) for p in paths)
 
     def _apply_batch(self, rows: list[JournalRow], file_name: str, summary: ImportSummary) -> None:
+        try:
+            part = self._run_batch(rows, file_name, savepoints=False)
+        except IntegrityError:  # a concurrent writer inserted one of these operations first: row by row
+            part = self._run_batch(rows, file_name, savepoints=True)
+        summary.add(part)
+        self.progress(len(rows))
+
+    def _run_batch(self, rows: list[JournalRow], file_name: str, savepoints: bool) -> ImportSummary:
+        summary = ImportSummary(file=file_name)
         now = self.billing.clock()
         with UnitOfWork(self.billing.engine, write=True) as uow:
+            if not savepoints:  # read what the batch needs at once, write it at the end
+                good = [r.request for r in rows if r.request is not None]
+                uow.repo = BatchRepository(uow.conn, [q.card_number for q in good], [q.operation_id for q in good])
+            uow.keys, uow.key_set = [], set()
             has_rejects = uow.conn.execute(
                 select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
             for row in rows:
                 summary.rows += 1
-                outcome = self._apply_row(uow, row, now)
+                outcome = self._apply_row(uow, row, now, savepoints)
                 if isinstance(outcome, errors.DomainError):
                     summary.rejected += 1
                     summary.reasons[outcome.code] = summary.reasons.get(outcome.code, 0) + 1
@@ -90,40 +105,50 @@ class JournalImport:
                     summary.applied += 1
                 if has_rejects:
                     self._resolve(uow.conn, row.row_key, now)
+            if not savepoints:
+                uow.repo.flush()
+            if uow.keys:
+                uow.conn.execute(insert(journal_keys), uow.keys)
             uow.commit()
-        self.progress(len(rows))
+        return summary
 
-    def _apply_row(self, uow, row: JournalRow, now):
+    def _apply_row(self, uow, row: JournalRow, now, savepoint: bool = True):
         """'Applied' / 'AlreadyApplied', or the DomainError that refused the row (nothing of it written)."""
         if row.error is not None:
             return row.error
         for attempt in (1, 2):
-            savepoint = uow.conn.begin_nested()
+            sp = uow.conn.begin_nested() if savepoint else None
             try:
                 result = self.billing.apply(uow.repo, row.request, Source.OFFLINE, now, with_view=False)
                 if row.journal_key is not None:
-                    self._remember_key(uow.conn, row, now)
-                savepoint.commit()
+                    self._remember_key(uow, row, now, new=result.status != ALREADY_APPLIED)
+                if sp is not None:
+                    sp.commit()
                 return result.status
-            except errors.DomainError as exc:
-                savepoint.rollback()
+            except errors.DomainError as exc:  # raised before anything of the row was written
+                if sp is not None:
+                    sp.rollback()
                 return exc
             except IntegrityError:
                 # the same operation was committed by a concurrent writer (online, or another import)
-                savepoint.rollback()
-                if attempt == 2:
+                if sp is None or attempt == 2:
                     raise
+                sp.rollback()
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _remember_key(conn, row: JournalRow, now) -> None:
+    def _remember_key(uow, row: JournalRow, now, new: bool) -> None:
+        """Keep (KKM, TransactionNumber, TransactionTime) -> GUID; written with the batch."""
         kkm, number, when = row.journal_key
-        known = conn.execute(select(journal_keys.c.operation_id).where(
-            journal_keys.c.kkm == kkm, journal_keys.c.transaction_number == number,
-            journal_keys.c.transaction_time == when)).scalar()
-        if known is None:
-            conn.execute(insert(journal_keys).values(kkm=kkm, transaction_number=number, transaction_time=when,
-                                                     operation_id=row.request.operation_id, created_at=now))
+        if row.journal_key in uow.key_set:  # the same row twice in one batch
+            return
+        if not new and uow.conn.execute(select(journal_keys.c.operation_id).where(
+                journal_keys.c.kkm == kkm, journal_keys.c.transaction_number == number,
+                journal_keys.c.transaction_time == when)).first() is not None:
+            return
+        uow.key_set.add(row.journal_key)
+        uow.keys.append(dict(kkm=kkm, transaction_number=number, transaction_time=when,
+                             operation_id=row.request.operation_id, created_at=now))
 
     @staticmethod
     def _reject(conn, row: JournalRow, file_name: str, exc: errors.DomainError, now) -> None:
@@ -171,6 +196,7 @@ class JournalImport:
             last_id = batch[-1]["id"]
             now = self.billing.clock()
             with UnitOfWork(self.billing.engine, write=True) as uow:
+                uow.keys, uow.key_set = [], set()
                 for rej in batch:
                     row = parse_raw(rej["raw_row"], rej["line_no"])
                     summary.rows += 1
@@ -186,5 +212,7 @@ class JournalImport:
                     summary.already += outcome == ALREADY_APPLIED
                     uow.conn.execute(update(journal_rejects).where(journal_rejects.c.id == rej["id"])
                                      .values(status=RESOLVED, attempts=rej["attempts"] + 1, updated_at=now))
+                if uow.keys:
+                    uow.conn.execute(insert(journal_keys), uow.keys)
                 uow.commit()
             self.progress(len(batch))

@@ -1,0 +1,155 @@
+"""Benchmark of the journal import on PostgreSQL: rows/s and peak memory, beside a bare COPY and a bare
+executemany of the same rows, in one run.
+
+    .venv/bin/python bench/bench_journal.py [--rows 1000000] [--cards 100000] [--small 100000]
+
+The product (``kkmtransfer journal import``) runs as a child process, so its peak RSS is its own. It
+imports a ``--small`` file and then the ``--rows`` file: flat memory means the two peaks are close.
+The baselines load the same file's rows into a plain staging table (no ledger, no checks): COPY, and
+``executemany`` (psycopg2 execute_values, 1000 rows a page).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from common import seed_cards, table, temp_database
+from sqlalchemy import create_engine
+
+HEADER = ("KKM;TransactionNumber;TransactionTime;Kind;CardNumber;ReceiptNumber;ReceiptSum;BonusAccrued;BonusSpent;"
+          "AccumulationDelta;ReceiptCountDelta;OperationId;PromotionCode;OriginalOperationId")
+KKM = str(Path(sys.executable).parent / "kkmtransfer")
+
+
+def write_journal(path: Path, rows: int, cards: int) -> None:
+    """Sales spread over the cards; every other row carries an OperationId, every tenth spends a bit."""
+    t0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone(timedelta(hours=3)))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(HEADER + "\n")
+        for i in range(rows):
+            card = f"C{(i * 7919) % cards + 1:07d}"
+            op_id = str(uuid.UUID(int=i + 1, version=4)) if i % 2 else ""
+            spent = "0.50" if i % 10 == 9 and i >= cards else "0"  # every card has 5.00 by then
+            f.write(f"K{i % 300};{i};{(t0 + timedelta(seconds=i)).isoformat()};Sale;{card};R{i};"
+                    f"{100 + i % 900}.00;5.00;{spent};;;{op_id};;\n")
+
+
+def import_with_product(url: str, path: Path) -> tuple[float, int]:
+    """(seconds, peak RSS in KiB) of `kkmtransfer journal import` in its own process."""
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=url)
+    code = ("import resource, sys; from kkmtransfer.cli import main\n"
+            "try:\n    main(['journal', 'import', sys.argv[1]])\nexcept SystemExit as e:\n    code = e.code\n"
+            "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(code or 0)")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"import failed:\n{proc.stdout}\n{proc.stderr[-2000:]}")
+    print("   ", proc.stdout.strip())
+    peak = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KIB")][0]
+    return seconds, peak
+
+
+STAGING = ("CREATE TABLE staging (kkm text, txn text, txn_time timestamptz, kind text, card text, receipt text, "
+           "receipt_sum numeric(14,2), accrued numeric(14,2), spent numeric(14,2), acc text, cnt text, "
+           "op_id text, promo text, orig text)")
+
+
+def bare_copy(url: str, path: Path) -> float:
+    engine = create_engine(url)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("DROP TABLE IF EXISTS staging")
+        cur.execute(STAGING)
+        raw.commit()
+        start = time.perf_counter()
+        with open(path, encoding="utf-8") as f:
+            cur.copy_expert("COPY staging FROM STDIN WITH (FORMAT csv, DELIMITER ';', HEADER true)", f)
+        raw.commit()
+        return time.perf_counter() - start
+    finally:
+        raw.close()
+        engine.dispose()
+
+
+def bare_executemany(url: str, path: Path) -> float:
+    from psycopg2.extras import execute_values
+
+    engine = create_engine(url)
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("DROP TABLE IF EXISTS staging")
+        cur.execute(STAGING)
+        raw.commit()
+        start = time.perf_counter()
+        with open(path, encoding="utf-8") as f:
+            next(f)
+            page = []
+            for line in f:
+                page.append([v or None for v in line.rstrip("\n").split(";")])
+                if len(page) == 1000:
+                    execute_values(cur, "INSERT INTO staging VALUES %s", page)
+                    page = []
+            if page:
+                execute_values(cur, "INSERT INTO staging VALUES %s", page)
+        raw.commit()
+        return time.perf_counter() - start
+    finally:
+        raw.close()
+        engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--small", type=int, default=100_000)
+    parser.add_argument("--cards", type=int, default=100_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        big, small = Path(tmp) / "big.csv", Path(tmp) / "small.csv"
+        write_journal(big, args.rows, args.cards)
+        write_journal(small, args.small, args.cards)
+        print(f"journal import benchmark: {args.rows:,} rows ({big.stat().st_size / 2**20:.0f} MiB) over "
+              f"{args.cards:,} cards, PostgreSQL")
+        with temp_database("kkmbench_journal") as url:
+            engine = create_engine(url)
+            seed_cards(engine, args.cards)
+            engine.dispose()
+            t_small, rss_small = import_with_product(url, small)
+        with temp_database("kkmbench_journal") as url:
+            engine = create_engine(url)
+            seed_cards(engine, args.cards)
+            engine.dispose()
+            t_big, rss_big = import_with_product(url, big)
+            t_again, _ = import_with_product(url, big)       # the same file again: all AlreadyApplied
+            t_copy = bare_copy(url, big)
+            t_many = bare_executemany(url, big)
+        rows = [
+            ("product: journal import", f"{t_big:.1f}", f"{args.rows / t_big:,.0f}", f"{t_big / t_copy:.0f}x",
+             f"{rss_big / 1024:.0f} MiB"),
+            ("product: same file again (no-op)", f"{t_again:.1f}", f"{args.rows / t_again:,.0f}",
+             f"{t_again / t_copy:.0f}x", ""),
+            (f"product: {args.small:,}-row file", f"{t_small:.1f}", f"{args.small / t_small:,.0f}", "",
+             f"{rss_small / 1024:.0f} MiB"),
+            ("bare COPY into a staging table", f"{t_copy:.1f}", f"{args.rows / t_copy:,.0f}", "1x", ""),
+            ("bare executemany (execute_values)", f"{t_many:.1f}", f"{args.rows / t_many:,.0f}",
+             f"{t_many / t_copy:.1f}x", ""),
+        ]
+        print(table(rows, ("what", "seconds", "rows/s", "time vs COPY", "peak RSS")))
+        print(f"memory: peak RSS {rss_big / 1024:.0f} MiB for {args.rows:,} rows vs {rss_small / 1024:.0f} MiB "
+              f"for {args.small:,} rows (ratio {rss_big / rss_small:.2f}: flat when close to 1)")
+
+
+if __name__ == "__main__":
+    main()
