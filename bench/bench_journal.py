@@ -64,7 +64,8 @@ STAGING = ("CREATE TABLE staging (kkm text, txn text, txn_time timestamptz, kind
            "op_id text, promo text, orig text)")
 
 
-def bare_copy(url: str, path: Path) -> float:
+def bare_load(url: str, path: Path, load) -> float:
+    """Seconds that ``load(cursor, file)`` takes to put the file's rows into an empty staging table."""
     engine = create_engine(url)
     raw = engine.raw_connection()
     try:
@@ -74,7 +75,7 @@ def bare_copy(url: str, path: Path) -> float:
         raw.commit()
         start = time.perf_counter()
         with open(path, encoding="utf-8") as f:
-            cur.copy_expert("COPY staging FROM STDIN WITH (FORMAT csv, DELIMITER ';', HEADER true)", f)
+            load(cur, f)
         raw.commit()
         return time.perf_counter() - start
     finally:
@@ -82,32 +83,22 @@ def bare_copy(url: str, path: Path) -> float:
         engine.dispose()
 
 
-def bare_executemany(url: str, path: Path) -> float:
+def copy_rows(cur, f) -> None:
+    cur.copy_expert("COPY staging FROM STDIN WITH (FORMAT csv, DELIMITER ';', HEADER true)", f)
+
+
+def executemany_rows(cur, f) -> None:
     from psycopg2.extras import execute_values
 
-    engine = create_engine(url)
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute("DROP TABLE IF EXISTS staging")
-        cur.execute(STAGING)
-        raw.commit()
-        start = time.perf_counter()
-        with open(path, encoding="utf-8") as f:
-            next(f)
+    next(f)
+    page = []
+    for line in f:
+        page.append([v or None for v in line.rstrip("\n").split(";")])
+        if len(page) == 1000:
+            execute_values(cur, "INSERT INTO staging VALUES %s", page)
             page = []
-            for line in f:
-                page.append([v or None for v in line.rstrip("\n").split(";")])
-                if len(page) == 1000:
-                    execute_values(cur, "INSERT INTO staging VALUES %s", page)
-                    page = []
-            if page:
-                execute_values(cur, "INSERT INTO staging VALUES %s", page)
-        raw.commit()
-        return time.perf_counter() - start
-    finally:
-        raw.close()
-        engine.dispose()
+    if page:
+        execute_values(cur, "INSERT INTO staging VALUES %s", page)
 
 
 def main() -> None:
@@ -133,8 +124,8 @@ def main() -> None:
             engine.dispose()
             t_big, rss_big = import_with_product(url, big)
             t_again, _ = import_with_product(url, big)       # the same file again: all AlreadyApplied
-            t_copy = bare_copy(url, big)
-            t_many = bare_executemany(url, big)
+            t_copy = bare_load(url, big, copy_rows)
+            t_many = bare_load(url, big, executemany_rows)
         rows = [
             ("product: journal import", f"{t_big:.1f}", f"{args.rows / t_big:,.0f}", f"{t_big / t_copy:.0f}x",
              f"{rss_big / 1024:.0f} MiB"),

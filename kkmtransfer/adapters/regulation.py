@@ -65,15 +65,31 @@ def finish(conn: Connection, doc_id: str, now: datetime) -> int:
     return lines
 
 
+def _due_expiry(cutoff: datetime):
+    """Lots that burnt by ``cutoff`` and still hold something (read through ix_lots_due_expiry)."""
+    return (lots.c.remaining > 0, lots.c.expires_at <= cutoff)
+
+
+def _due_accrual(cutoff: datetime):
+    """Deferred lots that started by ``cutoff`` and are not posted yet (read through ix_lots_due_accrual)."""
+    return (lots.c.accrual_document_id.is_(None), lots.c.available_from.is_not(None),
+            lots.c.available_from <= cutoff)
+
+
 def due_expiry_count(conn: Connection, cutoff: datetime) -> int:
-    return conn.execute(select(func.count()).select_from(lots)
-                        .where(lots.c.remaining > 0, lots.c.expires_at <= cutoff)).scalar_one()
+    return conn.execute(select(func.count()).select_from(lots).where(*_due_expiry(cutoff))).scalar_one()
 
 
 def due_accrual_count(conn: Connection, cutoff: datetime) -> int:
-    return conn.execute(select(func.count()).select_from(lots)
-                        .where(lots.c.accrual_document_id.is_(None), lots.c.available_from.is_not(None),
-                               lots.c.available_from <= cutoff)).scalar_one()
+    return conn.execute(select(func.count()).select_from(lots).where(*_due_accrual(cutoff))).scalar_one()
+
+
+def _take_batch(conn: Connection, due, order, limit: int, postgres: bool):
+    """The next ``limit`` due lots (id, card); on PostgreSQL locked, skipping lots another run holds."""
+    stmt = select(lots.c.id, lots.c.card_number).where(*due).order_by(order, lots.c.id).limit(limit)
+    if postgres:
+        stmt = stmt.with_for_update(skip_locked=True)
+    return conn.execute(stmt).all()
 
 
 def _line_rows(doc_id: str, kind: Kind, cards, day: date, cutoff: datetime, now: datetime):
@@ -96,11 +112,7 @@ def _insert_missing_lines(conn: Connection, rows: list[dict]) -> None:
 def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
                  postgres: bool) -> int:
     """Burn up to ``limit`` lots whose life ended by ``cutoff``; one Expiry line per card. Returns lots done."""
-    stmt = (select(lots.c.id, lots.c.card_number).where(lots.c.remaining > 0, lots.c.expires_at <= cutoff)
-            .order_by(lots.c.expires_at, lots.c.id).limit(limit))
-    if postgres:
-        stmt = stmt.with_for_update(skip_locked=True)
-    batch = conn.execute(stmt).all()
+    batch = _take_batch(conn, _due_expiry(cutoff), lots.c.expires_at, limit, postgres)
     if not batch:
         return 0
     ids = [r.id for r in batch]
@@ -126,13 +138,7 @@ def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
     """Post up to ``limit`` deferred lots whose start came by ``cutoff``: one Accrual line per card that
     shows what became usable (what was credited into the lot before it started, less what was taken back
     before it started). Returns lots done."""
-    stmt = (select(lots.c.id, lots.c.card_number)
-            .where(lots.c.accrual_document_id.is_(None), lots.c.available_from.is_not(None),
-                   lots.c.available_from <= cutoff)
-            .order_by(lots.c.available_from, lots.c.id).limit(limit))
-    if postgres:
-        stmt = stmt.with_for_update(skip_locked=True)
-    batch = conn.execute(stmt).all()
+    batch = _take_batch(conn, _due_accrual(cutoff), lots.c.available_from, limit, postgres)
     if not batch:
         return 0
     ids = [r.id for r in batch]

@@ -346,14 +346,19 @@ class Actions:
                 report.kept_by_card.append((number, kept))
         return report
 
+    def _cancel_ops(self, conn, action_id, batch) -> tuple[dict[str, str], dict[str, str]]:
+        """Lock the cards and write one Annulment per card; ({card: the action's operation},
+        {the action's operation: its annulment})."""
+        self._lock(conn, batch)
+        originals = {n: self._op_id(action_id, n) for n in batch}
+        ids = self._ops(conn, action_id, batch, Kind.ANNULMENT, "cancel/", f"cancel of action {action_id}",
+                        original=originals)
+        return originals, {originals[n]: ids[n] for n in batch}
+
     def _cancel_credit_batch(self, action_id, batch, now):
         with UnitOfWork(self.engine, write=True) as uow:
             conn = uow.conn
-            self._lock(conn, batch)
-            credit_ops = {n: self._op_id(action_id, n) for n in batch}
-            ids = self._ops(conn, action_id, batch, Kind.ANNULMENT, "cancel/", f"cancel of action {action_id}",
-                            original=credit_ops)
-            cancel_of = {credit_ops[n]: ids[n] for n in batch}
+            credit_ops, cancel_of = self._cancel_ops(conn, action_id, batch)
             live = and_(lots.c.origin_operation_id.in_(list(credit_ops.values())), lots.c.remaining > 0,
                         or_(lots.c.expires_at.is_(None), lots.c.expires_at > now))
             left = conn.execute(select(lots.c.id, lots.c.card_number, lots.c.origin_operation_id, lots.c.remaining)
@@ -375,11 +380,7 @@ class Actions:
     def _cancel_zero_batch(self, action_id, batch, now):
         with UnitOfWork(self.engine, write=True) as uow:
             conn = uow.conn
-            self._lock(conn, batch)
-            zero_ops = {n: self._op_id(action_id, n) for n in batch}
-            ids = self._ops(conn, action_id, batch, Kind.ANNULMENT, "cancel/", f"cancel of action {action_id}",
-                            original=zero_ops)
-            cancel_of = {zero_ops[n]: ids[n] for n in batch}
+            zero_ops, cancel_of = self._cancel_ops(conn, action_id, batch)
             burnt = conn.execute(select(entries.c.operation_id, entries.c.lot_id, entries.c.card_number,
                                         entries.c.amount)
                                  .where(entries.c.operation_id.in_(list(zero_ops.values())))).all()
