@@ -10,6 +10,7 @@ from .service_layer.services import BillingService, utcnow
 
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin set-up lines are noise here
 
 
 class SchemaError(RuntimeError):

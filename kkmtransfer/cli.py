@@ -26,9 +26,15 @@ def _settings() -> Settings:
 
 
 def _billing():
+    """The service layer on the configured database. An empty database gets the schema at once (a
+    notice says so); an older schema is never changed behind the operator's back: `db upgrade`."""
+    from .adapters.migrate import current_revision, upgrade
     from .app import SchemaError, create_billing, require_schema
 
     billing = create_billing(_settings())
+    if current_revision(billing.engine) is None:
+        upgrade(billing.settings.database_url)
+        click.echo(f"empty database: schema created ({_safe_url(billing.settings.database_url)})", err=True)
     try:
         require_schema(billing.engine, billing.settings.database_url)
     except SchemaError as exc:

@@ -98,9 +98,18 @@ def test_demo_then_serve_answers_over_http(tmp_path):
         proc.wait(10)
 
 
-def test_serve_refuses_an_unmigrated_database(tmp_path):
-    proc = cli(f"sqlite:///{tmp_path / 'empty.sqlite3'}", "serve", "--port", "0", check=False)
-    assert proc.returncode == 1 and "kkmtransfer db upgrade" in proc.stderr
+def test_an_empty_database_gets_the_schema_but_an_old_one_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+    proc = cli(url, "users", "add", "kassa9", "--password-stdin", stdin="long-enough\n")
+    assert "empty database: schema created" in proc.stderr and "created" in proc.stdout
+    old = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    cli(old, "db", "upgrade", "--revision", "0001")
+    for command in (["serve", "--port", "0"], ["cards", "show", "1"]):
+        proc = cli(old, *command, check=False)
+        assert proc.returncode == 1 and "kkmtransfer db upgrade" in proc.stderr
+    from kkmtransfer.adapters.migrate import head_revision
+
+    assert f"revision {head_revision(old)}" in cli(old, "db", "upgrade").stdout
 
 
 def test_promotions_rules_and_nightly_from_the_command_line(db, database_url):
