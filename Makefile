@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
-.PHONY: help install run test test-fast wsdl bench worker beat clean
+.PHONY: help install run test wsdl bench worker beat clean
 
 help:
 	@echo "make run    - install, create the demo SQLite database and serve SOAP on $(HOST):$(PORT)"
@@ -46,6 +46,12 @@ wsdl: install
 	$(BIN)/python -m kkmtransfer.soap.wsdl > wsdl/KKMTransfer.wsdl.tmp
 	mv wsdl/KKMTransfer.wsdl.tmp wsdl/KKMTransfer.wsdl
 	@echo "wsdl/KKMTransfer.wsdl written"
+
+# Speed and memory targets: each script prints its times beside bare SQL measured in the same run.
+bench: install
+	cd bench && ../$(BIN)/python bench_nightly.py
+	cd bench && ../$(BIN)/python bench_journal.py
+	cd bench && ../$(BIN)/python bench_actions.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache

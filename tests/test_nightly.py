@@ -186,3 +186,17 @@ def test_a_run_killed_mid_way_is_completed_by_the_next_one(db, database_url):
     assert len(per_line) == 600 and set(per_line.values()) == {3}                 # one line per card
     assert count(db, lots, lots.c.remaining != 0) == 0
     assert all(d["status"] == "done" for d in rows(db, documents))
+
+
+def test_a_card_whose_deferred_lots_span_batches_gets_one_accrual_line_with_all_of_them(setup):
+    db = setup
+    db.add_promotion("LATE30", "late, then a month", delay_days=3, lifetime_days=30)
+    db.set_card_rules("N3", accumulation_delay_days=3)
+    db.register_operation(request("N3", receipt_sum="50.00", accrued="2.00", time=msk(2026, 11, 10, 14),
+                                  promotion_code="LATE30"))
+    db.clock.set(msk(2026, 11, 13, 2, 0))
+    [report] = Nightly(db, batch=1).run(date(2026, 11, 13))   # one lot per transaction
+    assert report.accrued_lots == 3 and report.accrual_lines == 1
+    [line] = rows(db, operations, operations.c.kind == "Accrual")
+    assert (line["bonus_accrued"], line["accumulation_delta"]) == (D("10.00"), D("50.00"))
+    assert history_total(db, "N3", "bonus") == db.card_info("N3").balances.bonus

@@ -101,12 +101,22 @@ def _line_rows(doc_id: str, kind: Kind, cards, day: date, cutoff: datetime, now:
             for c in cards]
 
 
-def _insert_missing_lines(conn: Connection, rows: list[dict]) -> None:
+def _insert_missing_lines(conn: Connection, rows: list[dict]) -> list[dict]:
+    """Insert the lines that do not exist yet (a card's lots may span batches); the existing ones."""
     ids = [r["id"] for r in rows]
     have = set(conn.execute(select(operations.c.id).where(operations.c.id.in_(ids))).scalars())
     missing = [r for r in rows if r["id"] not in have]
     if missing:
         conn.execute(insert(operations), missing)
+    return [r for r in rows if r["id"] in have]
+
+
+_ADD_TO_ACCRUAL_LINE = (
+    update(operations).where(operations.c.id == bindparam("line"))
+    .values(bonus_accrued=operations.c.bonus_accrued + bindparam("b", type_=operations.c.bonus_accrued.type),
+            accumulation_delta=operations.c.accumulation_delta
+            + bindparam("a", type_=operations.c.accumulation_delta.type),
+            receipt_count_delta=operations.c.receipt_count_delta + bindparam("c")))
 
 
 def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
@@ -156,19 +166,17 @@ def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
             per_card[card][measure] = int(cents)
     if not per_card:
         return len(ids)
-    _insert_missing_lines(conn, _line_rows(doc_id, Kind.ACCRUAL, sorted(per_card), day, cutoff, now))
-    for card, amounts in per_card.items():
-        def money(measure):
-            return Decimal(amounts.get(measure.value, 0)).scaleb(-2)
-
-        conn.execute(
-            update(operations).where(operations.c.id == line_id(doc_id, card)).values(
-                bonus_accrued=operations.c.bonus_accrued + type_coerce(money(Measure.BONUS),
-                                                                       operations.c.bonus_accrued.type),
-                accumulation_delta=operations.c.accumulation_delta + type_coerce(
-                    money(Measure.ACCUMULATION), operations.c.accumulation_delta.type),
-                receipt_count_delta=operations.c.receipt_count_delta
-                + amounts.get(Measure.RECEIPT_COUNT.value, 0) // 100))
+    # new lines are born with their amounts; a line made by an earlier batch gets them added
+    rows = _line_rows(doc_id, Kind.ACCRUAL, sorted(per_card), day, cutoff, now)
+    for row in rows:
+        amounts = per_card[row["card_number"]]
+        row["bonus_accrued"] = Decimal(amounts.get(Measure.BONUS.value, 0)).scaleb(-2)
+        row["accumulation_delta"] = Decimal(amounts.get(Measure.ACCUMULATION.value, 0)).scaleb(-2)
+        row["receipt_count_delta"] = amounts.get(Measure.RECEIPT_COUNT.value, 0) // 100
+    existing = _insert_missing_lines(conn, rows)
+    if existing:
+        conn.execute(_ADD_TO_ACCRUAL_LINE, [dict(line=r["id"], b=r["bonus_accrued"], a=r["accumulation_delta"],
+                                                 c=r["receipt_count_delta"]) for r in existing])
     return len(ids)
 
 
