@@ -333,3 +333,34 @@ def test_another_path_is_404(server, path):
     for method in (requests.get, requests.post):
         r = method(base + path, auth=AUTH, timeout=30)
         assert r.status_code == 404, (method, r.text)
+
+
+# -- 12. an unexpected server error -----------------------------------------------------------------
+
+def test_a_server_error_answers_server_with_a_request_id_and_no_traceback(ledger, engine, settings, caplog):
+    """The client sees the fault code Server and the request id; the log has the traceback."""
+    import threading
+
+    from kkmtransfer.service_layer.services import BillingService
+    from kkmtransfer.soap.devserver import make_server
+    from kkmtransfer.soap.http import KKMTransferApp
+
+    class Broken(BillingService):
+        def card_info(self, number):
+            raise RuntimeError("disk on fire: secret detail")
+
+    httpd = make_server("127.0.0.1", 0, KKMTransferApp(Broken(engine, settings), settings))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/KKMTransfer"
+        with caplog.at_level("ERROR", logger="kkmtransfer.soap"):
+            r = requests.post(url, data=get_card(CARD), auth=AUTH, headers=HEADERS, timeout=30)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    fault = etree.fromstring(r.content).find(".//faultcode")
+    request_id = r.headers["X-Request-Id"]
+    assert r.status_code == 500 and fault.text == "Server"
+    assert request_id in r.text and "secret detail" not in r.text and "Traceback" not in r.text
+    logged = [rec for rec in caplog.records if request_id in rec.getMessage()]
+    assert logged and logged[0].exc_info is not None and "disk on fire" in str(logged[0].exc_info[1])

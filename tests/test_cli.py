@@ -7,6 +7,7 @@ import sys
 import time
 from decimal import Decimal as D
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import requests
@@ -27,10 +28,25 @@ def cli(database_url, *args, stdin: str | None = None, check=True):
     return proc
 
 
-COMMANDS = [[], ["db"], ["db", "upgrade"], ["serve"], ["users"], ["users", "add"], ["cards"],
-            ["cards", "add-range"], ["cards", "show"], ["cards", "block"], ["cards", "unblock"],
-            ["cards", "set-phone"], ["cards", "set-rule"], ["promotions"], ["promotions", "add"],
-            ["promotions", "list"], ["promotions", "close"], ["nightly"], ["demo"]]
+def _all_commands():
+    """Every group and command of the CLI, walked from the top."""
+    import click
+
+    from kkmtransfer.cli import main
+
+    found = []
+
+    def walk(cmd, path):
+        found.append(path)
+        if isinstance(cmd, click.Group):
+            for name, sub in sorted(cmd.commands.items()):
+                walk(sub, [*path, name])
+
+    walk(main, [])
+    return found
+
+
+COMMANDS = _all_commands()
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "main")
@@ -136,3 +152,34 @@ def test_promotions_rules_and_nightly_from_the_command_line(db, database_url):
     out = cli(database_url, "nightly").stdout
     assert "done; write-off 0 lots in 0 lines, accrual 0 lots in 0 lines" in out
     assert "already done" in cli(database_url, "nightly").stdout
+
+
+def test_reports_and_ledger_verify_from_the_command_line(db, database_url, tmp_path):
+    from sqlalchemy import update
+
+    from kkmtransfer.adapters.db import lots
+
+    from .helpers import request
+
+    db.add_card_range(1, 2, "Q", 0, None)
+    sale = request("Q1", receipt_sum="100.00", accrued="10.00", kkm="KKM-5")
+    db.register_operation(sale)
+    db.register_operation(request("Q2", receipt_sum="40.00", accrued="4.00", kkm="KKM-6"))
+    today = db.clock().astimezone(ZoneInfo("Europe/Moscow")).date().isoformat()
+    out = cli(database_url, "report", "balances", "--from", today, "--to", today, "--csv",
+              str(tmp_path / "b.csv")).stdout
+    assert "opening" in out and "TOTAL" in out
+    rows = (tmp_path / "b.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "card;measure;opening;accrued;spent;expired;returned;closing"
+    assert "Q1;bonus;0.00;10.00;0.00;0.00;0.00;10.00" in rows and "TOTAL;bonus;0.00;14.00;0.00;0.00;0.00;14.00" in rows
+    ops = cli(database_url, "report", "operations", "--kkm", "KKM-5").stdout.splitlines()
+    assert len(ops) == 2 and sale.operation_id in ops[1] and "\t10.00\t" in ops[1]
+    assert "no actions" in cli(database_url, "report", "actions").stdout
+
+    assert "ledger consistent" in cli(database_url, "ledger", "verify").stdout
+    with db.engine.begin() as conn:
+        conn.execute(update(lots).where(lots.c.card_number == "Q2", lots.c.measure == "bonus").values(remaining=5))
+    proc = cli(database_url, "ledger", "verify", check=False)
+    assert proc.returncode == 1 and "entries sum to 4.00" in proc.stdout and "1 difference" in proc.stderr
+    with db.engine.begin() as conn:
+        conn.execute(update(lots).where(lots.c.card_number == "Q2", lots.c.measure == "bonus").values(remaining=4))

@@ -183,7 +183,7 @@ lots = Table(
     # partial indexes: the nightly regulation reads only what is due, however large the ledger grows
     Index("ix_lots_due_expiry", "expires_at", "id", postgresql_where=text("remaining > 0"),
           sqlite_where=text("remaining > 0")),
-    Index("ix_lots_due_accrual", "available_from", "id",
+    Index("ix_lots_due_accrual", "available_from", "card_number", "id",
           postgresql_where=text("accrual_document_id IS NULL AND available_from IS NOT NULL"),
           sqlite_where=text("accrual_document_id IS NULL AND available_from IS NOT NULL")),
 )

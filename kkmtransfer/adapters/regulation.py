@@ -11,7 +11,8 @@ from collections import defaultdict
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, and_, bindparam, func, insert, or_, select, type_coerce, update
+from sqlalchemy import (BigInteger, Integer, String, bindparam, column, func, insert, or_, select, type_coerce, update,
+                        values)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -85,8 +86,10 @@ def due_accrual_count(conn: Connection, cutoff: datetime) -> int:
 
 
 def _take_batch(conn: Connection, due, order, limit: int, postgres: bool):
-    """The next ``limit`` due lots (id, card); on PostgreSQL locked, skipping lots another run holds."""
-    stmt = select(lots.c.id, lots.c.card_number).where(*due).order_by(order, lots.c.id).limit(limit)
+    """The next ``limit`` due lots (id, card, measure, remaining); on PostgreSQL locked, skipping lots another run holds."""
+    order = order if isinstance(order, tuple) else (order,)
+    stmt = (select(lots.c.id, lots.c.card_number, lots.c.measure, lots.c.remaining)
+            .where(*due).order_by(*order, lots.c.id).limit(limit))
     if postgres:
         stmt = stmt.with_for_update(skip_locked=True)
     return conn.execute(stmt).all()
@@ -111,12 +114,28 @@ def _insert_missing_lines(conn: Connection, rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["id"] in have]
 
 
-_ADD_TO_ACCRUAL_LINE = (
-    update(operations).where(operations.c.id == bindparam("line"))
-    .values(bonus_accrued=operations.c.bonus_accrued + bindparam("b", type_=operations.c.bonus_accrued.type),
+def _add_to_accrual_lines(conn: Connection, rows: list[dict]) -> None:
+    """Add amounts to lines an earlier batch made: on PostgreSQL one UPDATE ... FROM (VALUES ...) for all
+    of them; SQLite (in process, no round trips) takes them one by one."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(update(operations).where(operations.c.id == bindparam("line")).values(
+            bonus_accrued=operations.c.bonus_accrued + bindparam("b", type_=operations.c.bonus_accrued.type),
             accumulation_delta=operations.c.accumulation_delta
             + bindparam("a", type_=operations.c.accumulation_delta.type),
-            receipt_count_delta=operations.c.receipt_count_delta + bindparam("c")))
+            receipt_count_delta=operations.c.receipt_count_delta + bindparam("c")),
+            [dict(line=r["id"], b=r["bonus_accrued"], a=r["accumulation_delta"], c=r["receipt_count_delta"])
+             for r in rows])
+        return
+    cents = [(r["id"], int(r["bonus_accrued"].scaleb(2)), int(r["accumulation_delta"].scaleb(2)),
+              r["receipt_count_delta"]) for r in rows]
+    v = values(column("line", String), column("b", BigInteger), column("a", BigInteger), column("c", Integer),
+               name="added").data(cents)
+    raw_b, raw_a = type_coerce(operations.c.bonus_accrued, BigInteger), type_coerce(operations.c.accumulation_delta,
+                                                                                     BigInteger)
+    conn.execute(update(operations).where(operations.c.id == v.c.line).values(
+        bonus_accrued=type_coerce(raw_b + v.c.b, operations.c.bonus_accrued.type),
+        accumulation_delta=type_coerce(raw_a + v.c.a, operations.c.accumulation_delta.type),
+        receipt_count_delta=operations.c.receipt_count_delta + v.c.c))
 
 
 def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
@@ -128,16 +147,11 @@ def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
     ids = [r.id for r in batch]
     _insert_missing_lines(conn, _line_rows(doc_id, Kind.EXPIRY, sorted({r.card_number for r in batch}), day,
                                            cutoff, now))
-    # one statement writes every entry of the batch, one statement empties the lots
-    conn.execute(
-        insert(entries).from_select(
-            ["operation_id", "lot_id", "card_number", "measure", "role", "amount"],
-            select(operations.c.id, lots.c.id, lots.c.card_number, lots.c.measure,
-                   type_coerce(Role.EXPIRY.value, entries.c.role.type), -type_coerce(lots.c.remaining, BigInteger))
-            .select_from(lots.join(operations, and_(operations.c.document_id == doc_id,
-                                                    operations.c.card_number == lots.c.card_number)))
-            .where(lots.c.id.in_(bindparam("ids", expanding=True)))),
-        {"ids": ids})
+    # the batch's entries in one multi-row insert (the line ids are known: no join through the document,
+    # whose fresh rows the planner cannot estimate mid-run), then one statement empties the lots
+    conn.execute(insert(entries), [
+        dict(operation_id=line_id(doc_id, r.card_number), lot_id=r.id, card_number=r.card_number,
+             measure=r.measure, role=Role.EXPIRY.value, amount=-r.remaining) for r in batch])
     conn.execute(update(lots).where(lots.c.id.in_(bindparam("ids", expanding=True))).values(remaining=0),
                  {"ids": ids})
     return len(ids)
@@ -148,18 +162,18 @@ def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
     """Post up to ``limit`` deferred lots whose start came by ``cutoff``: one Accrual line per card that
     shows what became usable (what was credited into the lot before it started, less what was taken back
     before it started). Returns lots done."""
-    batch = _take_batch(conn, _due_accrual(cutoff), lots.c.available_from, limit, postgres)
+    # in card order within a start day: a card's lots fall in one batch, so its line is written once
+    batch = _take_batch(conn, _due_accrual(cutoff), (lots.c.available_from, lots.c.card_number), limit, postgres)
     if not batch:
         return 0
     ids = [r.id for r in batch]
     conn.execute(update(lots).where(lots.c.id.in_(bindparam("ids", expanding=True)))
                  .values(accrual_document_id=doc_id), {"ids": ids})
     sums = conn.execute(
-        select(lots.c.card_number, lots.c.measure, func.sum(type_coerce(entries.c.amount, BigInteger)))
-        .select_from(lots.join(entries, entries.c.lot_id == lots.c.id))
-        .where(lots.c.id.in_(bindparam("ids", expanding=True)),
+        select(entries.c.card_number, entries.c.measure, func.sum(type_coerce(entries.c.amount, BigInteger)))
+        .where(entries.c.lot_id.in_(bindparam("ids", expanding=True)),   # through ix_entries_lot_id
                entries.c.role.in_([r.value for r in DEFERRED_ROLES]))
-        .group_by(lots.c.card_number, lots.c.measure), {"ids": ids}).all()
+        .group_by(entries.c.card_number, entries.c.measure), {"ids": ids}).all()
     per_card: dict[str, dict[str, int]] = defaultdict(dict)
     for card, measure, cents in sums:
         if cents:
@@ -175,8 +189,7 @@ def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
         row["receipt_count_delta"] = amounts.get(Measure.RECEIPT_COUNT.value, 0) // 100
     existing = _insert_missing_lines(conn, rows)
     if existing:
-        conn.execute(_ADD_TO_ACCRUAL_LINE, [dict(line=r["id"], b=r["bonus_accrued"], a=r["accumulation_delta"],
-                                                 c=r["receipt_count_delta"]) for r in existing])
+        _add_to_accrual_lines(conn, existing)
     return len(ids)
 
 

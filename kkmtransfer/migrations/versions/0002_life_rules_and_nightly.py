@@ -56,7 +56,8 @@ def upgrade() -> None:
     due = sa.text("remaining > 0")
     op.create_index("ix_lots_due_expiry", "lots", ["expires_at", "id"], postgresql_where=due, sqlite_where=due)
     pending = sa.text("accrual_document_id IS NULL AND available_from IS NOT NULL")
-    op.create_index("ix_lots_due_accrual", "lots", ["available_from", "id"], postgresql_where=pending,
+    op.create_index("ix_lots_due_accrual", "lots", ["available_from", "card_number", "id"],
+                    postgresql_where=pending,
                     sqlite_where=pending)
 
 
