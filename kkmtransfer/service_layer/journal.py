@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 
 from ..adapters.db import journal_keys, journal_rejects
@@ -88,7 +88,7 @@ class JournalImport:
             if not savepoints:  # read what the batch needs at once, write it at the end
                 good = [r.request for r in rows if r.request is not None]
                 uow.repo = BatchRepository(uow.conn, [q.card_number for q in good], [q.operation_id for q in good])
-            uow.keys, uow.key_set = [], set()
+            uow.keys, uow.key_set = [], self._known_keys(uow.conn, rows)
             has_rejects = uow.conn.execute(
                 select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
             for row in rows:
@@ -137,10 +137,21 @@ class JournalImport:
         raise AssertionError("unreachable")
 
     @staticmethod
+    def _known_keys(conn, rows: list[JournalRow]) -> set:
+        """The batch's transaction keys already stored (a file loaded again): one query, not one a row."""
+        wanted = list({r.journal_key for r in rows if r.journal_key is not None})
+        if not wanted:
+            return set()
+        key = tuple_(journal_keys.c.kkm, journal_keys.c.transaction_number, journal_keys.c.transaction_time)
+        found = conn.execute(select(journal_keys.c.kkm, journal_keys.c.transaction_number,
+                                    journal_keys.c.transaction_time).where(key.in_(wanted))).all()
+        return {tuple(r) for r in found}
+
+    @staticmethod
     def _remember_key(uow, row: JournalRow, now, new: bool) -> None:
         """Keep (KKM, TransactionNumber, TransactionTime) -> GUID; written with the batch."""
         kkm, number, when = row.journal_key
-        if row.journal_key in uow.key_set:  # the same row twice in one batch
+        if row.journal_key in uow.key_set:  # stored already, or the same row twice in one batch
             return
         if not new and uow.conn.execute(select(journal_keys.c.operation_id).where(
                 journal_keys.c.kkm == kkm, journal_keys.c.transaction_number == number,
