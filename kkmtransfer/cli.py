@@ -1,6 +1,7 @@
 """The back-office command line: ``kkmtransfer --help``."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from pathlib import Path
@@ -40,6 +41,27 @@ def _billing():
     except SchemaError as exc:
         raise click.ClickException(str(exc))
     return billing
+
+
+@contextlib.contextmanager
+def _progress(label: str, length: int = 0):
+    """A progress bar on stderr; yields ``advance(n)``. The length grows when the work turns out larger
+    than announced (or was not known: 0)."""
+    with click.progressbar(length=max(length, 1), label=label, file=sys.stderr) as bar:
+        yield _Advance(bar)
+
+
+class _Advance:
+    def __init__(self, bar):
+        self.bar = bar
+
+    @property
+    def pos(self) -> int:
+        return self.bar.pos
+
+    def __call__(self, n: int) -> None:
+        self.bar.length = max(self.bar.length, self.bar.pos + n)
+        self.bar.update(n)
 
 
 def domain_errors(fn):
@@ -347,18 +369,15 @@ def nightly(day, batch):
     interrupted one is completed."""
     from .service_layer.nightly import Nightly
 
-    bars = {}
+    with contextlib.ExitStack() as stack:
+        bars = {}
 
-    def progress(what, done, total):
-        bar = bars.get(what)
-        if bar is None:
-            bar = bars[what] = click.progressbar(length=max(total, 1), label=f"{what:9}", file=sys.stderr)
-            bar.__enter__()
-        bar.update(done - bar.pos)
-        if done >= total:
-            bar.render_finish()
+        def progress(what, done, total):  # one bar per document, its length known when it starts
+            if what not in bars:
+                bars[what] = stack.enter_context(_progress(f"{what:9}", total))
+            bars[what](done - bars[what].pos)
 
-    reports = Nightly(_billing(), batch=batch, progress=progress).run(day and day.date())
+        reports = Nightly(_billing(), batch=batch, progress=progress).run(day and day.date())
     for r in reports:
         state = "already done" if r.skipped else "done"
         click.echo(f"{r.day}: {state}; write-off {r.expired_lots} lots in {r.write_off_lines} lines, "
@@ -380,7 +399,7 @@ def _summary_lines(summary) -> list[str]:
 
 @journal.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--batch", default=200, show_default=True, type=click.IntRange(1, 10000),
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 10000),
               help="Rows per transaction.")
 @domain_errors
 def journal_import(files, batch):
@@ -391,8 +410,8 @@ def journal_import(files, batch):
 
     total = ImportSummary(file="total")
     failed = 0
-    with click.progressbar(length=JournalImport.rows_in(files), label="rows", file=sys.stderr) as bar:
-        importer = JournalImport(_billing(), batch=batch, progress=bar.update)
+    with _progress("rows", JournalImport.rows_in(files)) as advance:
+        importer = JournalImport(_billing(), batch=batch, progress=advance)
         results = []
         for path in files:
             try:
@@ -433,8 +452,8 @@ def journal_retry():
     from .service_layer.journal import JournalImport
 
     importer = JournalImport(_billing())
-    with click.progressbar(length=len(importer.rejects()), label="rejects", file=sys.stderr) as bar:
-        importer.progress = bar.update
+    with _progress("rejects", len(importer.rejects())) as advance:
+        importer.progress = advance
         summary = importer.retry()
     click.echo(f"{summary.rows} retried: {summary.applied} applied, {summary.already} already applied, "
                f"{summary.rejected} still rejected")
@@ -479,8 +498,8 @@ def billing_enable(start_date, opening_balances):
 
     admin = BillingAdmin(_billing())
     total = len(read_opening_balances(opening_balances))
-    with click.progressbar(length=total, label="cards", file=sys.stderr) as bar:
-        n = admin.enable(start_date.date(), opening_balances, bar.update)
+    with _progress("cards", total) as advance:
+        n = admin.enable(start_date.date(), opening_balances, advance)
     click.echo(f"billing enabled from {start_date.date()}: {n} opening balance(s) written")
 
 
@@ -572,11 +591,7 @@ def actions_credit(amount, first, last, cards_file, all_active, until, note, dry
     from .service_layer.actions import Actions
 
     selection = _selection(first, last, cards_file, all_active)
-    with click.progressbar(length=1, label="cards", file=sys.stderr) as bar:
-        def progress(n):
-            bar.length = max(bar.length, bar.pos + n)
-            bar.update(n)
-
+    with _progress("cards") as progress:
         report = Actions(_billing(), batch=batch, progress=progress).credit(
             amount, selection, until and until.date(), note, dry_run)
     _action_report(report, f"credit {amount} to")
@@ -594,11 +609,7 @@ def actions_zero(inactive_since, note, dry_run, batch):
     bonuses are left alone); one write-off operation per card."""
     from .service_layer.actions import Actions
 
-    with click.progressbar(length=1, label="cards", file=sys.stderr) as bar:
-        def progress(n):
-            bar.length = max(bar.length, bar.pos + n)
-            bar.update(n)
-
+    with _progress("cards") as progress:
         report = Actions(_billing(), batch=batch, progress=progress).zero(inactive_since.date(), note, dry_run)
     _action_report(report, "zero")
 
