@@ -1,0 +1,4 @@
+"""python -m kkmtransfer.cli"""
+from . import main
+
+main()

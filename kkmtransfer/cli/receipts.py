@@ -1,0 +1,25 @@
+"""kkmtransfer receipts: receipts' bonuses."""
+from __future__ import annotations
+
+import click
+
+from . import _billing, domain_errors, main
+
+
+@main.group()
+def receipts():
+    """Receipts' bonuses."""
+
+
+@receipts.command("annul")
+@click.argument("operation_id")
+@click.option("--note", help="Why.")
+@domain_errors
+def receipts_annul(operation_id, note):
+    """Take back the bonuses receipt OPERATION_ID accrued ("Аннулировать бонусы чека"), less what its
+    returns took back; may leave a debt that later accruals pay."""
+    result, amount = _billing().annul_receipt(operation_id, note)
+    if result.status == "AlreadyApplied":
+        click.echo(f"already annulled ({amount}); nothing changed")
+    else:
+        click.echo(f"annulled {amount} bonus; card {result.card.number} balance now {result.card.balances.bonus}")

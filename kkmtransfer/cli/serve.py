@@ -1,0 +1,37 @@
+"""kkmtransfer serve: the SOAP endpoint for local use."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import _billing, main
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def serve(host, port, log_level):
+    """Serve the SOAP endpoint /KKMTransfer (WSDL at /KKMTransfer?wsdl) for local use.
+
+    A threaded server from the standard library; in production run gunicorn with
+    kkmtransfer.wsgi:application (see docs/operations.md).
+    """
+    from ..app import configure_logging
+    from ..soap.devserver import make_server
+    from ..soap.http import KKMTransferApp
+
+    configure_logging(log_level.upper())
+    billing = _billing()
+    server = make_server(host, port, KKMTransferApp(billing, billing.settings))
+    real_port = server.server_address[1]
+    click.echo(f"KKMTransfer on http://{host}:{real_port}/KKMTransfer (WSDL: ?wsdl); Ctrl+C stops", err=True)
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
