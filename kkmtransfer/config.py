@@ -11,6 +11,14 @@
 | KKMTRANSFER_COUNT_DELAY_DAYS / _LIFETIME_DAYS        | 0 / empty: the rule given to new cards |
 | KKMTRANSFER_NIGHTLY_BATCH       | 1000 lots per transaction of the nightly regulation |
 | KKMTRANSFER_INBOX_DIR           | ./var/inbox: journal files dropped here are imported |
+| KKMTRANSFER_PUBLIC_URL          | empty: the WSDL's address is built from the request's Host; set e.g. https://kkm.example.org |
+| KKMTRANSFER_DB_CONNECT_TIMEOUT  | 3 seconds to connect to PostgreSQL (the web service) |
+| KKMTRANSFER_DB_STATEMENT_TIMEOUT | 5 seconds per SQL statement of a SOAP call (PostgreSQL) |
+| KKMTRANSFER_MAX_ELEMENTS / _MAX_ATTRIBUTES | 5000 / 1000 per SOAP request, counted before spyne parses it |
+| KKMTRANSFER_MAX_FUTURE_HOURS    | 24: an OperationTime further ahead of the server's clock is refused |
+| KKMTRANSFER_AUTH_MAX_FAILURES   | 5 failed logins (per user name and per client address) before throttling |
+| KKMTRANSFER_AUTH_WINDOW_SECONDS | 300: failures older than this are forgotten |
+| KKMTRANSFER_AUTH_MAX_DELAY_SECONDS | 300: the longest refusal (1 s, 2 s, 4 s … after the limit) |
 
 Celery's own settings (KKMTRANSFER_BROKER_URL, KKMTRANSFER_RESULT_BACKEND, KKMTRANSFER_INBOX_EVERY_SECONDS)
 are read by the top-level celeryconfig.py.
@@ -18,6 +26,7 @@ are read by the top-level celeryconfig.py.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -42,6 +51,15 @@ class Settings:
     count_lifetime_days: int | None = None
     nightly_batch: int = 1000
     inbox_dir: Path = Path("var") / "inbox"
+    public_url: str | None = None
+    db_connect_timeout: int = 3
+    db_statement_timeout: int = 5
+    max_elements: int = 5000
+    max_attributes: int = 1000
+    max_future_hours: int = 24
+    auth_max_failures: int = 5
+    auth_window_seconds: int = 300
+    auth_max_delay_seconds: int = 300
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -53,6 +71,14 @@ class Settings:
             raise ConfigError("KKMTRANSFER_MAX_REQUEST_BYTES must be a positive number of bytes")
         if self.nightly_batch <= 0:
             raise ConfigError("KKMTRANSFER_NIGHTLY_BATCH must be positive")
+        for name in ("db_connect_timeout", "db_statement_timeout", "max_elements", "max_attributes",
+                     "auth_max_failures", "auth_window_seconds", "auth_max_delay_seconds"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"KKMTRANSFER_{name.upper()} must be positive")
+        if self.max_future_hours < 0:
+            raise ConfigError("KKMTRANSFER_MAX_FUTURE_HOURS must be >= 0")
+        if self.public_url is not None and not re.fullmatch(r"https?://[^\s\"'<>]+", self.public_url):
+            raise ConfigError(f"KKMTRANSFER_PUBLIC_URL: not an http(s) URL: {self.public_url!r}")
         for name in ("bonus", "accumulation", "count"):
             delay, life = getattr(self, f"{name}_delay_days"), getattr(self, f"{name}_lifetime_days")
             if delay < 0 or (life is not None and life <= 0):
@@ -92,4 +118,13 @@ class Settings:
             count_lifetime_days=whole("KKMTRANSFER_COUNT_LIFETIME_DAYS", None),
             nightly_batch=whole("KKMTRANSFER_NIGHTLY_BATCH", 1000),
             inbox_dir=Path(env.get("KKMTRANSFER_INBOX_DIR") or Path("var") / "inbox"),
+            public_url=env.get("KKMTRANSFER_PUBLIC_URL") or None,
+            db_connect_timeout=whole("KKMTRANSFER_DB_CONNECT_TIMEOUT", 3),
+            db_statement_timeout=whole("KKMTRANSFER_DB_STATEMENT_TIMEOUT", 5),
+            max_elements=whole("KKMTRANSFER_MAX_ELEMENTS", 5000),
+            max_attributes=whole("KKMTRANSFER_MAX_ATTRIBUTES", 1000),
+            max_future_hours=whole("KKMTRANSFER_MAX_FUTURE_HOURS", 24),
+            auth_max_failures=whole("KKMTRANSFER_AUTH_MAX_FAILURES", 5),
+            auth_window_seconds=whole("KKMTRANSFER_AUTH_WINDOW_SECONDS", 300),
+            auth_max_delay_seconds=whole("KKMTRANSFER_AUTH_MAX_DELAY_SECONDS", 300),
         )

@@ -1,11 +1,10 @@
 """The WSGI entry point for gunicorn: ``gunicorn kkmtransfer.wsgi:application``.
 
-Configured from the environment (KKMTRANSFER_DATABASE_URL, KKMTRANSFER_TIMEZONE,
-KKMTRANSFER_MAX_REQUEST_BYTES).
+Configured from the environment (KKMTRANSFER_DATABASE_URL, KKMTRANSFER_TIMEZONE, … see config.py).
+Importing this touches no database: a worker boots while the database is down or not yet migrated, answers
+``Server`` faults meanwhile, and serves calls as soon as the database is back at the needed schema.
 """
-from .app import configure_logging, create_wsgi_app, require_schema
+from .app import configure_logging, create_wsgi_app
 
 configure_logging()
 application = create_wsgi_app()
-# refuse to start on a database that was not migrated (gunicorn prints this and stops)
-require_schema(application.billing.engine, application.settings.database_url)

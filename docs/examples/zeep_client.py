@@ -97,7 +97,8 @@ def connect(url: str, user: str, password: str):
 
 
 def fault_code(fault: Fault) -> str:
-    """``Client.InsufficientBonus`` and the like, with any namespace prefix (``soap:``) dropped."""
+    """``Client.InsufficientBonus`` and the like: the faultcode is a QName (``soap11env:Client.InsufficientBonus``);
+    compare the part after the last colon."""
     return (fault.code or "").split(":")[-1]
 
 

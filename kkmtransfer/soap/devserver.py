@@ -17,7 +17,9 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 class _Handler(WSGIRequestHandler):
     def log_message(self, fmt, *args):  # to logging, not raw stderr
-        log.info("%s %s", self.address_string(), fmt % args)
+        from .http import printable
+
+        log.info("%s %s", self.address_string(), printable(fmt % args, 2000))
 
 
 def make_server(host: str, port: int, app):

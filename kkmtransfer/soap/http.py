@@ -1,23 +1,43 @@
-"""The HTTP front of the SOAP service: routing, request ids, HTTP Basic auth and the size limit."""
+"""The HTTP front of the SOAP service: routing, request ids, HTTP Basic auth with throttling, the size and
+shape limits, and a SOAP fault for whatever fails (the database included), never an HTML page."""
 from __future__ import annotations
 
 import base64
 import binascii
 import io
 import logging
+import re
+import sys
+import threading
+import time
 import uuid
+from urllib.parse import quote
 
-from xml.sax.saxutils import quoteattr
-from wsgiref.util import application_uri
+from lxml import etree
 
+from .envelope import SoapFault, fault_envelope, inspect_envelope
 from .service import make_soap_app
+from .throttle import AuthThrottle
 from .wsdl import build_wsdl
 
 WSDL_PLACEHOLDER = "http://kkmtransfer.invalid/KKMTransfer"
+SOAP_ADDRESS = "{http://schemas.xmlsoap.org/wsdl/soap/}address"
 
 log = logging.getLogger("kkmtransfer.http")
 
 ENDPOINT = "/KKMTransfer"
+
+# a Host header: a DNS name, an IPv4 address or a bracketed IPv6 address, and an optional port
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+                   r"[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
+
+
+def printable(value, limit: int = 80) -> str:
+    """What came from the wire, safe for one log line: control and non-ASCII characters escaped
+    (a newline becomes ``\\n``), length capped."""
+    text = str(value)
+    out = text[:limit].encode("unicode_escape").decode("ascii")
+    return out + ("…" if len(text) > limit else "")
 
 
 def _plain(start_response, status: str, text: str, extra=()):
@@ -27,10 +47,31 @@ def _plain(start_response, status: str, text: str, extra=()):
     return [body]
 
 
-def request_url(environ) -> str:
-    """The endpoint's URL as this client reached it (scheme, Host, script name), XML-escaped."""
-    url = application_uri(environ).rstrip("/") + ENDPOINT
-    return quoteattr(url)[1:-1]
+def _fault(start_response, code: str, string: str, exc_info=None):
+    body = fault_envelope(code, string)
+    start_response("500 Internal Server Error", [("Content-Type", "text/xml; charset=utf-8"),
+                                                 ("Content-Length", str(len(body)))], exc_info)
+    return [body]
+
+
+def request_url(environ, public_url: str | None = None) -> str | None:
+    """The endpoint's URL as this client reached it (scheme, Host, script name), or None when the Host
+    header is not a host. A configured public URL wins."""
+    if public_url:
+        return public_url.rstrip("/") + ENDPOINT
+    scheme = environ.get("wsgi.url_scheme", "http")
+    if scheme not in ("http", "https"):
+        return None
+    host = environ.get("HTTP_HOST")
+    if host is None:
+        host = environ.get("SERVER_NAME", "localhost")
+        port = environ.get("SERVER_PORT", "")
+        if port and port != {"http": "80", "https": "443"}[scheme]:
+            host = f"{host}:{port}"
+    if not _HOST.fullmatch(host):
+        return None
+    script = quote(environ.get("SCRIPT_NAME", "").rstrip("/"), safe="/")
+    return f"{scheme}://{host}{script}{ENDPOINT}"
 
 
 def basic_credentials(environ) -> tuple[str, str] | None:
@@ -47,22 +88,66 @@ def basic_credentials(environ) -> tuple[str, str] | None:
 
 
 class KKMTransferApp:
-    """WSGI application: ``GET /KKMTransfer?wsdl`` is public; every other call needs a register's user."""
+    """WSGI application: ``GET /KKMTransfer?wsdl`` is public; every other call needs a register's user.
 
-    def __init__(self, billing, settings):
+    ``check_schema``: before serving calls, check (lazily, again after a failure) that the database is at
+    the schema revision this version needs; until it is, calls get a ``Server`` fault."""
+
+    SCHEMA_RECHECK_SECONDS = 1.0
+
+    def __init__(self, billing, settings, check_schema: bool = False, throttle: AuthThrottle | None = None):
         self.billing = billing
         self.settings = settings
         self.soap = make_soap_app(billing)
+        self.throttle = throttle or AuthThrottle(
+            threshold=settings.auth_max_failures, window=settings.auth_window_seconds,
+            max_delay=settings.auth_max_delay_seconds)
         self._wsdl_template: bytes | None = None
+        self._schema_ok = not check_schema
+        self._schema_checked_at = float("-inf")
+        self._schema_error: str | None = None
+        self._schema_lock = threading.Lock()
 
+    # -- the WSDL ----------------------------------------------------------------------------------
     def _wsdl(self, environ, start):
         """The WSDL with the address this request came to (spyne would pin the first caller's Host)."""
+        url = request_url(environ, self.settings.public_url)
+        if url is None:
+            return _plain(start, "400 Bad Request", "The Host header is not a valid host[:port]")
         if self._wsdl_template is None:
             self._wsdl_template = build_wsdl(WSDL_PLACEHOLDER)
-        body = self._wsdl_template.replace(WSDL_PLACEHOLDER.encode(), request_url(environ).encode())
+        root = etree.fromstring(self._wsdl_template)
+        for el in root.iter(SOAP_ADDRESS):
+            el.set("location", url)
+        body = etree.tostring(root, xml_declaration=True, encoding="UTF-8")
         start("200 OK", [("Content-Type", "text/xml; charset=utf-8"), ("Content-Length", str(len(body)))])
         return [body]
 
+    # -- the schema, checked lazily -----------------------------------------------------------------
+    def _schema_ready(self, request_id: str) -> bool:
+        if self._schema_ok:
+            return True
+        from ..app import require_schema
+
+        with self._schema_lock:
+            if self._schema_ok:
+                return True
+            now = time.monotonic()
+            if now - self._schema_checked_at >= self.SCHEMA_RECHECK_SECONDS:
+                self._schema_checked_at = now
+                try:
+                    require_schema(self.billing.engine, self.settings.database_url)
+                except Exception as exc:  # noqa: BLE001 - database down or schema behind: both wait
+                    self._schema_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                else:
+                    self._schema_ok = True
+                    self._schema_error = None
+                    log.info("database schema is at head: serving calls")
+                    return True
+        log.error("request %s: not serving calls yet: %s", request_id, self._schema_error)
+        return False
+
+    # -- one request ---------------------------------------------------------------------------------
     def __call__(self, environ, start_response):
         request_id = uuid.uuid4().hex[:16]
         environ["kkmtransfer.request_id"] = request_id
@@ -70,6 +155,14 @@ class KKMTransferApp:
         def start(status, headers, exc_info=None):
             return start_response(status, [*headers, ("X-Request-Id", request_id)], exc_info)
 
+        try:
+            return list(self._serve(environ, start, request_id))
+        except Exception:  # noqa: BLE001 - whatever failed, the answer is a SOAP fault
+            log.exception("request %s (user %s): unexpected error", request_id,
+                          printable(environ.get("REMOTE_USER", "-")))
+            return _fault(start, "Server", f"Internal server error; request id {request_id}", sys.exc_info())
+
+    def _serve(self, environ, start, request_id):
         path = environ.get("PATH_INFO", "") or "/"
         if path.rstrip("/") != ENDPOINT:
             return _plain(start, "404 Not Found", f"Not found. The SOAP endpoint is {ENDPOINT}")
@@ -82,11 +175,27 @@ class KKMTransferApp:
                           [("Allow", "GET, POST")])
 
         creds = basic_credentials(environ)
-        if creds is None or not self.billing.authenticate(*creds):
-            log.info("request %s: 401 for %s", request_id, creds[0] if creds else "(no credentials)")
+        address = environ.get("REMOTE_ADDR")
+        user = creds[0] if creds else None
+        wait = self.throttle.retry_after(user, address)
+        if wait > 0:
+            log.warning("request %s: 429 for user %s from %s: too many failed logins", request_id,
+                        printable(user, 64), printable(address, 64))
+            return _plain(start, "429 Too Many Requests",
+                          "Too many failed logins; try again later", [("Retry-After", str(int(wait) + 1))])
+        try:
+            ok = creds is not None and self.billing.authenticate(*creds)
+        except Exception:  # noqa: BLE001 - the database is down: a Server fault, not a 401 or an HTML page
+            log.exception("request %s (user %s): the credential check failed", request_id, printable(user, 64))
+            return _fault(start, "Server", f"Internal server error; request id {request_id}")
+        if not ok:
+            if creds is not None:
+                self.throttle.failure(user, address)
+            log.info("request %s: 401 for %s", request_id, printable(user, 64) if creds else "(no credentials)")
             return _plain(start, "401 Unauthorized", "HTTP Basic credentials of a register user are required",
                           [("WWW-Authenticate", 'Basic realm="KKMTransfer", charset="UTF-8"')])
-        environ["REMOTE_USER"] = creds[0]
+        self.throttle.success(user)
+        environ["REMOTE_USER"] = user
 
         limit = self.settings.max_request_bytes
         try:
@@ -103,6 +212,15 @@ class KKMTransferApp:
         body = stream.read(declared) if declared >= 0 else stream.read(limit + 1)
         if len(body) > limit:
             return _plain(start, "413 Payload Too Large", f"The request body is over the limit of {limit} bytes")
+
+        try:
+            inspect_envelope(body, self.settings.max_elements, self.settings.max_attributes)
+        except SoapFault as fault:
+            log.info("request %s (user %s): %s: %s", request_id, printable(user, 64), fault.code,
+                     printable(fault.string, 200))
+            return _fault(start, fault.code, fault.string)
+        if not self._schema_ready(request_id):
+            return _fault(start, "Server", f"The service is not ready (database); request id {request_id}")
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         return self.soap(environ, start)

@@ -6,11 +6,14 @@ call the service layer and translate the result back; domain errors become the c
 from __future__ import annotations
 
 import logging
+import re
+from datetime import date, datetime
 from decimal import Decimal as D
 
 from spyne import Application, ComplexModel, ServiceBase, rpc
-from lxml.builder import E
+from lxml import etree
 from spyne.error import Fault
+from spyne.model import SimpleModel
 from spyne.model.complex import Array
 from spyne.model.primitive import Date, DateTime, Decimal, Integer32, Unicode
 from spyne.protocol.soap import Soap11
@@ -27,7 +30,10 @@ log = logging.getLogger("kkmtransfer.soap")
 # spyne logs every client fault with a traceback: that is noise, a client fault is a normal answer.
 # Server faults are logged by _call / KKMWsgiApplication with the request id; spyne's own copy would
 # only repeat them (what spyne itself cannot handle it logs at CRITICAL, which still passes).
-for _name in ("spyne.application", "spyne.application.client", "spyne.server.wsgi"):
+# spyne.protocol.*.invalid would log a malformed body whole (a megabyte a line, newlines and all).
+for _name in ("spyne.application", "spyne.server._base", "spyne.application.client", "spyne.server.wsgi",
+              "spyne.protocol.xml.invalid", "spyne.protocol.soap.soap11.invalid", "spyne.protocol.xml",
+              "spyne.protocol.soap.soap11"):
     logging.getLogger(_name).setLevel(logging.CRITICAL)
 
 
@@ -166,7 +172,9 @@ def _call(ctx, fn, *args):
     except Fault:
         raise
     except Exception:
-        log.exception("request %s (user %s): unexpected error", request_id, env.get("REMOTE_USER", "-"))
+        from .http import printable
+
+        log.exception("request %s (user %s): unexpected error", request_id, printable(env.get("REMOTE_USER", "-")))
         raise Fault("Server", f"Internal server error; request id {request_id}")
 
 
@@ -212,16 +220,90 @@ def _client_error(what: str, exc: Exception) -> Fault:
     return Fault("Client.ValidationError", f"{what}: {type(exc).__name__}: {exc}"[:500])
 
 
+class NamedFault(Fault):
+    """A validation fault that already names its element (not rewritten by outer elements)."""
+
+    def __init__(self, string: str):
+        super().__init__("Client.ValidationError", string)
+
+
+# the lexical forms of XML Schema, in ASCII only: Python's int()/Decimal()/\d also take '1E2', '5_000',
+# Arabic-Indic and full-width digits, which are not xs:decimal / xs:int
+_LEXICAL = [
+    (Decimal, re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"),
+     "an xs:decimal (ASCII digits with an optional sign and decimal point)"),
+    (Integer32, re.compile(r"[+-]?[0-9]+"), "an xs:int (ASCII digits with an optional sign)"),
+    (Date, re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), "an xs:date (YYYY-MM-DD)"),
+    (DateTime, re.compile(r"-?[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                          r"(Z|[+-][0-9]{2}:[0-9]{2})?"),
+     "an xs:dateTime with a UTC offset (e.g. 2026-11-23T10:15:00+03:00)"),
+]
+XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+XSI_NIL = "{http://www.w3.org/2001/XMLSchema-instance}nil"
+XSD_NS = "http://www.w3.org/2001/XMLSchema"
+# dates this service takes: Python's datetime overflows at the ends of 1..9999 once a zone is applied
+MIN_YEAR, MAX_YEAR = 1900, 9998
+
+
+def _got(text) -> str:
+    text = "" if text is None else text.strip()
+    return repr(text[:64] + ("…" if len(text) > 64 else ""))
+
+
+def _lexical(cls):
+    for base, pattern, what in _LEXICAL:
+        if issubclass(cls, base):
+            return pattern, what
+    return None, None
+
+
+def _rule_broken(name: str, cls, text) -> str:
+    """What the element's own type allows, for the value that spyne refused."""
+    a = cls.Attributes
+    raw = (text or "").strip()
+    values = getattr(a, "values", None)
+    if values:
+        return f"{name}: must be one of {', '.join(sorted(values))}, got {_got(raw)}"
+    if issubclass(cls, Unicode):
+        if getattr(a, "min_len", 0) and len(raw) < a.min_len:
+            return f"{name}: must not be empty"
+        if getattr(a, "max_len", None) is not None and len(text or "") > a.max_len:
+            return f"{name}: at most {a.max_len} characters, got {len(text or '')}"
+        return f"{name}: not a valid string"
+    if issubclass(cls, Decimal):
+        try:
+            value = D(raw)
+        except ArithmeticError:
+            return f"{name}: must be an xs:decimal, got {_got(raw)}"
+        if not value.is_finite():
+            return f"{name}: must be a finite xs:decimal, got {_got(raw)}"
+        ge = getattr(a, "ge", None)
+        if ge is not None and not isinstance(ge, float) and value < ge:
+            return f"{name}: must be ≥ {ge}, got {raw}"
+        digits = getattr(a, "fraction_digits", None)
+        if isinstance(digits, int) and -value.as_tuple().exponent > digits:
+            return f"{name}: at most {digits} fraction digits, got {raw}"
+        return f"{name}: out of range, got {_got(raw)}"
+    if issubclass(cls, Integer32):
+        return f"{name}: must be an xs:int (-2147483648 … 2147483647), got {_got(raw)}"
+    pattern, what = _lexical(cls)
+    if what:
+        return f"{name}: must be {what}, got {_got(raw)}"
+    return f"{name}: invalid value {_got(raw)}"
+
+
 class KKMSoap11(Soap11):
-    """SOAP 1.1 that refuses documents with a DTD (SOAP forbids them; no entity tricks get through), and
-    turns whatever spyne's parser raises on nonsense (an empty body, NaN, February 30) into a client fault."""
+    """SOAP 1.1 that refuses documents with a DTD (SOAP forbids them; no entity tricks get through), turns
+    whatever spyne's parser raises on nonsense (an empty body, NaN, February 30) into a client fault, and
+    writes validation faults that name the element and what it allows (``ReceiptSum: must be ≥ 0, got -100``).
+    """
 
     def create_in_document(self, ctx, charset=None):
         try:
             super().create_in_document(ctx, charset)
         except Fault:
             raise
-        except (StopIteration, ValueError, TypeError, ArithmeticError) as exc:
+        except (StopIteration, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
             raise _client_error("the request is not a SOAP document", exc)
         root = ctx.in_document[0]
         if root.getroottree().docinfo.doctype:
@@ -232,20 +314,63 @@ class KKMSoap11(Soap11):
             return super().deserialize(ctx, message)
         except Fault:
             raise
-        except (ValueError, TypeError, ArithmeticError) as exc:
+        except (ValueError, TypeError, ArithmeticError, AttributeError) as exc:
             raise _client_error("a value in the request is invalid", exc)
 
+    def from_element(self, ctx, cls, element):
+        name = etree.QName(element.tag).localname[:64]
+        simple = issubclass(cls, SimpleModel)
+        if simple and element.get(XSI_TYPE) is not None:
+            # SOAP::Lite writes xsi:type="xsd:long" on every value: the element's own type decides
+            prefix, _, _local = element.get(XSI_TYPE).rpartition(":")
+            if element.nsmap.get(prefix or None) != XSD_NS:
+                raise NamedFault(f"{name}: xsi:type {element.get(XSI_TYPE)[:64]!r} is not allowed here")
+            del element.attrib[XSI_TYPE]
+        nil = (element.get(XSI_NIL) or "").strip() in ("1", "true")
+        if simple and not nil:
+            pattern, what = _lexical(cls)
+            if pattern is not None and not pattern.fullmatch((element.text or "").strip(" \t\r\n")):
+                raise NamedFault(f"{name}: must be {what}, got {_got(element.text)}")
+        try:
+            value = super().from_element(ctx, cls, element)
+        except NamedFault:
+            raise
+        except Fault as exc:
+            if not simple:
+                raise
+            if nil:
+                raise NamedFault(f"{name}: must not be nil")
+            raise NamedFault(_rule_broken(name, cls, element.text)) from exc
+        except (ValueError, TypeError, ArithmeticError, OverflowError) as exc:
+            if not simple:
+                raise
+            raise NamedFault(_rule_broken(name, cls, element.text)) from exc
+        if isinstance(value, (date, datetime)) and not MIN_YEAR <= value.year <= MAX_YEAR:
+            raise NamedFault(f"{name}: out of range: years {MIN_YEAR}…{MAX_YEAR} are allowed, "
+                             f"got {_got(element.text)}")
+        return value
 
-class KKMSoap11Out(Soap11):
-    """Writes ``<faultcode>`` as the contract's bare value (``Client.CardNotFound``), not prefixed."""
-
-    def fault_to_parent(self, ctx, cls, inst, parent, ns, *args, **kwargs):
-        subelts = [
-            E("faultcode", inst.faultcode),
-            E("faultstring", inst.faultstring),
-            E("faultactor", inst.faultactor),
-        ]
-        return self._fault_to_parent_impl(ctx, cls, inst, parent, ns, subelts)
+    def complex_from_element(self, ctx, cls, elt):
+        """Each member's count first, so that the fault names it (``KKM: required``); unknown members
+        are refused rather than dropped."""
+        members = cls.get_flat_type_info(cls)
+        counts: dict[str, int] = {}
+        for child in elt:
+            if not isinstance(child.tag, str):
+                continue
+            key = etree.QName(child.tag).localname
+            if key not in members:
+                raise NamedFault(f"{key[:64]}: not an element of {cls.get_type_name()}; allowed: "
+                                 f"{', '.join(members)}")
+            counts[key] = counts.get(key, 0) + 1
+        for key, member in members.items():
+            a = self.get_cls_attrs(member)
+            n = counts.get(key, 0)
+            if n < a.min_occurs:
+                raise NamedFault(f"{key}: required")
+            if n > a.max_occurs:
+                raise NamedFault(f"{key}: at most {a.max_occurs} allowed, got {n}")
+        return super().complex_from_element(ctx, cls, elt)
 
 
 class KKMWsgiApplication(WsgiApplication):
@@ -270,7 +395,7 @@ def make_soap_app(billing) -> KKMWsgiApplication:
         tns=NS,
         name=SERVICE_NAME,
         in_protocol=KKMSoap11(validator="soft"),
-        out_protocol=KKMSoap11Out(),
+        out_protocol=Soap11(),
     )
     app.billing = billing
     return KKMWsgiApplication(app)
