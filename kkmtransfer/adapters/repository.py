@@ -188,7 +188,11 @@ class Repository:
             .group_by(entries.c.lot_id).order_by(entries.c.lot_id)
         ).scalars())
 
-    def card_operations(self, card_number: str, start: datetime, end: datetime) -> list[OperationView]:
+    def card_operations(self, card_number: str, start: datetime, end: datetime, limit: int | None = None,
+                        after: str | None = None) -> list[OperationView] | None:
+        """The card's operations in [start, end), ordered by (operation_time, created_at, id); at most
+        ``limit``; with ``after`` (an operation id), those after it in that order (None: no such
+        operation on this card)."""
         deferred = [r.value for r in DEFERRED_ROLES]
 
         def net(measure: Measure, posted):
@@ -200,6 +204,16 @@ class Repository:
                 (and_(entries.c.measure == measure.value, entries.c.role.not_in(deferred)), raw), else_=0)), 0)
             return case((operations.c.kind == Kind.ACCRUAL.value, posted), else_=moved)
 
+        page = []
+        if after is not None:
+            mark = self.conn.execute(
+                select(operations.c.operation_time, operations.c.created_at, operations.c.id)
+                .where(operations.c.id == after, operations.c.card_number == card_number)).first()
+            if mark is None:
+                return None
+            t, c, i = operations.c.operation_time, operations.c.created_at, operations.c.id
+            page.append(or_(t > mark.operation_time, and_(t == mark.operation_time, c > mark.created_at),
+                            and_(t == mark.operation_time, c == mark.created_at, i > mark.id)))
         stmt = (
             select(operations.c.id, operations.c.operation_time, operations.c.kind, operations.c.source,
                    operations.c.kkm, operations.c.receipt_number,
@@ -208,12 +222,14 @@ class Repository:
                    net(Measure.RECEIPT_COUNT, operations.c.receipt_count_delta * 100).label("cnt"))
             .select_from(operations.outerjoin(entries, entries.c.operation_id == operations.c.id))
             .where(operations.c.card_number == card_number,
-                   operations.c.operation_time >= start, operations.c.operation_time < end)
+                   operations.c.operation_time >= start, operations.c.operation_time < end, *page)
             .group_by(operations.c.id, operations.c.operation_time, operations.c.kind, operations.c.source,
                       operations.c.kkm, operations.c.receipt_number, operations.c.bonus_accrued,
                       operations.c.accumulation_delta, operations.c.receipt_count_delta, operations.c.created_at)
             .order_by(operations.c.operation_time, operations.c.created_at, operations.c.id)
         )
+        if limit is not None:
+            stmt = stmt.limit(limit)
 
         return [
             OperationView(operation_id=r.id, time=r.operation_time, kind=r.kind, source=r.source, kkm=r.kkm,

@@ -17,8 +17,8 @@ from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Iterable, Sequence
 
-from .errors import InsufficientBonus
-from .model import ZERO, Balances, Lot, Measure, Role
+from .errors import InsufficientBonus, ValidationError
+from .model import MAX_BALANCE, ZERO, Balances, Lot, Measure, Role
 from .rules import day_start
 
 
@@ -73,6 +73,9 @@ class CardLedger:
     def _move(self, lot: Lot, amount: Decimal, role: Role) -> None:
         if amount == 0:
             return
+        if abs(lot.remaining + amount) > MAX_BALANCE:
+            raise ValidationError(f"{lot.measure.value}: the card would hold more than {MAX_BALANCE} "
+                                  f"(the ledger's limit); the operation is refused")
         lot.remaining += amount
         self.moves.append(Move(lot, amount, role))
 
@@ -109,6 +112,10 @@ class CardLedger:
         ``exclusive``, to a lot of its own)."""
         if amount <= 0:
             return
+        total = sum((lot.remaining for lot in self._of(measure)), ZERO)
+        if total + amount > MAX_BALANCE:
+            raise ValidationError(f"{measure.value}: the card would hold more than {MAX_BALANCE} "
+                                  f"(the ledger's limit); the operation is refused")
         left = amount
         if available_from is None or available_from <= self.now:
             for lot in sorted(self._of(measure), key=lambda x: x.id or 0):

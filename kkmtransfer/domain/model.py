@@ -15,6 +15,9 @@ from .errors import ValidationError
 CENT = Decimal("0.01")
 ZERO = Decimal("0.00")
 MAX_AMOUNT = Decimal("999999999999.99")
+# The most a card's lot or balance of one measure may hold (either sign). The database stores amounts as
+# whole hundredths in a BIGINT (±92,233,720,368,547,758.07); this bound leaves room for sums over many lots.
+MAX_BALANCE = Decimal("999999999999999.99")
 
 
 class Measure(str, Enum):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Callable
 
@@ -25,6 +25,7 @@ from ..domain.model import (
     Source,
     ZERO,
     normalise_phone,
+    optional_text,
     required_text,
 )
 from . import passwords
@@ -44,6 +45,10 @@ def utcnow() -> datetime:
 class CardRange:
     created: list[str]
     skipped: list[str]
+
+
+HISTORY_MAX_RECORDS = 1000  # GetCardOperations: the default and the upper limit of MaxRecords
+MIN_PASSWORD_LENGTH = 12
 
 
 class BillingService:
@@ -78,17 +83,31 @@ class BillingService:
                 raise errors.AmbiguousPhone(f"{len(pool)} cards have phone {digits}; ask for the card number")
             return self._view(uow.repo, pool[0], self.clock())
 
-    def card_operations(self, number: str, date_from: date, date_to: date) -> list[OperationView]:
+    def card_operations(self, number: str, date_from: date, date_to: date, limit: int | None = None,
+                        after: str | None = None) -> list[OperationView]:
+        """The card's history, oldest first: at most ``limit`` records (default and upper limit
+        HISTORY_MAX_RECORDS), those after the operation ``after`` when given (paging)."""
         number = required_text(number, "CardNumber", 32)
         if date_from is None or date_to is None:
             raise errors.ValidationError("DateFrom and DateTo are required")
         if date_from > date_to:
             raise errors.ValidationError(f"DateFrom {date_from} is after DateTo {date_to}")
-        start, end = day_bounds(date_from, date_to, self.settings.tz)
+        if limit is None:
+            limit = HISTORY_MAX_RECORDS
+        if not 1 <= limit <= HISTORY_MAX_RECORDS:
+            raise errors.ValidationError(f"MaxRecords: must be 1 … {HISTORY_MAX_RECORDS}, got {limit}")
+        after = optional_text(after, "After", 64)
+        try:
+            start, end = day_bounds(date_from, date_to, self.settings.tz)
+        except (OverflowError, ValueError) as exc:
+            raise errors.ValidationError(f"DateFrom/DateTo: out of range ({date_from} … {date_to})") from exc
         with UnitOfWork(self.engine) as uow:
             if uow.repo.get_card(number) is None:
                 raise errors.CardNotFound(f"card {number} not found")
-            return uow.repo.card_operations(number, start, end)
+            found = uow.repo.card_operations(number, start, end, limit, after)
+            if found is None:
+                raise errors.ValidationError(f"After: no operation {after} on card {number}")
+            return found
 
     # -- registering a receipt ---------------------------------------------------------------
     def register_operation(self, request: OperationRequest, source: Source = Source.ONLINE) -> ApplyResult:
@@ -128,6 +147,11 @@ class BillingService:
         if existing is not None:
             return self._already(repo, existing, request, now, with_view)
         card = repo.get_card(request.card_number, lock=True)
+        ahead = timedelta(hours=self.settings.max_future_hours)
+        if request.operation_time > now + ahead:
+            raise errors.ValidationError(
+                f"OperationTime: at most {self.settings.max_future_hours} h ahead of the server's clock "
+                f"({now.isoformat(timespec='seconds')}), got {request.operation_time.isoformat()}")
         if card is None:
             raise errors.CardNotFound(f"card {request.card_number} not found")
         existing = repo.get_operation(request.operation_id)  # again, now that the card is ours
@@ -370,8 +394,8 @@ class BillingService:
         name = required_text(name, "user name", 64)
         if ":" in name:
             raise errors.ValidationError("a user name must not contain ':' (HTTP Basic cannot carry it)")
-        if len(password) < 8:
-            raise errors.ValidationError("a password must be at least 8 characters long")
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise errors.ValidationError(f"a password must be at least {MIN_PASSWORD_LENGTH} characters long")
         hashed = passwords.hash_password(password)
         with UnitOfWork(self.engine, write=True) as uow:
             created = uow.repo.upsert_user(name, hashed, self.clock())

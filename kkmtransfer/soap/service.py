@@ -201,12 +201,12 @@ class KKMTransfer(ServiceBase):
         return _call(ctx, run)
 
     @rpc(Text, Date(min_occurs=1, nillable=False), Date(min_occurs=1, nillable=False),
-         _returns=Array(OperationRecord))
-    def GetCardOperations(ctx, CardNumber, DateFrom, DateTo):
+         Integer32(min_occurs=0), OptText, _returns=Array(OperationRecord))
+    def GetCardOperations(ctx, CardNumber, DateFrom, DateTo, MaxRecords, After):
         svc = ctx.app.billing
         tz = svc.settings.tz
         return _call(ctx, lambda: [operation_record(v, tz) for v in
-                                   svc.card_operations(CardNumber, DateFrom, DateTo)])
+                                   svc.card_operations(CardNumber, DateFrom, DateTo, MaxRecords, After)])
 
 
 CONTRACT_FAULTS = {

@@ -35,9 +35,22 @@ def _sorted(root):
     return root
 
 
+def _drop_unused_namespaces(root):
+    """spyne declares every namespace it knows (SOAP 1.2's among them: gSOAP's wsdl2h then generates a
+    SOAP 1.2 client). Keep only the prefixes used in a name or in a QName value (type="tns:Money")."""
+    in_values = set()
+    for el in root.iter():
+        for value in el.attrib.values():
+            prefix, sep, rest = value.partition(":")
+            if sep and not rest.startswith("//") and prefix in (el.nsmap or {}):
+                in_values.add(prefix)
+    etree.cleanup_namespaces(root, keep_ns_prefixes=sorted(in_values))
+    return root
+
+
 def pretty(document: bytes) -> bytes:
     parser = etree.XMLParser(remove_blank_text=True)
-    root = _sorted(etree.fromstring(document, parser))
+    root = _drop_unused_namespaces(_sorted(etree.fromstring(document, parser)))
     return etree.tostring(root, pretty_print=True, xml_declaration=True, encoding="UTF-8")
 
 
