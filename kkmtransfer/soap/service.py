@@ -229,10 +229,10 @@ class NamedFault(Fault):
 
 # the lexical forms of XML Schema, in ASCII only: Python's int()/Decimal()/\d also take '1E2', '5_000',
 # Arabic-Indic and full-width digits, which are not xs:decimal / xs:int
-_LEXICAL = [
+_LEXICAL = [  # most specific first: spyne's Integer32 is a Decimal, its Date a DateTime
+    (Integer32, re.compile(r"[+-]?[0-9]+"), "an xs:int (ASCII digits with an optional sign)"),
     (Decimal, re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)"),
      "an xs:decimal (ASCII digits with an optional sign and decimal point)"),
-    (Integer32, re.compile(r"[+-]?[0-9]+"), "an xs:int (ASCII digits with an optional sign)"),
     (Date, re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"), "an xs:date (YYYY-MM-DD)"),
     (DateTime, re.compile(r"-?[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
                           r"(Z|[+-][0-9]{2}:[0-9]{2})?"),
@@ -270,6 +270,8 @@ def _rule_broken(name: str, cls, text) -> str:
         if getattr(a, "max_len", None) is not None and len(text or "") > a.max_len:
             return f"{name}: at most {a.max_len} characters, got {len(text or '')}"
         return f"{name}: not a valid string"
+    if issubclass(cls, Integer32):
+        return f"{name}: must be an xs:int (-2147483648 … 2147483647), got {_got(raw)}"
     if issubclass(cls, Decimal):
         try:
             value = D(raw)
@@ -284,8 +286,6 @@ def _rule_broken(name: str, cls, text) -> str:
         if isinstance(digits, int) and -value.as_tuple().exponent > digits:
             return f"{name}: at most {digits} fraction digits, got {raw}"
         return f"{name}: out of range, got {_got(raw)}"
-    if issubclass(cls, Integer32):
-        return f"{name}: must be an xs:int (-2147483648 … 2147483647), got {_got(raw)}"
     pattern, what = _lexical(cls)
     if what:
         return f"{name}: must be {what}, got {_got(raw)}"
