@@ -371,3 +371,260 @@ def test_new_passwords_are_at_least_12_characters(db):
     with pytest.raises(errors.ValidationError):
         db.add_user("kassa-short", "eleven-char")
     assert db.add_user("kassa-long", "twelve-chars")
+
+
+# -- database outage ----------------------------------------------------------------------------------
+
+class TcpProxy:
+    """A threaded TCP forwarder on loopback between the service and PostgreSQL that a test cuts (open
+    connections reset, new ones refused) and restores."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.closed = False
+        self.lock = threading.Lock()
+        self.pairs: set = set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=3)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            pair = (client, upstream)
+            with self.lock:
+                self.pairs.add(pair)
+            threading.Thread(target=self._pump, args=(client, upstream, pair), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, pair), daemon=True).start()
+
+    def _pump(self, src, dst, pair):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(pair)
+
+    def _close(self, pair):
+        import socket
+
+        with self.lock:
+            self.pairs.discard(pair)
+        for s in pair:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def cut(self):
+        self.up.clear()
+        with self.lock:
+            pairs = list(self.pairs)
+        for pair in pairs:
+            self._close(pair)
+
+    def restore(self):
+        self.up.set()
+
+    def close(self):
+        self.closed = True
+        self.cut()
+        self.listener.close()
+
+
+def soap_answer(r):
+    """(outcome, request id) of one RegisterOperation answer: 'Applied'/'AlreadyApplied' or 'Server'."""
+    assert r.headers.get("Content-Type", "").startswith("text/xml"), (r.status_code, r.text[:300])
+    request_id = r.headers["X-Request-Id"]
+    reply = reply_of(r)
+    if r.status_code == 200:
+        return etree.fromstring(r.content).findtext(f".//{{{NS}}}Status"), request_id
+    assert (r.status_code, reply.faultcode) == (500, "Server"), r.text[:500]
+    assert request_id in reply.faultstring, reply.faultstring
+    return "Server", request_id
+
+
+@pytest.mark.postgres
+def test_a_database_outage_is_answered_in_soap_and_the_service_recovers_by_itself(pg_database_url, tmp_path):
+    """gunicorn started while the database is unreachable comes up and answers Server faults; cut and
+    restored under load, every answer is a SOAP envelope with a request id, and every receipt a register
+    retried until it was applied is applied exactly once."""
+    import os
+    import subprocess
+    import sys
+
+    from sqlalchemy import func, select
+    from sqlalchemy.engine import make_url
+
+    from kkmtransfer.adapters.db import make_engine, operations
+    from kkmtransfer.adapters.migrate import upgrade
+
+    from .conftest import empty_tables, free_port
+    from .helpers import assert_invariants
+
+    upgrade(pg_database_url)
+    direct = make_engine(pg_database_url)
+    settings = Settings(database_url=pg_database_url)
+    billing = BillingService(direct, settings)
+    empty_tables(direct)
+    billing.add_user(USER, PASSWORD)
+    billing.add_card_range(1, 1, prefix="888", width=7)
+    card = "8880000001"
+
+    url = make_url(pg_database_url)
+    proxy = TcpProxy(url.port or 5432)
+    proxy.cut()  # the database is down when the service starts
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=proxied, KKMTRANSFER_DB_CONNECT_TIMEOUT="2",
+               KKMTRANSFER_DB_STATEMENT_TIMEOUT="3")
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--workers", "2", "--threads", "4",
+                                 "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2",
+                                 "kkmtransfer.wsgi:application"], env=env, stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}/KKMTransfer"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(endpoint + "?wsdl", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+        # down at start: Server faults, fast
+        for _ in range(3):
+            started = time.monotonic()
+            r = requests.post(endpoint, data=register(OperationId=new_id(), CardNumber=card), auth=AUTH,
+                              headers=HEADERS, timeout=30)
+            assert soap_answer(r)[0] == "Server"
+            assert time.monotonic() - started < 10
+
+        proxy.restore()
+        deadline = time.monotonic() + 20
+        while True:  # recovers by itself
+            r = requests.post(endpoint, data=get_card(card), auth=AUTH, headers=HEADERS, timeout=30)
+            if r.status_code == 200:
+                break
+            soap_answer(r)
+            assert time.monotonic() < deadline, "the service did not recover"
+            time.sleep(0.5)
+
+        # under load: registers retry each receipt with the same id until it is applied
+        stop = threading.Event()
+        outcomes: list[tuple[str, str]] = []
+        problems: list[str] = []
+        applied: dict[str, str] = {}
+        lock = threading.Lock()
+
+        def register_loop(n):
+            session = requests.Session()
+            while not stop.is_set():
+                op_id = new_id()
+                while True:
+                    try:
+                        r = session.post(endpoint, data=register(OperationId=op_id, CardNumber=card,
+                                                                 ReceiptSum="10.00", BonusAccrued="1.00",
+                                                                 BonusSpent="0.00"),
+                                         auth=AUTH, headers=HEADERS, timeout=30)
+                        outcome, rid = soap_answer(r)
+                    except Exception as exc:  # noqa: BLE001 - reported below
+                        with lock:
+                            problems.append(repr(exc)[:300])
+                        return
+                    with lock:
+                        outcomes.append((outcome, rid))
+                    if outcome in ("Applied", "AlreadyApplied"):
+                        with lock:
+                            applied[op_id] = outcome
+                        break
+                    time.sleep(0.05)
+
+        threads = [threading.Thread(target=register_loop, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        for _ in range(2):
+            proxy.cut()
+            time.sleep(3)
+            proxy.restore()
+            time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        assert not problems, problems[:5]
+        kinds = {o for o, _ in outcomes}
+        assert "Server" in kinds and "Applied" in kinds, kinds
+        assert len({rid for _, rid in outcomes}) == len(outcomes), "request ids must be unique"
+
+        with direct.connect() as conn:
+            stored = conn.execute(select(func.count()).select_from(operations)
+                                  .where(operations.c.card_number == card)).scalar_one()
+        assert stored == len(applied), (stored, len(applied))  # nothing lost, nothing doubled
+        assert billing.card_info(card).balances.bonus == Decimal("1.00") * len(applied)
+        assert_invariants(billing)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        proxy.close()
+        empty_tables(direct)
+        direct.dispose()
+
+
+def test_a_black_holed_database_gives_a_fast_server_fault(tmp_path):
+    """A database host that accepts the connection and never answers: the connect timeout ends it."""
+    import socket
+
+    from kkmtransfer.app import create_wsgi_app
+
+    hole = socket.create_server(("127.0.0.1", 0))
+    held = []
+    threading.Thread(target=lambda: [held.append(hole.accept()) for _ in range(50)], daemon=True).start()
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{hole.getsockname()[1]}/nothing"
+    app = create_wsgi_app(Settings(database_url=url, db_connect_timeout=1))
+    try:
+        with running(app) as endpoint:
+            started = time.monotonic()
+            r = requests.post(endpoint, data=get_card(CARD), auth=AUTH, headers=HEADERS, timeout=30)
+            elapsed = time.monotonic() - started
+    finally:
+        hole.close()
+    assert soap_answer(r)[0] == "Server"
+    assert elapsed < 5, elapsed
+
+
+def test_the_wsgi_module_imports_while_the_database_is_down():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL="postgresql+psycopg2://postgres@127.0.0.1:1/none")
+    proc = subprocess.run([sys.executable, "-c", "import kkmtransfer.wsgi as w; print(type(w.application).__name__)"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "KKMTransferApp" in proc.stdout, proc.stderr[-2000:]
