@@ -57,7 +57,7 @@ def test_every_command_explains_itself(command):
 
 def test_users_and_cards_from_the_command_line(db, database_url, server):
     cli(database_url, "db", "upgrade")  # again: a no-op
-    out = cli(database_url, "users", "add", "kassa-7", "--password-stdin", stdin="s3cret-pass\n").stdout
+    out = cli(database_url, "users", "add", "kassa-7", "--password-stdin", stdin="s3cret-pass-12\n").stdout
     assert "created" in out
     assert "kassa-7" in cli(database_url, "users", "list").stdout
 
@@ -75,7 +75,7 @@ def test_users_and_cards_from_the_command_line(db, database_url, server):
     assert db.card_info("20000006").status is CardStatus.ACTIVE
 
     # the user made with the CLI works over SOAP, and `cards show` reads what the register did
-    client = zeep_client(server, "kassa-7", "s3cret-pass")
+    client = zeep_client(server, "kassa-7", "s3cret-pass-12")
     assert client.service.FindCardByPhone("89161234567").CardNumber == "20000005"
     client.service.RegisterOperation(Operation=op_dict("20000005", receipt_sum="10.00", accrued="1.50"))
     show = cli(database_url, "cards", "show", "20000005").stdout
@@ -88,7 +88,7 @@ def test_cli_errors_are_one_clear_line(db, database_url):
     proc = cli(database_url, "cards", "set-phone", "NOPE", "123", check=False)
     assert proc.returncode == 1 and "Client.ValidationError" in proc.stderr
     proc = cli(database_url, "users", "add", "short", "--password-stdin", stdin="abc\n", check=False)
-    assert proc.returncode == 1 and "at least 8" in proc.stderr
+    assert proc.returncode == 1 and "at least 12" in proc.stderr
 
 
 def test_demo_then_serve_answers_over_http(tmp_path):
@@ -107,7 +107,7 @@ def test_demo_then_serve_answers_over_http(tmp_path):
             line = proc.stderr.readline()
         endpoint = line.split()[2]
         assert requests.get(endpoint + "?wsdl", timeout=5).status_code == 200
-        info = zeep_client(endpoint, "kassa1", "kassa1-demo").service.GetCardInfo("7770000001")
+        info = zeep_client(endpoint, "kassa1", "kassa1-demo-pass").service.GetCardInfo("7770000001")
         assert info.BonusBalance == D("0.00") and info.Status == "Active"
     finally:
         proc.terminate()
@@ -116,7 +116,7 @@ def test_demo_then_serve_answers_over_http(tmp_path):
 
 def test_an_empty_database_gets_the_schema_but_an_old_one_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
-    proc = cli(url, "users", "add", "kassa9", "--password-stdin", stdin="long-enough\n")
+    proc = cli(url, "users", "add", "kassa9", "--password-stdin", stdin="long-enough-pw\n")
     assert "empty database: schema created" in proc.stderr and "created" in proc.stdout
     old = f"sqlite:///{tmp_path / 'old.sqlite3'}"
     cli(old, "db", "upgrade", "--revision", "0001")

@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="KKMTransfer walk-through with zeep (see docs/integration.md).")
     parser.add_argument("--url", default="http://127.0.0.1:8080/KKMTransfer", help="the SOAP endpoint")
     parser.add_argument("--user", default="kassa1", help="the register's user (HTTP Basic)")
-    parser.add_argument("--password", default="kassa1-demo", help="its password")
+    parser.add_argument("--password", default="kassa1-demo-pass", help="its password")
     parser.add_argument("--card", default="7770000001", help="an active card number")
     args = parser.parse_args(argv)
 

@@ -6,7 +6,7 @@ import click
 from . import _billing, _settings, domain_errors, main
 
 DEMO_USER = "kassa1"
-DEMO_PASSWORD = "kassa1-demo"
+DEMO_PASSWORD = "kassa1-demo-pass"
 DEMO_PREFIX = "777"
 DEMO_FIRST, DEMO_LAST, DEMO_WIDTH = 1, 10, 7
 DEMO_PHONE = "+7 (916) 123-45-67"
