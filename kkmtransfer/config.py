@@ -19,6 +19,7 @@
 | KKMTRANSFER_AUTH_MAX_FAILURES   | 5 failed logins (per user name and per client address) before throttling |
 | KKMTRANSFER_AUTH_WINDOW_SECONDS | 300: failures older than this are forgotten |
 | KKMTRANSFER_AUTH_MAX_DELAY_SECONDS | 300: the longest refusal (1 s, 2 s, 4 s … after the limit) |
+| KKMTRANSFER_TRUSTED_PROXIES     | 127.0.0.1,::1: from these, the client address is the last X-Forwarded-For entry |
 
 Celery's own settings (KKMTRANSFER_BROKER_URL, KKMTRANSFER_RESULT_BACKEND, KKMTRANSFER_INBOX_EVERY_SECONDS)
 are read by the top-level celeryconfig.py.
@@ -60,6 +61,7 @@ class Settings:
     auth_max_failures: int = 5
     auth_window_seconds: int = 300
     auth_max_delay_seconds: int = 300
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -127,4 +129,6 @@ class Settings:
             auth_max_failures=whole("KKMTRANSFER_AUTH_MAX_FAILURES", 5),
             auth_window_seconds=whole("KKMTRANSFER_AUTH_WINDOW_SECONDS", 300),
             auth_max_delay_seconds=whole("KKMTRANSFER_AUTH_MAX_DELAY_SECONDS", 300),
+            trusted_proxies=tuple(a.strip() for a in (env.get("KKMTRANSFER_TRUSTED_PROXIES")
+                                                      or "127.0.0.1,::1").split(",") if a.strip()),
         )

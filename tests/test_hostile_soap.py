@@ -320,7 +320,11 @@ def test_failed_logins_are_throttled_without_running_scrypt(db, engine, settings
 
     db.add_user(USER, PASSWORD)
     db.add_user("kassa-other", PASSWORD)
-    app = KKMTransferApp(BillingService(engine, settings), settings)
+    from kkmtransfer.soap.throttle import AuthThrottle
+
+    now = [1000.0]  # the throttle's clock stands still until the test moves it
+    app = KKMTransferApp(BillingService(engine, settings), settings,
+                         throttle=AuthThrottle(threshold=5, window=300, max_delay=300, clock=lambda: now[0]))
     slow = []
     real = passwords._verify_slow
     monkeypatch.setattr(passwords, "_verify_slow", lambda *a: slow.append(1) or real(*a))
@@ -340,7 +344,11 @@ def test_failed_logins_are_throttled_without_running_scrypt(db, engine, settings
         assert call(USER, PASSWORD).status_code == 429
         # the address is blocked too: another name from the same address
         assert call("kassa-other", PASSWORD).status_code == 429
-        time.sleep(float(refused[-1].headers["Retry-After"]) + 0.1)
+        # behind a trusted proxy the address is the forwarded one: another client is not blocked
+        other = requests.post(url, data=get_card("0000000000"), auth=("kassa-other", PASSWORD),
+                              headers={**HEADERS, "X-Forwarded-For": "10.1.2.3"}, timeout=30)
+        assert other.status_code == 500 and "Client.CardNotFound" in other.text
+        now[0] += float(refused[-1].headers["Retry-After"])
         ok = call(USER, PASSWORD)
         assert ok.status_code == 500 and "Client.CardNotFound" in ok.text  # logged in: a SOAP answer
 

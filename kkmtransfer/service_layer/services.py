@@ -148,7 +148,7 @@ class BillingService:
             return self._already(repo, existing, request, now, with_view)
         card = repo.get_card(request.card_number, lock=True)
         ahead = timedelta(hours=self.settings.max_future_hours)
-        if request.operation_time > now + ahead:
+        if source is Source.ONLINE and request.operation_time > now + ahead:
             raise errors.ValidationError(
                 f"OperationTime: at most {self.settings.max_future_hours} h ahead of the server's clock "
                 f"({now.isoformat(timespec='seconds')}), got {request.operation_time.isoformat()}")

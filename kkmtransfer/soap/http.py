@@ -87,6 +87,16 @@ def basic_credentials(environ) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
+def client_address(environ, trusted_proxies=()) -> str | None:
+    """The client's address: REMOTE_ADDR, or behind a trusted proxy the last X-Forwarded-For entry (the
+    one that proxy added), so that throttling by address does not throttle every client of the proxy."""
+    remote = environ.get("REMOTE_ADDR")
+    forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
+    if remote in trusted_proxies and forwarded.strip():
+        return forwarded.split(",")[-1].strip()[:64] or remote
+    return remote
+
+
 class KKMTransferApp:
     """WSGI application: ``GET /KKMTransfer?wsdl`` is public; every other call needs a register's user.
 
@@ -175,7 +185,7 @@ class KKMTransferApp:
                           [("Allow", "GET, POST")])
 
         creds = basic_credentials(environ)
-        address = environ.get("REMOTE_ADDR")
+        address = client_address(environ, self.settings.trusted_proxies)
         user = creds[0] if creds else None
         wait = self.throttle.retry_after(user, address)
         if wait > 0:
