@@ -110,6 +110,14 @@ class BillingService:
             return found
 
     # -- registering a receipt ---------------------------------------------------------------
+    def check_plausible_time(self, request: OperationRequest) -> None:
+        """A register's OperationTime may be at most ``max_future_hours`` ahead of the server's clock."""
+        now = self.clock()
+        if request.operation_time > now + timedelta(hours=self.settings.max_future_hours):
+            raise errors.ValidationError(
+                f"OperationTime: at most {self.settings.max_future_hours} h ahead of the server's clock "
+                f"({now.isoformat(timespec='seconds')}), got {request.operation_time.isoformat()}")
+
     def register_operation(self, request: OperationRequest, source: Source = Source.ONLINE) -> ApplyResult:
         """Apply a Sale or a Return exactly once. Retries once when a concurrent writer inserted the
         same OperationId first (then the answer is AlreadyApplied or OperationConflict)."""
@@ -147,11 +155,6 @@ class BillingService:
         if existing is not None:
             return self._already(repo, existing, request, now, with_view)
         card = repo.get_card(request.card_number, lock=True)
-        ahead = timedelta(hours=self.settings.max_future_hours)
-        if source is Source.ONLINE and request.operation_time > now + ahead:
-            raise errors.ValidationError(
-                f"OperationTime: at most {self.settings.max_future_hours} h ahead of the server's clock "
-                f"({now.isoformat(timespec='seconds')}), got {request.operation_time.isoformat()}")
         if card is None:
             raise errors.CardNotFound(f"card {request.card_number} not found")
         existing = repo.get_operation(request.operation_id)  # again, now that the card is ours

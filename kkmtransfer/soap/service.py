@@ -194,7 +194,9 @@ class KKMTransfer(ServiceBase):
         svc = ctx.app.billing
 
         def run():
-            result: ApplyResult = svc.register_operation(operation_request(Operation))
+            request = operation_request(Operation)
+            svc.check_plausible_time(request)
+            result: ApplyResult = svc.register_operation(request)
             return OperationResult(OperationId=result.operation_id, Status=result.status,
                                    Card=card_info(result.card))
 
