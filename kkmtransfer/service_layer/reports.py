@@ -196,10 +196,13 @@ def _misbooked(conn) -> list[str]:
                                        own.c.amount > 0, own.c.role != Role.EXPIRY.value).exists())
     nightly_line = and_(operations.c.kind == Kind.EXPIRY.value, operations.c.source == Source.NIGHTLY.value,
                         operations.c.document_id.is_not(None))
+    # burnt at once: the operation moved the amount into a lot that had burnt when it was applied
+    at_once = and_(moved_in, lots.c.expires_at <= operations.c.created_at)
     for e_id, op_id, kind, amount in conn.execute(
             select(entries.c.id, operations.c.id, operations.c.kind, entries.c.amount)
-            .join(operations, operations.c.id == entries.c.operation_id)
-            .where(entries.c.role == Role.EXPIRY.value, ~nightly_line, ~moved_in)):
+            .select_from(entries.join(operations, operations.c.id == entries.c.operation_id)
+                         .join(lots, lots.c.id == entries.c.lot_id))
+            .where(entries.c.role == Role.EXPIRY.value, ~nightly_line, ~at_once)):
         problems.append(f"entry {e_id} burns {amount} under operation {op_id} ({kind}), which is not an expiry line")
     expected = case((documents.c.kind == "WriteOff", Kind.EXPIRY.value), else_=Kind.ACCRUAL.value)
     for op_id, kind, doc_id, doc_kind in conn.execute(
