@@ -157,31 +157,40 @@ def read_journal(path: Path, ns: uuid.UUID) -> Iterator[JournalRow]:
     except OSError as exc:
         raise JournalFileError(f"{path}: {exc.strerror}") from exc
     with handle:
-        reader = csv.reader(handle, delimiter=DELIMITER)
+        # one line is one row, read on its own: a stray quote cannot swallow the lines after it
+        lines = enumerate(handle, 1)
         try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise JournalFileError(f"{path}: empty file, expected the header line {HEADER}")
-        except UnicodeDecodeError as exc:
-            raise JournalFileError(f"{path}: not UTF-8 text") from exc
+            header = [h.strip() for h in _fields(next(lines)[1])]
+        except (StopIteration, csv.Error):
+            raise JournalFileError(f"{path}: empty file, expected the header line {HEADER}") from None
         missing = [c for c in COLUMNS if c not in header]
         unknown = [h for h in header if h not in COLUMNS]
         if missing or unknown or len(set(header)) != len(header):
             raise JournalFileError(f"{path}: the header must name the columns {HEADER} "
                                    f"(missing: {missing or '-'}; unknown: {unknown or '-'})")
-        try:
-            for fields in reader:
-                line_no = reader.line_num
-                if not fields or all(not f.strip() for f in fields):
-                    continue
-                if len(fields) != len(header):
-                    raw = DELIMITER.join(fields)
-                    yield JournalRow(line_no=line_no, raw=raw, error=errors.ValidationError(
-                        f"{len(fields)} fields, the header has {len(header)}"))
-                    continue
-                yield parse_row(dict(zip(header, fields)), line_no, ns)
-        except UnicodeDecodeError as exc:
-            raise JournalFileError(f"{path}: not UTF-8 text after line {reader.line_num}") from exc
+        for line_no, text in lines:
+            if "\x00" in text:  # no database stores it; kept visible in the reject
+                yield JournalRow(line_no=line_no, raw=text.rstrip("\r\n").replace("\x00", "\\x00")[:2000],
+                                 error=errors.ValidationError("the row holds a NUL character"))
+                continue
+            try:
+                fields = _fields(text)
+            except csv.Error as exc:
+                yield JournalRow(line_no=line_no, raw=text.rstrip("\r\n")[:2000],
+                                 error=errors.ValidationError(f"not a ';'-separated row: {exc}"))
+                continue
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raw = DELIMITER.join(fields)
+                yield JournalRow(line_no=line_no, raw=raw, error=errors.ValidationError(
+                    f"{len(fields)} fields, the header has {len(header)}"))
+                continue
+            yield parse_row(dict(zip(header, fields)), line_no, ns)
+
+
+def _fields(text: str) -> list[str]:
+    return next(csv.reader([text.rstrip("\r\n")], delimiter=DELIMITER), [])
 
 
 def count_rows(path: Path) -> int:
