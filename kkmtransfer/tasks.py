@@ -6,7 +6,7 @@ Each task opens its own units of work: one transaction per batch, nothing held a
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, datetime, timezone
 
 from celery import Celery
 
@@ -57,9 +57,12 @@ def nightly_regulation(self, day: str | None = None) -> list[dict]:
             log.error("nightly regulation %s: %s; gave up after %s tries", day or "today", exc.message,
                       self.request.retries + 1)
             raise ExpectedError(exc.message) from None
-        log.warning("nightly regulation %s: %s; trying again in %ss", day or "today", exc.message,
-                    BUSY_RETRY_SECONDS)
-        raise self.retry(countdown=BUSY_RETRY_SECONDS, exc=ExpectedError(exc.message))
+        wait = BUSY_RETRY_SECONDS
+        if exc.lease_until is not None:  # just after the lease ends (a live run renews it: then again)
+            left = (exc.lease_until - datetime.now(timezone.utc)).total_seconds()
+            wait = max(1, min(BUSY_RETRY_SECONDS, int(left) + 1))
+        log.warning("nightly regulation %s: %s; trying again in %ss", day or "today", exc.message, wait)
+        raise self.retry(countdown=wait, exc=ExpectedError(exc.message))
     except DomainError as exc:
         log.error("nightly regulation %s: %s", day or "today", exc.message)
         raise ExpectedError(exc.message) from None

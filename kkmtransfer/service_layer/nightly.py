@@ -45,6 +45,10 @@ class DayReport:
 class RegulationBusy(errors.DomainError):
     code = "Server.RegulationBusy"
 
+    def __init__(self, message: str, lease_until=None):
+        super().__init__(message)
+        self.lease_until = lease_until  # when the other run's lease ends (None: unknown)
+
 
 def _owner_gone(runner: str | None) -> bool:
     """Whether the run holding a lease was a process of this host that no longer exists (a killed worker
@@ -126,7 +130,7 @@ class Nightly:
                     _owner_gone(doc["leased_by"])
                     and sql.take_over(uow.conn, doc["id"], doc["leased_by"], self.runner, now + LEASE)):
                 raise RegulationBusy(f"{kind} of {day} is being written by {doc['leased_by']} "
-                                     f"(lease until {doc['lease_until']})")
+                                     f"(lease until {doc['lease_until']})", doc["lease_until"])
             total = count(uow.conn, cutoff)
             uow.commit()
         done = 0
