@@ -33,6 +33,14 @@ def namespace(conn: Connection) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_OID, f"kkmtransfer-server/{secret}")
 
 
+def engine_namespace(engine) -> uuid.UUID:
+    """``namespace`` in a transaction of its own: a write transaction (SQLite: taken at BEGIN, so two
+    processes making it at once never deadlock on a lock upgrade)."""
+    with engine.connect().execution_options(kkm_write=True) as conn:
+        with conn.begin():
+            return namespace(conn)
+
+
 def server_id(ns: uuid.UUID, purpose: str, *parts: object) -> str:
     """The id of the server's own record ``purpose`` of ``parts`` (e.g. "annulment", sale id)."""
     return str(uuid.uuid5(ns, "/".join([purpose, *(str(p) for p in parts)])))

@@ -21,7 +21,7 @@ from sqlalchemy import (BigInteger, String, and_, bindparam, case, exists, func,
                         type_coerce, update)
 from sqlalchemy.exc import IntegrityError
 
-from ..adapters.server_ids import IdTaken, namespace, server_id
+from ..adapters.server_ids import IdTaken, engine_namespace, server_id
 from ..adapters.db import action_cards, actions, cards, entries, is_postgresql, lots, operations
 from ..domain import errors
 from ..domain.ledger import CardLedger
@@ -105,10 +105,7 @@ class Actions:
     def _action_id(self, **what) -> str:
         """What the action does, without the day it is given on: an action interrupted and given again
         on a later day resumes. Derived with the installation's secret (no register can take its ids)."""
-        with UnitOfWork(self.engine) as uow:
-            ns = namespace(uow.conn)
-            uow.commit()
-        return server_id(ns, "action", json.dumps(what, sort_keys=True, default=str))
+        return server_id(engine_namespace(self.engine), "action", json.dumps(what, sort_keys=True, default=str))
 
     @staticmethod
     def _op_id(action_id: str, card: str, purpose: str = "") -> str:
@@ -243,10 +240,11 @@ class Actions:
             return started
         expires_at = day_start(until + timedelta(days=1), self.tz) if until else None
         text = note or f"bonus action {action_id}"
+        resumed = self._count(action_id, DONE) > 0
         while batch := self._pending(action_id, PENDING):
             self._credit_batch(action_id, batch, amount, expires_at, text)
             self.progress(len(batch))
-        return self._finish(action_id, CREDIT, False)
+        return self._finish(action_id, CREDIT, resumed)
 
     def _credit_batch(self, action_id, batch, amount, expires_at, note):
         now = self.billing.clock()
@@ -307,10 +305,11 @@ class Actions:
                     ).scalar_one()).scaleb(-2)
             return started
         text = note or f"zeroing {action_id}: inactive since {inactive_since}"
+        resumed = self._count(action_id, DONE) > 0
         while batch := self._pending(action_id, PENDING):
             self._zero_batch(action_id, batch, text)
             self.progress(len(batch))
-        return self._finish(action_id, ZERO_KIND, False)
+        return self._finish(action_id, ZERO_KIND, resumed)
 
     def _zero_batch(self, action_id, batch, note):
         now = self.billing.clock()

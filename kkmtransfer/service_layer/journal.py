@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..adapters.db import journal_keys, journal_rejects
 from ..adapters.repository import BatchRepository
-from ..adapters.server_ids import namespace
+from ..adapters.server_ids import engine_namespace
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
 from ..domain import errors
 from ..domain.model import Source
@@ -70,10 +70,7 @@ class JournalImport:
 
     # -- import ------------------------------------------------------------------------------
     def _namespace(self):
-        with UnitOfWork(self.billing.engine) as uow:
-            ns = namespace(uow.conn)
-            uow.commit()
-        return ns
+        return engine_namespace(self.billing.engine)
 
     def import_file(self, path: Path) -> ImportSummary:
         summary = ImportSummary(file=path.name)
