@@ -343,6 +343,26 @@ def test_billing_enable_at_once_four_times_starts_once_and_the_others_get_one_li
     assert count(db, operations) == 50 and bonus(db, "S07") == D("10.00")
 
 
+def _four_upgrades(url: str) -> None:
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=url)
+    procs = [subprocess.Popen([KKM, "db", "upgrade"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    results = [(p.wait(120), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [r[0] for r in results] == [0, 0, 0, 0], results
+    assert not any("Traceback" in r[2] for r in results), results
+    from kkmtransfer.adapters.migrate import current_revision, head_revision
+
+    engine = make_engine(url)
+    try:
+        assert current_revision(engine) == head_revision(url)
+    finally:
+        engine.dispose()
+
+
+def test_four_db_upgrades_at_once_all_succeed_on_sqlite(tmp_path):
+    _four_upgrades(f"sqlite:///{tmp_path / 'up.sqlite3'}")
+
+
 @pytest.mark.postgres
 def test_four_db_upgrades_at_once_all_succeed(pg_admin):
     import uuid as _uuid
@@ -356,19 +376,7 @@ def test_four_db_upgrades_at_once_all_succeed(pg_admin):
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = PG_URL.rsplit("/", 1)[0] + "/" + name
     try:
-        env = dict(os.environ, KKMTRANSFER_DATABASE_URL=url)
-        procs = [subprocess.Popen([KKM, "db", "upgrade"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(4)]
-        results = [(p.wait(120), p.stdout.read(), p.stderr.read()) for p in procs]
-        assert [r[0] for r in results] == [0, 0, 0, 0], results
-        assert not any("Traceback" in r[2] for r in results), results
-        from kkmtransfer.adapters.migrate import current_revision, head_revision
-
-        engine = make_engine(url)
-        try:
-            assert current_revision(engine) == head_revision(url)
-        finally:
-            engine.dispose()
+        _four_upgrades(url)
     finally:
         with pg_admin.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
