@@ -196,3 +196,22 @@ def test_mutated_rows_are_rejects_and_the_good_row_is_applied(cards, tmp_path_fa
     with cards.engine.connect() as conn:
         assert conn.execute(select(operations.c.id).where(operations.c.id == good_id)).scalar() == good_id
     assert Reports(cards).verify() == []
+
+
+def test_a_row_loaded_before_the_secret_ids_keeps_its_stored_guid(cards, tmp_path):
+    """An installation upgraded from the predictable ids: the stored key -> GUID pair wins, so a file loaded
+    before is not applied a second time under a new id."""
+    from kkmtransfer.adapters.db import journal_keys as keys_table
+    from sqlalchemy import insert
+
+    from .helpers import request
+
+    old_id = str(uuid.uuid5(uuid.UUID("0d7c9c55-5b1e-4f7a-9f0e-2b8f3c1a6e42"),
+                            f"K1/9/{T0.astimezone(__import__('datetime').timezone.utc).isoformat()}"))
+    cards.register_operation(request("J1", op_id=old_id, time=T0, kkm="K1", accrued="3.00"))
+    with cards.engine.begin() as conn:
+        conn.execute(insert(keys_table).values(kkm="K1", transaction_number="9", transaction_time=T0,
+                                               operation_id=old_id, created_at=T0))
+    summary = JournalImport(cards).import_file(journal(tmp_path, "old.csv", line(number="9", accrued="3.00")))
+    assert (summary.applied, summary.already, summary.rejected) == (0, 1, 0)
+    assert cards.card_info("J1").balances.bonus == D("3.00") and count(cards, operations) == 1
