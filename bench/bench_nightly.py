@@ -484,6 +484,11 @@ def main(argv=None) -> int:
             f"{background:,} background lots ...")
         t0 = time.perf_counter()
         seed(url_product, cards, n_expiring, n_deferred, background, day, cutoff)
+        from kkmtransfer.adapters.server_ids import engine_namespace
+
+        seeded_engine = create_engine(url_product)
+        engine_namespace(seeded_engine)  # the id secret is copied too: both runs derive the same document ids
+        seeded_engine.dispose()
         seeded = time.perf_counter() - t0
         t0 = time.perf_counter()
         url_bare = server.create(f"{name}_s", template=f"{name}_p")
