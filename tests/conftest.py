@@ -185,7 +185,7 @@ def gunicorn(database_url, tmp_path_factory):
         try:
             if requests.get(url + "?wsdl", timeout=2).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # still booting (a slow first answer under load)
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
