@@ -285,8 +285,9 @@ BARE_SQL = [
 
 def run_bare(url: str, day: date, cutoff: datetime) -> tuple[float, list[tuple[str | None, str, float, int]]]:
     engine = create_engine(url)
-    params = {"wo": regulation.document_id(regulation.WRITE_OFF, day),
-              "ac": regulation.document_id(regulation.ACCRUAL, day),
+    with engine.begin() as conn:
+        wo, ac = (regulation.document_id(conn, k, day) for k in (regulation.WRITE_OFF, regulation.ACCRUAL))
+    params = {"wo": wo, "ac": ac,
               "day": day, "cutoff": cutoff, "now": datetime.now(timezone.utc).replace(tzinfo=None)}
     steps = []
     try:
@@ -419,8 +420,9 @@ CHECKS = {
 
 def measure_state(url: str, day: date, cutoff: datetime) -> dict:
     engine = create_engine(url)
-    params = {"wo": regulation.document_id(regulation.WRITE_OFF, day),
-              "ac": regulation.document_id(regulation.ACCRUAL, day), "cutoff": cutoff}
+    with engine.begin() as conn:
+        wo, ac = (regulation.document_id(conn, k, day) for k in (regulation.WRITE_OFF, regulation.ACCRUAL))
+    params = {"wo": wo, "ac": ac, "cutoff": cutoff}
     try:
         with engine.connect() as conn:
             conn.exec_driver_sql("SET work_mem = '256MB'")
@@ -482,6 +484,11 @@ def main(argv=None) -> int:
             f"{background:,} background lots ...")
         t0 = time.perf_counter()
         seed(url_product, cards, n_expiring, n_deferred, background, day, cutoff)
+        from kkmtransfer.adapters.server_ids import engine_namespace
+
+        seeded_engine = create_engine(url_product)
+        engine_namespace(seeded_engine)  # the id secret is copied too: both runs derive the same document ids
+        seeded_engine.dispose()
         seeded = time.perf_counter() - t0
         t0 = time.perf_counter()
         url_bare = server.create(f"{name}_s", template=f"{name}_p")

@@ -6,7 +6,7 @@ Each task opens its own units of work: one transaction per batch, nothing held a
 from __future__ import annotations
 
 import logging
-from datetime import date
+from datetime import date, datetime, timezone
 
 from celery import Celery
 
@@ -29,12 +29,43 @@ def billing():
     return _billing
 
 
-@app.task(name="kkmtransfer.nightly_regulation")
-def nightly_regulation(day: str | None = None) -> list[dict]:
-    """Run the nightly regulation up to ``day`` (ISO date; default today in the business zone)."""
-    from .service_layer.nightly import Nightly
+BUSY_RETRY_SECONDS = 60      # a run busy on another lease is tried again this often…
+BUSY_MAX_RETRIES = 60        # …for up to an hour (a lease lasts 10 minutes, renewed while its run lives)
 
-    reports = Nightly(billing()).run(date.fromisoformat(day) if day else None)
+
+class ExpectedError(Exception):
+    """A task refused for a reason an operator can act on (logged as one line, no traceback)."""
+
+
+@app.task(name="kkmtransfer.nightly_regulation", bind=True, max_retries=BUSY_MAX_RETRIES,
+          throws=(ExpectedError,))
+def nightly_regulation(self, day: str | None = None) -> list[dict]:
+    """Run the nightly regulation up to ``day`` (ISO date; default today in the business zone). Another
+    run holding a document's lease (a killed worker's, until it lapses, or a live one): tried again later."""
+    from .domain.errors import DomainError
+    from .service_layer.nightly import Nightly, RegulationBusy
+
+    try:
+        when = date.fromisoformat(day) if day else None
+    except (TypeError, ValueError):
+        log.error("nightly regulation: not a date (YYYY-MM-DD): %r", day)
+        raise ExpectedError(f"not a date (YYYY-MM-DD): {day!r}") from None
+    try:
+        reports = Nightly(billing()).run(when)
+    except RegulationBusy as exc:
+        if self.request.retries >= (self.max_retries or 0):
+            log.error("nightly regulation %s: %s; gave up after %s tries", day or "today", exc.message,
+                      self.request.retries + 1)
+            raise ExpectedError(exc.message) from None
+        wait = BUSY_RETRY_SECONDS
+        if exc.lease_until is not None:  # just after the lease ends (a live run renews it: then again)
+            left = (exc.lease_until - datetime.now(timezone.utc)).total_seconds()
+            wait = max(1, min(BUSY_RETRY_SECONDS, int(left) + 1))
+        log.warning("nightly regulation %s: %s; trying again in %ss", day or "today", exc.message, wait)
+        raise self.retry(countdown=wait, exc=ExpectedError(exc.message))
+    except DomainError as exc:
+        log.error("nightly regulation %s: %s", day or "today", exc.message)
+        raise ExpectedError(exc.message) from None
     return [dict(day=r.day.isoformat(), expired_lots=r.expired_lots, accrued_lots=r.accrued_lots,
                  write_off_lines=r.write_off_lines, accrual_lines=r.accrual_lines, skipped=r.skipped)
             for r in reports]

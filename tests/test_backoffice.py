@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from sqlalchemy import func, select, update
 
-from kkmtransfer.adapters.db import action_cards, lots, operations
+from kkmtransfer.adapters.db import action_cards, lots, make_engine, operations
 from kkmtransfer.domain import errors
 from kkmtransfer.domain.model import CardStatus
 from kkmtransfer.service_layer.actions import Actions, Selection
@@ -250,3 +250,135 @@ def test_opening_plus_turnovers_is_closing_on_random_streams(db, engine, events)
         assert closing.get((card, "accumulation"), D("0.00")) == b.accumulation
         assert closing.get((card, "receipt_count"), D("0.00")) == b.receipt_count
     assert Reports(db).verify() == []
+
+
+# -- resuming across midnight, identical commands at once, serialised billing enable and db upgrade ----------
+class Interrupted(Exception):
+    pass
+
+
+def test_an_action_interrupted_before_midnight_resumes_after_it_without_crediting_twice(db):
+    db.add_card_range(1, 7, "R", 0, None)
+    db.clock.set(datetime(2026, 11, 10, 23, 50, tzinfo=MSK))
+    batches = []
+
+    def crash_after_two(n):
+        batches.append(n)
+        if len(batches) == 2:
+            raise Interrupted()
+
+    with pytest.raises(Interrupted):
+        Actions(db, batch=2, progress=crash_after_two).credit("4.00", Selection(first="R1", last="R7"), note="x")
+    credited = [c for c in ("R1", "R2", "R3", "R4", "R5", "R6", "R7") if bonus(db, c) == D("4.00")]
+    assert len(credited) == 4
+    db.clock.set(datetime(2026, 11, 11, 0, 10, tzinfo=MSK))      # the next business day
+    report = Actions(db, batch=2).credit("4.00", Selection(first="R1", last="R7"), note="x")
+    assert report.resumed and (report.cards, report.done, report.amount) == (7, 7, D("28.00"))
+    assert {bonus(db, c) for c in ("R1", "R2", "R3", "R4", "R5", "R6", "R7")} == {D("4.00")}
+    assert count(db, operations) == 7
+    [action] = Actions(db).list()
+    assert action["status"] == "done"
+    assert Actions(db).cancel(report.action_id).taken_back == D("28.00")
+
+
+def test_two_identical_actions_at_once_credit_each_card_once_and_the_loser_gets_one_line(db):
+    import threading
+
+    db.add_card_range(1, 60, "T", 3, None)
+    db.clock.set(msk(2026, 11, 10))
+    outcomes, barrier = [], threading.Barrier(4)
+
+    def run():
+        barrier.wait()
+        try:
+            outcomes.append(Actions(db, batch=5).credit("2.00", Selection(all_active=True), note="twin"))
+        except errors.DomainError as exc:
+            outcomes.append(exc)
+        except Exception as exc:  # noqa: BLE001 - an IntegrityError traceback is the failure looked for
+            outcomes.append(("unexpected", exc))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not [o for o in outcomes if isinstance(o, tuple)], outcomes
+    assert all("\n" not in o.message for o in outcomes if isinstance(o, errors.DomainError))
+    assert any(not isinstance(o, errors.DomainError) for o in outcomes)
+    assert count(db, operations) == 60
+    assert {bonus(db, f"T{n:03d}") for n in range(1, 61)} == {D("2.00")}
+    final = Actions(db).credit("2.00", Selection(all_active=True), note="twin")
+    assert final.done == 60 or final.already_done
+
+
+def test_billing_enable_at_once_four_times_starts_once_and_the_others_get_one_line(db, tmp_path):
+    import threading
+
+    from kkmtransfer.service_layer.billing_admin import BillingAdmin
+
+    db.add_card_range(1, 50, "S", 2, None)
+    db.clock.set(msk(2026, 11, 10))
+    opening = tmp_path / "open.csv"
+    opening.write_text("CardNumber;Bonus;Accumulation;ReceiptCount\n"
+                       + "".join(f"S{n:02d};10.00;0;1\n" for n in range(1, 51)), encoding="utf-8")
+    outcomes, barrier = [], threading.Barrier(4)
+
+    def run():
+        barrier.wait()
+        try:
+            outcomes.append(BillingAdmin(db).enable(date(2026, 11, 1), opening))
+        except errors.DomainError as exc:
+            outcomes.append(exc)
+        except Exception as exc:  # noqa: BLE001
+            outcomes.append(("unexpected", exc))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(map(str, outcomes)).count("50") == 1, outcomes
+    assert all(isinstance(o, errors.ValidationError) and "enabled already" in o.message
+               for o in outcomes if o != 50), outcomes
+    assert count(db, operations) == 50 and bonus(db, "S07") == D("10.00")
+
+
+def _four_upgrades(url: str) -> None:
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=url)
+    procs = [subprocess.Popen([KKM, "db", "upgrade"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    results = [(p.wait(120), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [r[0] for r in results] == [0, 0, 0, 0], results
+    assert not any("Traceback" in r[2] for r in results), results
+    from kkmtransfer.adapters.migrate import current_revision, head_revision
+
+    engine = make_engine(url)
+    try:
+        assert current_revision(engine) == head_revision(url)
+    finally:
+        engine.dispose()
+
+
+def test_four_db_upgrades_at_once_all_succeed_on_sqlite(tmp_path):
+    _four_upgrades(f"sqlite:///{tmp_path / 'up.sqlite3'}")
+
+
+@pytest.mark.postgres
+def test_four_db_upgrades_at_once_all_succeed(pg_admin):
+    import uuid as _uuid
+
+    from sqlalchemy import text
+
+    from .conftest import PG_URL
+
+    name = f"kkmup_{_uuid.uuid4().hex[:10]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        _four_upgrades(url)
+    finally:
+        with pg_admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                         {"n": name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))

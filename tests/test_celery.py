@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
-from datetime import date, datetime, time as clock_time, timedelta
+from datetime import date, datetime, time as clock_time, timedelta, timezone
 from decimal import Decimal as D
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from kkmtransfer.adapters.db import documents, entries, operations
 from kkmtransfer.tasks import app as celery_app
@@ -61,6 +62,9 @@ def client_app(redis_url):
     client.close()
 
 
+WORKER_LOGS: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def worker(database_url, redis_url, client_app, tmp_path_factory):
     """A real worker process on the test database; yields the name of the queue it consumes."""
@@ -94,6 +98,7 @@ def worker(database_url, redis_url, client_app, tmp_path_factory):
         if time.monotonic() > deadline:
             stop()
             pytest.fail(f"the Celery worker did not answer a ping in 60 s:\n{log.read_text()}", pytrace=False)
+    WORKER_LOGS[queue] = log
     yield queue
     stop()
     if proc.returncode not in (0, -15):
@@ -214,3 +219,49 @@ def test_beat_schedule_and_task_limits():
     visibility = conf.broker_transport_options.get("visibility_timeout")
     assert visibility is not None and visibility > conf.task_time_limit  # Redis does not redeliver a running task
     assert (os.environ.get("KKMTRANSFER_BROKER_URL") or "redis://127.0.0.1:6379/0") == conf.broker_url
+
+
+def _hold_lease(db, day: date, runner: str, until: datetime) -> None:
+    from kkmtransfer.adapters import regulation as sql
+
+    with db.engine.begin() as conn:
+        doc = sql.ensure_document(conn, sql.WRITE_OFF, day, datetime.now(timezone.utc))
+        conn.execute(update(documents).where(documents.c.id == doc["id"]).values(leased_by=runner, lease_until=until))
+
+
+def test_a_redelivered_nightly_takes_over_the_lease_of_a_dead_worker(db, worker, client_app):
+    """A worker killed mid-run leaves its lease; the task delivered again must not fail on it."""
+    today = datetime.now(db.settings.tz).date()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _hold_lease(db, today, f"{socket.gethostname()}:{dead.pid}:deadbeef",
+                datetime.now(timezone.utc) + timedelta(minutes=10))
+    [report] = send_nightly(client_app, worker, today)
+    assert report["day"] == today.isoformat()
+    with db.engine.connect() as conn:
+        assert set(conn.execute(select(documents.c.status)).scalars()) == {"done"}
+
+
+def test_a_nightly_busy_on_a_live_lease_is_retried_when_the_lease_ends(db, worker, client_app):
+    today = datetime.now(db.settings.tz).date()
+    _hold_lease(db, today, "another-host:1:cafe", datetime.now(timezone.utc) + timedelta(seconds=3))
+    result = client_app.send_task(nightly_regulation.name, kwargs={"day": today.isoformat()}, queue=worker)
+    [report] = result.get(timeout=60)
+    assert report["day"] == today.isoformat()
+    assert "trying again in" in WORKER_LOGS[worker].read_text()
+
+
+def test_an_expected_error_is_one_log_line_not_a_traceback(db, worker, client_app):
+    log = WORKER_LOGS[worker]
+    before = len(log.read_text())
+    future = datetime.now(db.settings.tz).date() + timedelta(days=5)
+    result = client_app.send_task(nightly_regulation.name, kwargs={"day": future.isoformat()}, queue=worker)
+    with pytest.raises(Exception, match="in the future"):
+        result.get(timeout=60)
+    bad = client_app.send_task(nightly_regulation.name, kwargs={"day": "tomorrow"}, queue=worker)
+    with pytest.raises(Exception, match="not a date"):
+        bad.get(timeout=60)
+    time.sleep(0.5)
+    written = log.read_text()[before:]
+    assert "in the future" in written and "not a date" in written
+    assert "Traceback" not in written and "raised unexpected" not in written, written

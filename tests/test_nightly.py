@@ -121,8 +121,8 @@ def test_one_run_at_a_time_works_on_a_document(setup):
     first = Nightly(db)
     with db.engine.begin() as conn:  # another run holds a fresh lease on the write-off
         from kkmtransfer.adapters import regulation as sql
-        sql.ensure_document(conn, sql.WRITE_OFF, date(2026, 11, 13), db.clock())
-        assert sql.claim(conn, sql.document_id(sql.WRITE_OFF, date(2026, 11, 13)), "other", db.clock(),
+        doc = sql.ensure_document(conn, sql.WRITE_OFF, date(2026, 11, 13), db.clock())
+        assert sql.claim(conn, doc["id"], "other", db.clock(),
                          db.clock() + timedelta(minutes=10))
     with pytest.raises(errors.DomainError, match="being written"):
         first.run(date(2026, 11, 13))

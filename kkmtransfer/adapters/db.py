@@ -228,6 +228,7 @@ journal_rejects = Table(
     Column("attempts", Integer(), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    Column("note", Text()),  # why a reject was dismissed by hand, and by whom
     Index("ix_journal_rejects_status", "status", "id"),
 )
 
@@ -269,6 +270,16 @@ action_cards = Table(
     Column("state", String(16), nullable=False),         # pending / done / skipped / cancelled
     Column("amount", Cents()),                           # what the action moved on this card
     Column("kept", Cents()),                             # on cancel: what could not be taken back
+)
+
+
+# The installation's secret: the namespace of every id the server derives for itself (adapters/server_ids.py),
+# so no register can compute one and send it first. One row, made on first use; never exported.
+server_secret = Table(
+    "server_secret",
+    metadata,
+    Column("id", Integer(), primary_key=True, autoincrement=False),
+    Column("secret", String(64), nullable=False),
 )
 
 

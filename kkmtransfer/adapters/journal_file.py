@@ -5,7 +5,9 @@ becomes either an ``OperationRequest`` or a reason why it is not one.
 """
 from __future__ import annotations
 
+import codecs
 import csv
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,14 +16,21 @@ from typing import Iterator
 
 from ..domain import errors
 from ..domain.model import OperationRequest
+from .server_ids import server_id
 
 COLUMNS = ["KKM", "TransactionNumber", "TransactionTime", "Kind", "CardNumber", "ReceiptNumber", "ReceiptSum",
            "BonusAccrued", "BonusSpent", "AccumulationDelta", "ReceiptCountDelta", "OperationId",
            "PromotionCode", "OriginalOperationId"]
 HEADER = ";".join(COLUMNS)
 DELIMITER = ";"
-# Rows without an OperationId get uuid5(KEY_NAMESPACE, "KKM/TransactionNumber/TransactionTime in UTC").
-KEY_NAMESPACE = uuid.UUID("0d7c9c55-5b1e-4f7a-9f0e-2b8f3c1a6e42")
+# Rows without an OperationId get server_id(<the installation's namespace>, "journal", KKM, TransactionNumber,
+# TransactionTime in UTC) (adapters/server_ids.py): no register can compute it and send it first.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")   # xs:decimal, ASCII digits only
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+# the times the business zone can still express (any offset, any zone): older or later is refused
+_EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
+_LATEST = datetime(9998, 12, 31, tzinfo=timezone.utc)
+ENCODINGS = ("utf-8-sig", "cp1251")  # registers write cp1251
 
 
 class JournalFileError(ValueError):
@@ -45,9 +54,16 @@ class JournalRow:
         return "raw:" + hashlib.sha256(self.raw.encode()).hexdigest()
 
 
-def _decimal(text: str) -> str | None:
-    text = text.strip().replace(",", ".").replace("\u00a0", "").replace(" ", "")
-    return text or None
+def _decimal(values: dict[str, str], name: str) -> str | None:
+    """A money field: the xs:decimal lexical form, or with a decimal comma; spaces between digit groups
+    are allowed. Exponents, underscores and non-ASCII digits are refused."""
+    raw = values[name]
+    text = raw.strip().replace(",", ".", 1).replace("\u00a0", "").replace(" ", "")
+    if not text:
+        return None
+    if not _DECIMAL.fullmatch(text):
+        raise errors.ValidationError(f"{name}: not a decimal number (digits 0-9 with '.' or ','): {raw.strip()!r}")
+    return text
 
 
 def _time(text: str) -> datetime:
@@ -58,10 +74,18 @@ def _time(text: str) -> datetime:
         raise errors.ValidationError(f"TransactionTime: not an ISO 8601 date and time: {text!r}") from exc
     if value.tzinfo is None:
         raise errors.ValidationError(f"TransactionTime: the time must carry a UTC offset: {text!r}")
+    try:
+        utc = value.astimezone(timezone.utc)
+    except OverflowError:
+        utc = None
+    if utc is None or not _EARLIEST <= utc <= _LATEST:
+        raise errors.ValidationError(f"TransactionTime: out of range (1900-01-01 .. 9998-12-31): {text!r}")
     return value
 
 
-def parse_row(values: dict[str, str], line_no: int) -> JournalRow:
+def parse_row(values: dict[str, str], line_no: int, ns: uuid.UUID) -> JournalRow:
+    """One row: a request (its id derived in the namespace ``ns`` when the row has none), or the reason
+    it is not one. Never raises for what the row holds."""
     raw = DELIMITER.join(values.get(c, "") for c in COLUMNS)
     row = JournalRow(line_no=line_no, raw=raw)
     try:
@@ -73,65 +97,100 @@ def parse_row(values: dict[str, str], line_no: int) -> JournalRow:
         op_id = values["OperationId"].strip()
         if not op_id:
             key_time = when.astimezone(timezone.utc)
-            op_id = str(uuid.uuid5(KEY_NAMESPACE, f"{kkm}/{number}/{key_time.isoformat()}"))
+            op_id = server_id(ns, "journal", kkm, number, key_time.isoformat())
             row.journal_key = (kkm, number, key_time)
         count = values["ReceiptCountDelta"].strip()
-        try:
-            count_value = int(count) if count else None
-        except ValueError as exc:
-            raise errors.ValidationError(f"ReceiptCountDelta: not a whole number: {count!r}") from exc
+        if count and not _INTEGER.fullmatch(count):
+            raise errors.ValidationError(f"ReceiptCountDelta: not a whole number (digits 0-9): {count!r}")
+        count_value = int(count) if count else None
         row.request = OperationRequest.build(
             operation_id=op_id, card_number=values["CardNumber"], kkm=kkm, operation_time=when,
-            kind=values["Kind"].strip(), receipt_sum=_decimal(values["ReceiptSum"]),
-            bonus_accrued=_decimal(values["BonusAccrued"]), bonus_spent=_decimal(values["BonusSpent"]),
-            accumulation_delta=_decimal(values["AccumulationDelta"]), receipt_count_delta=count_value,
+            kind=values["Kind"].strip(), receipt_sum=_decimal(values, "ReceiptSum"),
+            bonus_accrued=_decimal(values, "BonusAccrued"), bonus_spent=_decimal(values, "BonusSpent"),
+            accumulation_delta=_decimal(values, "AccumulationDelta"), receipt_count_delta=count_value,
             receipt_number=values["ReceiptNumber"], promotion_code=values["PromotionCode"],
             original_operation_id=values["OriginalOperationId"].strip() or None,
         )
     except errors.DomainError as exc:
         row.request, row.journal_key, row.error = None, None, exc
+    except (ValueError, ArithmeticError) as exc:  # whatever else a hostile row holds: a reject, never a stop
+        row.request, row.journal_key = None, None
+        row.error = errors.ValidationError(f"the row cannot be read: {type(exc).__name__}: {exc}")
     return row
 
 
-def parse_raw(raw: str, line_no: int = 0) -> JournalRow:
+def parse_raw(raw: str, line_no: int, ns: uuid.UUID) -> JournalRow:
     """A row as kept in the rejects table (canonical column order) parsed again."""
     fields = next(csv.reader([raw], delimiter=DELIMITER))
-    return parse_row(dict(zip(COLUMNS, fields + [""] * (len(COLUMNS) - len(fields)))), line_no)
+    return parse_row(dict(zip(COLUMNS, fields + [""] * (len(COLUMNS) - len(fields)))), line_no, ns)
 
 
-def read_journal(path: Path) -> Iterator[JournalRow]:
+def detect_encoding(path: Path) -> str:
+    """UTF-8 (with or without a byte-order mark), else cp1251 when the whole file decodes as such (what
+    registers write); else a JournalFileError that says how to convert the file. Read as a stream."""
+    failure = None
+    for encoding in ENCODINGS:
+        decoder = codecs.getincrementaldecoder(encoding)()
+        offset = 0
+        try:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    decoder.decode(block)
+                    offset += len(block)
+                decoder.decode(b"", final=True)
+            return encoding
+        except UnicodeDecodeError as exc:
+            failure = failure or (offset + exc.start, exc.object[exc.start:exc.start + 1])
+        except OSError as exc:
+            raise JournalFileError(f"{path}: {exc.strerror}") from exc
+    at, byte = failure
+    raise JournalFileError(f"{path}: neither UTF-8 nor cp1251 text (byte 0x{byte.hex()} at offset {at}): "
+                           f"convert it to UTF-8, e.g. iconv -f <its encoding> -t UTF-8 {path.name} > fixed.csv")
+
+
+def read_journal(path: Path, ns: uuid.UUID) -> Iterator[JournalRow]:
     """Stream the rows of a journal file. A row with the wrong number of fields is an invalid row (kept
     as a reject by the importer); a file without the right header is a JournalFileError."""
+    encoding = detect_encoding(path)
     try:
-        handle = open(path, encoding="utf-8-sig", newline="")
+        handle = open(path, encoding=encoding, newline="")
     except OSError as exc:
         raise JournalFileError(f"{path}: {exc.strerror}") from exc
     with handle:
-        reader = csv.reader(handle, delimiter=DELIMITER)
+        # one line is one row, read on its own: a stray quote cannot swallow the lines after it
+        lines = enumerate(handle, 1)
         try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise JournalFileError(f"{path}: empty file, expected the header line {HEADER}")
-        except UnicodeDecodeError as exc:
-            raise JournalFileError(f"{path}: not UTF-8 text") from exc
+            header = [h.strip() for h in _fields(next(lines)[1])]
+        except (StopIteration, csv.Error):
+            raise JournalFileError(f"{path}: empty file, expected the header line {HEADER}") from None
         missing = [c for c in COLUMNS if c not in header]
         unknown = [h for h in header if h not in COLUMNS]
         if missing or unknown or len(set(header)) != len(header):
             raise JournalFileError(f"{path}: the header must name the columns {HEADER} "
                                    f"(missing: {missing or '-'}; unknown: {unknown or '-'})")
-        try:
-            for fields in reader:
-                line_no = reader.line_num
-                if not fields or all(not f.strip() for f in fields):
-                    continue
-                if len(fields) != len(header):
-                    raw = DELIMITER.join(fields)
-                    yield JournalRow(line_no=line_no, raw=raw, error=errors.ValidationError(
-                        f"{len(fields)} fields, the header has {len(header)}"))
-                    continue
-                yield parse_row(dict(zip(header, fields)), line_no)
-        except UnicodeDecodeError as exc:
-            raise JournalFileError(f"{path}: not UTF-8 text after line {reader.line_num}") from exc
+        for line_no, text in lines:
+            if "\x00" in text:  # no database stores it; kept visible in the reject
+                yield JournalRow(line_no=line_no, raw=text.rstrip("\r\n").replace("\x00", "\\x00")[:2000],
+                                 error=errors.ValidationError("the row holds a NUL character"))
+                continue
+            try:
+                fields = _fields(text)
+            except csv.Error as exc:
+                yield JournalRow(line_no=line_no, raw=text.rstrip("\r\n")[:2000],
+                                 error=errors.ValidationError(f"not a ';'-separated row: {exc}"))
+                continue
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) != len(header):
+                raw = DELIMITER.join(fields)
+                yield JournalRow(line_no=line_no, raw=raw, error=errors.ValidationError(
+                    f"{len(fields)} fields, the header has {len(header)}"))
+                continue
+            yield parse_row(dict(zip(header, fields)), line_no, ns)
+
+
+def _fields(text: str) -> list[str]:
+    return next(csv.reader([text.rstrip("\r\n")], delimiter=DELIMITER), [])
 
 
 def count_rows(path: Path) -> int:

@@ -1,12 +1,15 @@
 """Schema migrations (Alembic), run from code so that no alembic.ini is needed at run time."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Callable
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.pool import NullPool
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -18,8 +21,34 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+UPGRADE_LOCK = 0x6B6B6D5550  # "kkmUP": the PostgreSQL advisory lock held while the schema is upgraded
+log = logging.getLogger(__name__)
+
+
+def upgrade(url: str, revision: str = "head", on_wait: Callable[[str], None] | None = None) -> None:
+    """Upgrade the schema. Several at once (every host starting together) are serialised: on PostgreSQL
+    by an advisory lock, on SQLite by the database's own write lock; the later ones wait, then find the
+    schema at head and do nothing. ``on_wait`` is told (one line) when another upgrade is running."""
+    if not url.startswith("postgresql"):
+        command.upgrade(alembic_config(url), revision)
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": UPGRADE_LOCK}).scalar():
+                message = "another upgrade is running: waiting for it to finish"
+                log.warning(message)
+                if on_wait:
+                    on_wait(message)
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": UPGRADE_LOCK})
+            try:
+                command.upgrade(alembic_config(url), revision)
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": UPGRADE_LOCK})
+    finally:
+        engine.dispose()
 
 
 def head_revision(url: str) -> str:

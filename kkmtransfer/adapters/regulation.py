@@ -18,32 +18,43 @@ from sqlalchemy.exc import IntegrityError
 
 from ..domain.model import DEFERRED_ROLES, Kind, Measure, Role, Source
 from .db import documents, entries, lots, operations
+from .server_ids import IdTaken, namespace, server_id
 
 LINE_NAMESPACE = uuid.UUID("6b1f3c1e-2f4a-4d7e-9a51-0c4d1e8a7f10")
 WRITE_OFF, ACCRUAL = "WriteOff", "Accrual"
 RUNNING, DONE = "running", "done"
 
 
-def document_id(kind: str, day: date) -> str:
-    return str(uuid.uuid5(LINE_NAMESPACE, f"{kind}/{day.isoformat()}"))
+def document_id(conn: Connection, kind: str, day: date) -> str:
+    """The id of the date's document of ``kind``: the stored one, or the one it will be made with (derived
+    with the installation's secret, so no register can send an operation under it first)."""
+    stored = conn.execute(select(documents.c.id).where(documents.c.kind == kind,
+                                                       documents.c.business_date == day)).scalar()
+    return stored or server_id(namespace(conn), "document", kind, day.isoformat())
 
 
 def line_id(doc_id: str, card_number: str) -> str:
-    """One line per card in a document; the same id on every run, so nothing is ever written twice."""
+    """One line per card in a document; the same id on every run, so nothing is ever written twice. The
+    document's id is secret-derived, and so, through it, is every line's."""
     return str(uuid.uuid5(LINE_NAMESPACE, f"{doc_id}/{card_number}"))
 
 
+def _document_row(conn: Connection, kind: str, day: date):
+    return conn.execute(select(documents).where(documents.c.kind == kind,
+                                                documents.c.business_date == day)).mappings().first()
+
+
 def ensure_document(conn: Connection, kind: str, day: date, now: datetime):
-    doc_id = document_id(kind, day)
-    row = conn.execute(select(documents).where(documents.c.id == doc_id)).mappings().first()
+    row = _document_row(conn, kind, day)
     if row is None:
+        doc_id = document_id(conn, kind, day)
         try:
             with conn.begin_nested():
                 conn.execute(insert(documents).values(id=doc_id, kind=kind, business_date=day, status=RUNNING,
                                                       lines=0, started_at=now))
         except IntegrityError:
             pass  # another run made it first
-        row = conn.execute(select(documents).where(documents.c.id == doc_id)).mappings().one()
+        row = _document_row(conn, kind, day)
     return row
 
 
@@ -55,6 +66,14 @@ def claim(conn: Connection, doc_id: str, runner: str, now: datetime, until: date
                or_(documents.c.leased_by.is_(None), documents.c.leased_by == runner,
                    documents.c.lease_until < now))
         .values(leased_by=runner, lease_until=until))
+    return result.rowcount == 1
+
+
+def take_over(conn: Connection, doc_id: str, gone: str, runner: str, until: datetime) -> bool:
+    """Take the lease of a run known to be gone (its process no longer exists)."""
+    result = conn.execute(update(documents).where(documents.c.id == doc_id, documents.c.status == RUNNING,
+                                                  documents.c.leased_by == gone)
+                          .values(leased_by=runner, lease_until=until))
     return result.rowcount == 1
 
 
@@ -107,7 +126,15 @@ def _line_rows(doc_id: str, kind: Kind, cards, day: date, cutoff: datetime, now:
 def _insert_missing_lines(conn: Connection, rows: list[dict]) -> list[dict]:
     """Insert the lines that do not exist yet (a card's lots may span batches); the existing ones."""
     ids = [r["id"] for r in rows]
-    have = set(conn.execute(select(operations.c.id).where(operations.c.id.in_(ids))).scalars())
+    found = conn.execute(select(operations.c.id, operations.c.kind, operations.c.document_id,
+                                operations.c.card_number).where(operations.c.id.in_(ids))).all()
+    wanted = {r["id"]: r for r in rows}
+    for f in found:  # an existing row under a line's id must be that line, never another operation
+        w = wanted[f.id]
+        if (f.kind, f.document_id, f.card_number) != (w["kind"], w["document_id"], w["card_number"]):
+            raise IdTaken(f"operation {f.id} ({f.kind}, card {f.card_number}) holds the id of the "
+                          f"{w['kind']} line of card {w['card_number']}: run `kkmtransfer ledger verify`")
+    have = {f.id for f in found}
     missing = [r for r in rows if r["id"] not in have]
     if missing:
         conn.execute(insert(operations), missing)

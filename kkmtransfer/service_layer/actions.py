@@ -4,8 +4,8 @@ bonuses ("Обнуление бессрочных бонусов"), and cancelli
 An action is recorded once with the cards it covers (``action_cards``) and one ledger operation per card
 whose GUID is derived from the action and the card, so a crashed run, resumed by giving the same command
 again, never touches a card twice. The action's id is derived from what it does (kind, amount, last date,
-note, the selection and the business day it was given on): the same command given again the same day is
-the same action. Cards are processed in batches of one transaction, with set-based SQL.
+note, the selection), derived with the installation's secret (adapters/server_ids.py): the same command
+given again, on any day, is the same action (it resumes, or answers that it is done). Cards are processed in batches of one transaction, with set-based SQL.
 """
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from typing import Callable
 
 from sqlalchemy import (BigInteger, String, and_, bindparam, case, exists, func, insert, literal, or_, select,
                         type_coerce, update)
+from sqlalchemy.exc import IntegrityError
 
+from ..adapters.server_ids import IdTaken, engine_namespace, server_id
 from ..adapters.db import action_cards, actions, cards, entries, is_postgresql, lots, operations
 from ..domain import errors
 from ..domain.ledger import CardLedger
@@ -27,7 +29,6 @@ from ..domain.model import ZERO, CardStatus, Kind, Measure, Role, Source, money
 from ..domain.rules import day_start
 from .unit_of_work import UnitOfWork
 
-NAMESPACE = uuid.UUID("5e0b7f3a-91c4-4d2e-8a6b-3c7d9e1f2a40")
 CREDIT, ZERO_KIND = "credit", "zero"
 RUNNING, DONE, CANCELLING, CANCELLED = "running", "done", "cancelling", "cancelled"
 PENDING, SKIPPED = "pending", "skipped"
@@ -102,12 +103,21 @@ class Actions:
         return self.billing.clock().astimezone(self.tz).date()
 
     def _action_id(self, **what) -> str:
-        what["day"] = self._today().isoformat()
-        return str(uuid.uuid5(NAMESPACE, json.dumps(what, sort_keys=True, default=str)))
+        """What the action does, without the day it is given on: an action interrupted and given again
+        on a later day resumes. Derived with the installation's secret (no register can take its ids)."""
+        return server_id(engine_namespace(self.engine), "action", json.dumps(what, sort_keys=True, default=str))
 
     @staticmethod
     def _op_id(action_id: str, card: str, purpose: str = "") -> str:
+        """A card's operation of the action: derived from the action's (secret-derived) id."""
         return str(uuid.uuid5(uuid.UUID(action_id), purpose + card))
+
+    def _still(self, conn, action_id: str, batch: list[str], state: str) -> list[str]:
+        """The cards of ``batch`` still in ``state``, read after the cards were locked: two runs of the
+        same action at once never process a card twice."""
+        return list(conn.execute(select(action_cards.c.card_number).where(
+            action_cards.c.action_id == action_id, action_cards.c.state == state,
+            action_cards.c.card_number.in_(batch)).order_by(action_cards.c.card_number)).scalars())
 
     def _lock(self, conn, numbers: list[str]) -> None:
         if self.postgres:  # in number order, so two batch jobs never deadlock each other
@@ -124,6 +134,11 @@ class Actions:
     def _ops(self, conn, action_id, numbers, kind: Kind, purpose: str, note: str, **amounts) -> dict[str, str]:
         now = self.billing.clock()
         ids = {n: self._op_id(action_id, n, purpose) for n in numbers}
+        taken = conn.execute(select(operations.c.id, operations.c.kind, operations.c.card_number)
+                             .where(operations.c.id.in_(list(ids.values())))).first()
+        if taken is not None:
+            raise IdTaken(f"operation {taken.id} ({taken.kind}, card {taken.card_number}) holds the id of a card's "
+                          f"operation of action {action_id}: run `kkmtransfer ledger verify` and report it")
         conn.execute(insert(operations), [dict(
             id=ids[n], card_number=n, kind=kind.value, source=Source.BACKOFFICE.value, kkm=None, store=None,
             receipt_number=None, operation_time=now, business_date=now.astimezone(self.tz).date(),
@@ -167,8 +182,12 @@ class Actions:
             if dry_run:
                 chosen = uow.conn.execute(select(func.count()).select_from(card_select.subquery()), params)
                 return ActionReport(action_id, kind, cards=chosen.scalar_one(), dry_run=True)
-            uow.conn.execute(insert(actions).values(id=action_id, kind=kind, selection=selection_text[:500],
-                                                    status=RUNNING, cards=0, created_at=now, **values))
+            try:
+                uow.conn.execute(insert(actions).values(id=action_id, kind=kind, selection=selection_text[:500],
+                                                        status=RUNNING, cards=0, created_at=now, **values))
+            except IntegrityError:
+                raise errors.ValidationError(f"action {action_id} is being started by another command right now: "
+                                             "wait for it (or give the command again later to resume it)") from None
             chosen = card_select.subquery()
             uow.conn.execute(insert(action_cards).from_select(
                 ["action_id", "card_number", "state"],
@@ -221,16 +240,20 @@ class Actions:
             return started
         expires_at = day_start(until + timedelta(days=1), self.tz) if until else None
         text = note or f"bonus action {action_id}"
+        resumed = self._count(action_id, DONE) > 0
         while batch := self._pending(action_id, PENDING):
             self._credit_batch(action_id, batch, amount, expires_at, text)
             self.progress(len(batch))
-        return self._finish(action_id, CREDIT, False)
+        return self._finish(action_id, CREDIT, resumed)
 
     def _credit_batch(self, action_id, batch, amount, expires_at, note):
         now = self.billing.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             conn = uow.conn
             self._lock(conn, batch)
+            batch = self._still(conn, action_id, batch, PENDING)
+            if not batch:
+                return
             debtors = set(conn.execute(select(lots.c.card_number).distinct().where(
                 lots.c.card_number.in_(batch), lots.c.measure == Measure.BONUS.value, lots.c.remaining < 0)).scalars())
             plain = [n for n in batch if n not in debtors]
@@ -282,16 +305,20 @@ class Actions:
                     ).scalar_one()).scaleb(-2)
             return started
         text = note or f"zeroing {action_id}: inactive since {inactive_since}"
+        resumed = self._count(action_id, DONE) > 0
         while batch := self._pending(action_id, PENDING):
             self._zero_batch(action_id, batch, text)
             self.progress(len(batch))
-        return self._finish(action_id, ZERO_KIND, False)
+        return self._finish(action_id, ZERO_KIND, resumed)
 
     def _zero_batch(self, action_id, batch, note):
         now = self.billing.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             conn = uow.conn
             self._lock(conn, batch)
+            batch = self._still(conn, action_id, batch, PENDING)
+            if not batch:
+                return
             ids = self._ops(conn, action_id, batch, Kind.ZEROING, "", note)
             due = and_(*_zeroable(now), lots.c.card_number.in_(bindparam("cards", expanding=True)))
             conn.execute(insert(entries).from_select(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -12,9 +11,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from sqlalchemy import BigInteger, and_, case, delete, func, insert, or_, select, type_coerce
+from sqlalchemy.exc import IntegrityError
 
 from ..adapters.db import (billing_state, cards, documents, entries, journal_keys, journal_rejects, lots,
                            operations)
+from ..adapters.server_ids import IdTaken, namespace, server_id
 from ..domain import errors
 from ..domain.ledger import CardLedger
 from ..domain.model import ZERO, Kind, Measure, Source, money
@@ -24,7 +25,6 @@ OPENING_COLUMNS = ["CardNumber", "Bonus", "Accumulation", "ReceiptCount"]
 EXPORT_COLUMNS = ["CardNumber", "Status", "Bonus", "BonusPending", "Accumulation", "AccumulationPending",
                   "ReceiptCount", "ReceiptCountPending", "AsOf"]
 CONFIRMATION = "DELETE ALL BILLING DATA"
-OPENING_NAMESPACE = uuid.UUID("a3d5c2f4-8e1b-4c6a-b7d9-2e4f6a8c0b13")
 
 
 @dataclass(frozen=True)
@@ -88,17 +88,29 @@ class BillingAdmin:
         when = datetime.combine(start - timedelta(days=1), time(23, 59, 59), tzinfo=tz)
         with UnitOfWork(self.billing.engine, write=True) as uow:
             conn = uow.conn
+            enabled_already = errors.ValidationError("billing is enabled already (kkmtransfer billing disable first)")
             if conn.execute(select(billing_state.c.id)).first() is not None:
-                raise errors.ValidationError("billing is enabled already (kkmtransfer billing disable first)")
-            conn.execute(insert(billing_state).values(id=1, start_date=start, enabled_at=now,
-                                                      opening_file=str(opening_file)[:255], cards=len(openings)))
+                raise enabled_already
+            try:  # two `billing enable` at once: the second waits for the first and then finds its row
+                conn.execute(insert(billing_state).values(id=1, start_date=start, enabled_at=now,
+                                                          opening_file=str(opening_file)[:255], cards=len(openings)))
+            except IntegrityError:
+                raise enabled_already from None
             known = uow.repo.existing_card_numbers([o.card for o in openings])
             unknown = [o.card for o in openings if o.card not in known]
             if unknown:
                 raise errors.CardNotFound(f"{len(unknown)} card(s) of the file do not exist, e.g. "
                                           f"{', '.join(unknown[:10])} (create them with cards add-range)")
+            ns = namespace(conn)
+            op_ids = {o.card: server_id(ns, "opening", o.card) for o in openings}
+            for chunk in range(0, len(openings), 500):
+                taken = conn.execute(select(operations).where(operations.c.id.in_(
+                    [op_ids[o.card] for o in openings[chunk:chunk + 500]]))).mappings().first()
+                if taken is not None:
+                    raise IdTaken(f"operation {taken['id']} ({taken['kind']}, card {taken['card_number']}) holds "
+                                  "the id of an opening balance: run `kkmtransfer ledger verify` and report it")
             for i, o in enumerate(openings, 1):
-                op_id = str(uuid.uuid5(OPENING_NAMESPACE, o.card))
+                op_id = op_ids[o.card]
                 uow.repo.insert_operation(
                     id=op_id, card_number=o.card, kind=Kind.INITIAL_BALANCE.value, source=Source.BACKOFFICE.value,
                     operation_time=when, business_date=when.date(), content_hash=op_id, receipt_sum=ZERO,

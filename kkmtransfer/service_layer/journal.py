@@ -10,16 +10,18 @@ the ledger refuses goes to ``journal_rejects`` with its file, line, row and reas
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 from sqlalchemy import insert, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..adapters.db import journal_keys, journal_rejects
 from ..adapters.repository import BatchRepository
+from ..adapters.server_ids import engine_namespace
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
 from ..domain import errors
 from ..domain.model import Source
@@ -28,7 +30,18 @@ from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-PENDING, RESOLVED = "pending", "resolved"
+PENDING, RESOLVED, DISMISSED = "pending", "resolved", "dismissed"
+KEY_CHUNK = 500
+
+
+class RowFailed(errors.DomainError):
+    """A row the ledger could not apply for a reason it did not foresee (kept as a reject)."""
+
+    code = "Server.RowFailed"
+
+
+class _RowFailed(Exception):
+    """Inside a batch without savepoints: run the batch again row by row."""
 
 
 @dataclass
@@ -56,10 +69,13 @@ class JournalImport:
         self.progress = progress or (lambda n: None)
 
     # -- import ------------------------------------------------------------------------------
+    def _namespace(self):
+        return engine_namespace(self.billing.engine)
+
     def import_file(self, path: Path) -> ImportSummary:
         summary = ImportSummary(file=path.name)
         pending: list[JournalRow] = []
-        for row in read_journal(path):
+        for row in read_journal(path, self._namespace()):
             pending.append(row)
             if len(pending) >= self.batch:
                 self._apply_batch(pending, path.name, summary)
@@ -76,7 +92,9 @@ class JournalImport:
     def _apply_batch(self, rows: list[JournalRow], file_name: str, summary: ImportSummary) -> None:
         try:
             part = self._run_batch(rows, file_name, savepoints=False)
-        except IntegrityError:  # a concurrent writer inserted one of these operations first: row by row
+        except (IntegrityError, _RowFailed):
+            # a concurrent writer inserted one of these operations first, or a row failed in a way the
+            # ledger did not foresee: again row by row, each under a savepoint (a failing row is a reject)
             part = self._run_batch(rows, file_name, savepoints=True)
         summary.add(part)
         self.progress(len(rows))
@@ -85,10 +103,10 @@ class JournalImport:
         summary = ImportSummary(file=file_name)
         now = self.billing.clock()
         with UnitOfWork(self.billing.engine, write=True) as uow:
+            uow.keys, uow.key_set = [], self._known_keys(uow.conn, rows)
             if not savepoints:  # read what the batch needs at once, write it at the end
                 good = [r.request for r in rows if r.request is not None]
                 uow.repo = BatchRepository(uow.conn, [q.card_number for q in good], [q.operation_id for q in good])
-            uow.keys, uow.key_set = [], self._known_keys(uow.conn, rows)
             has_rejects = uow.conn.execute(
                 select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
             for row in rows:
@@ -134,18 +152,34 @@ class JournalImport:
                 if sp is None or attempt == 2:
                     raise
                 sp.rollback()
+            except OperationalError:
+                raise  # a deadlock or a lost connection: the batch, not the row
+            except Exception as exc:  # noqa: BLE001 - one bad row never stops a journal
+                if sp is None:
+                    raise _RowFailed() from exc
+                sp.rollback()
+                log.warning("journal row %s refused by an unexpected error: %s: %s", row.line_no,
+                            type(exc).__name__, exc)
+                return RowFailed(f"the row could not be applied: {type(exc).__name__}: {str(exc)[:300]}")
         raise AssertionError("unreachable")
 
     @staticmethod
     def _known_keys(conn, rows: list[JournalRow]) -> set:
-        """The batch's transaction keys already stored (a file loaded again): one query, not one a row."""
+        """The batch's transaction keys already stored (a file loaded again), a query per 500 keys (a
+        statement over thousands of tuples is too deep for PostgreSQL). A row whose key is stored takes
+        the GUID stored with it (ids made before the id namespace changed stay the same operation)."""
         wanted = list({r.journal_key for r in rows if r.journal_key is not None})
-        if not wanted:
-            return set()
         key = tuple_(journal_keys.c.kkm, journal_keys.c.transaction_number, journal_keys.c.transaction_time)
-        found = conn.execute(select(journal_keys.c.kkm, journal_keys.c.transaction_number,
-                                    journal_keys.c.transaction_time).where(key.in_(wanted))).all()
-        return {tuple(r) for r in found}
+        stored = {}
+        for i in range(0, len(wanted), KEY_CHUNK):
+            found = conn.execute(select(journal_keys.c.kkm, journal_keys.c.transaction_number,
+                                        journal_keys.c.transaction_time, journal_keys.c.operation_id)
+                                 .where(key.in_(wanted[i:i + KEY_CHUNK]))).all()
+            stored.update({(r.kkm, r.transaction_number, r.transaction_time): r.operation_id for r in found})
+        for r in rows:
+            if r.journal_key in stored and r.request.operation_id != stored[r.journal_key]:
+                r.request = dataclasses.replace(r.request, operation_id=stored[r.journal_key])
+        return set(stored)
 
     @staticmethod
     def _remember_key(uow, row: JournalRow, now, new: bool) -> None:
@@ -163,7 +197,7 @@ class JournalImport:
 
     @staticmethod
     def _reject(conn, row: JournalRow, file_name: str, exc: errors.DomainError, now) -> None:
-        existing = conn.execute(select(journal_rejects.c.id, journal_rejects.c.attempts)
+        existing = conn.execute(select(journal_rejects.c.id, journal_rejects.c.attempts, journal_rejects.c.status)
                                 .where(journal_rejects.c.row_key == row.row_key)).first()
         if existing is None:
             conn.execute(insert(journal_rejects).values(
@@ -172,8 +206,8 @@ class JournalImport:
                 updated_at=now))
         else:
             conn.execute(update(journal_rejects).where(journal_rejects.c.id == existing.id).values(
-                fault_code=exc.code, reason=exc.message, status=PENDING, attempts=existing.attempts + 1,
-                updated_at=now))
+                fault_code=exc.code, reason=exc.message, attempts=existing.attempts + 1, updated_at=now,
+                status=DISMISSED if existing.status == DISMISSED else PENDING))  # dismissed by hand stays so
 
     @staticmethod
     def _resolve(conn, row_key: str, now) -> None:
@@ -206,10 +240,11 @@ class JournalImport:
                 return summary
             last_id = batch[-1]["id"]
             now = self.billing.clock()
+            ns = self._namespace()
             with UnitOfWork(self.billing.engine, write=True) as uow:
-                uow.keys, uow.key_set = [], set()
-                for rej in batch:
-                    row = parse_raw(rej["raw_row"], rej["line_no"])
+                rows = [parse_raw(rej["raw_row"], rej["line_no"], ns) for rej in batch]
+                uow.keys, uow.key_set = [], self._known_keys(uow.conn, rows)
+                for rej, row in zip(batch, rows):
                     summary.rows += 1
                     outcome = self._apply_row(uow, row, now)
                     if isinstance(outcome, errors.DomainError):
@@ -227,3 +262,27 @@ class JournalImport:
                     uow.conn.execute(insert(journal_keys), uow.keys)
                 uow.commit()
             self.progress(len(batch))
+
+    def dismiss(self, reject_id: int, reason: str, actor: str | None = None) -> dict:
+        """Close a pending reject by hand ("journal rejects dismiss ID --reason TEXT"): it is kept, marked
+        dismissed with the reason (and who), and no longer retried. Returns the reject as it is now."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise errors.ValidationError("give the reason for dismissing the reject (--reason TEXT)")
+        now = self.billing.clock()
+        note = f"{reason} (by {actor})" if actor else reason
+        with UnitOfWork(self.billing.engine, write=True) as uow:
+            row = uow.conn.execute(select(journal_rejects).where(journal_rejects.c.id == reject_id)
+                                   .with_for_update()).mappings().first()
+            if row is None:
+                raise errors.ValidationError(f"no journal reject {reject_id} (see kkmtransfer journal rejects)")
+            if row["status"] != PENDING:
+                raise errors.ValidationError(f"journal reject {reject_id} is {row['status']}, not pending: "
+                                             "only a pending reject can be dismissed")
+            uow.conn.execute(update(journal_rejects).where(journal_rejects.c.id == reject_id)
+                             .values(status=DISMISSED, note=note[:2000], updated_at=now))
+            result = dict(uow.conn.execute(select(journal_rejects).where(journal_rejects.c.id == reject_id))
+                          .mappings().one())
+            uow.commit()
+        log.info("journal reject %s dismissed: %s", reject_id, note)
+        return result

@@ -45,6 +45,30 @@ class DayReport:
 class RegulationBusy(errors.DomainError):
     code = "Server.RegulationBusy"
 
+    def __init__(self, message: str, lease_until=None):
+        super().__init__(message)
+        self.lease_until = lease_until  # when the other run's lease ends (None: unknown)
+
+
+def _owner_gone(runner: str | None) -> bool:
+    """Whether the run holding a lease was a process of this host that no longer exists (a killed worker
+    whose task is delivered again): its lease can be taken over at once instead of waiting for it to end."""
+    if not runner:
+        return False
+    host, _, rest = runner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False  # this process: another Nightly of ours (a thread) holds it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
 
 class Nightly:
     def __init__(self, billing, batch: int | None = None,
@@ -102,9 +126,11 @@ class Nightly:
             if doc["status"] == sql.DONE:
                 uow.commit()
                 return None, 0, doc["lines"]
-            if not sql.claim(uow.conn, doc["id"], self.runner, now, now + LEASE):
+            if not sql.claim(uow.conn, doc["id"], self.runner, now, now + LEASE) and not (
+                    _owner_gone(doc["leased_by"])
+                    and sql.take_over(uow.conn, doc["id"], doc["leased_by"], self.runner, now + LEASE)):
                 raise RegulationBusy(f"{kind} of {day} is being written by {doc['leased_by']} "
-                                     f"(lease until {doc['lease_until']})")
+                                     f"(lease until {doc['lease_until']})", doc["lease_until"])
             total = count(uow.conn, cutoff)
             uow.commit()
         done = 0

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, and_, case, func, select, type_coerce
+from sqlalchemy import BigInteger, and_, case, func, or_, select, type_coerce
 
-from ..adapters.db import entries, lots, operations
+from ..adapters.db import documents, entries, lots, operations
 from ..domain import errors
 from ..domain.ledger import day_bounds
-from ..domain.model import DEFERRED_ROLES, Kind, Measure, Role
+from ..domain.model import DEFERRED_ROLES, Kind, Measure, Role, Source
 from .unit_of_work import UnitOfWork
 
 TURNOVERS = ("accrued", "spent", "expired", "returned")
@@ -142,7 +142,7 @@ class Reports:
     def verify(self) -> list[str]:
         """Recompute the books; every difference found, as a line. Empty: the ledger is consistent."""
         problems = []
-        with UnitOfWork(self.billing.engine) as uow:
+        with UnitOfWork(self.billing.engine, snapshot=True) as uow:  # one snapshot, whatever commits meanwhile
             for lot_id, remaining, total in uow.repo.lot_drift():
                 problems.append(f"lot {lot_id}: remaining {remaining}, its entries sum to {total}")
             negative = uow.conn.execute(select(lots.c.id, lots.c.card_number, lots.c.remaining).where(
@@ -176,4 +176,43 @@ class Reports:
                     if got != want:
                         problems.append(f"operation {op['id']} ({op['kind']}, card {op['card_number']}): "
                                         f"{measure} moved {got}, reported {want}")
+            problems.extend(_misbooked(uow.conn))
         return problems
+
+
+def _misbooked(conn) -> list[str]:
+    """Entries of one operation booked under another: an entry of another card than its operation's; a
+    burn (Expiry entry) under an operation that is neither a nightly Expiry line nor burning, at once, what
+    it moved into that lot itself; a nightly document's line of the wrong kind or card, or a nightly line
+    outside any document."""
+    problems = []
+    for e_id, op_id, kind, e_card, op_card in conn.execute(
+            select(entries.c.id, operations.c.id, operations.c.kind, entries.c.card_number, operations.c.card_number)
+            .join(operations, operations.c.id == entries.c.operation_id)
+            .where(entries.c.card_number != operations.c.card_number)):
+        problems.append(f"entry {e_id} of card {e_card} is booked under operation {op_id} ({kind}) of card {op_card}")
+    own = entries.alias("own")
+    moved_in = (select(own.c.id).where(own.c.operation_id == entries.c.operation_id, own.c.lot_id == entries.c.lot_id,
+                                       own.c.amount > 0, own.c.role != Role.EXPIRY.value).exists())
+    nightly_line = and_(operations.c.kind == Kind.EXPIRY.value, operations.c.source == Source.NIGHTLY.value,
+                        operations.c.document_id.is_not(None))
+    # burnt at once: the operation moved the amount into a lot that had burnt when it was applied
+    at_once = and_(moved_in, lots.c.expires_at <= operations.c.created_at)
+    for e_id, op_id, kind, amount in conn.execute(
+            select(entries.c.id, operations.c.id, operations.c.kind, entries.c.amount)
+            .select_from(entries.join(operations, operations.c.id == entries.c.operation_id)
+                         .join(lots, lots.c.id == entries.c.lot_id))
+            .where(entries.c.role == Role.EXPIRY.value, ~nightly_line, ~at_once)):
+        problems.append(f"entry {e_id} burns {amount} under operation {op_id} ({kind}), which is not an expiry line")
+    expected = case((documents.c.kind == "WriteOff", Kind.EXPIRY.value), else_=Kind.ACCRUAL.value)
+    for op_id, kind, doc_id, doc_kind in conn.execute(
+            select(operations.c.id, operations.c.kind, documents.c.id, documents.c.kind)
+            .join(documents, documents.c.id == operations.c.document_id)
+            .where(or_(operations.c.kind != expected, operations.c.source != Source.NIGHTLY.value))):
+        problems.append(f"operation {op_id} ({kind}) is a line of the {doc_kind} document {doc_id}")
+    for op_id, kind in conn.execute(
+            select(operations.c.id, operations.c.kind)
+            .select_from(operations.outerjoin(documents, documents.c.id == operations.c.document_id))
+            .where(operations.c.source == Source.NIGHTLY.value, documents.c.id.is_(None))):
+        problems.append(f"nightly operation {op_id} ({kind}) belongs to no document")
+    return problems

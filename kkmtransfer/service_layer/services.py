@@ -253,23 +253,28 @@ class BillingService:
     def annul_receipt(self, sale_id: str, note: str | None = None) -> tuple[ApplyResult, Decimal]:
         """Take back the bonuses a sale accrued ("Аннулировать бонусы чека"), less what its returns
         took back already; may leave a debt. Once per sale: again, it answers AlreadyApplied."""
-        import uuid
-
+        from ..adapters.db import operations
+        from ..adapters.server_ids import check_own, namespace, server_id
         from ..domain.model import canonical_guid
 
         sale_id = canonical_guid(sale_id)
-        op_id = str(uuid.uuid5(uuid.UUID(sale_id), "annulment"))
         now = self.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             repo = uow.repo
             sale = repo.get_operation(sale_id)
             if sale is None or sale["kind"] != Kind.SALE.value:
                 raise errors.OriginalNotFound(f"no sale with OperationId {sale_id}")
-            existing = repo.get_operation(op_id)
             card = repo.get_card(sale["card_number"], lock=True)
+            # the sale's annulment, whatever id it was written under (registers cannot write Annulments)
+            existing = uow.conn.execute(
+                operations.select().where(operations.c.original_operation_id == sale_id,
+                                          operations.c.kind == Kind.ANNULMENT.value,
+                                          operations.c.source == Source.BACKOFFICE.value)).mappings().first()
             if existing is not None:
-                return (ApplyResult(op_id, ALREADY_APPLIED, self._view(repo, card, now)),
+                return (ApplyResult(existing["id"], ALREADY_APPLIED, self._view(repo, card, now)),
                         existing["bonus_accrued"])
+            op_id = server_id(namespace(uow.conn), "annulment", sale_id)
+            check_own(repo.get_operation(op_id), op_id, kind=Kind.ANNULMENT.value, original_operation_id=sale_id)
             done = repo.return_totals(sale_id)
             left = max(sale["bonus_accrued"] - done["bonus_accrued"], ZERO)
             credited = repo.credited_lots(sale_id)
