@@ -186,7 +186,8 @@ class KKMTransfer(ServiceBase):
         svc = ctx.app.billing
 
         def run():
-            result: ApplyResult = svc.register_operation(operation_request(Operation))
+            result: ApplyResult = svc.register_operation(operation_request(Operation),
+                                                           actor=ctx.transport.req_env.get("REMOTE_USER"))
             return OperationResult(OperationId=result.operation_id, Status=result.status,
                                    Card=card_info(result.card))
 
