@@ -8,7 +8,7 @@ import click
 
 from . import _safe_url, _settings, main
 
-# read outside Settings: Celery's (celeryconfig.py) and the logging set-up's
+# read outside Settings: by celeryconfig.py, kkmtransfer/logging.py, the audit trail and gunicorn.conf.py
 OTHER = {
     "KKMTRANSFER_BROKER_URL": "redis://127.0.0.1:6379/0",
     "KKMTRANSFER_RESULT_BACKEND": "(the broker URL)",
@@ -16,6 +16,9 @@ OTHER = {
     "KKMTRANSFER_LOG_FORMAT": "text",
     "KKMTRANSFER_LOG_LEVEL": "INFO",
     "KKMTRANSFER_ACTOR": "(the OS user)",
+    "KKMTRANSFER_BIND": "127.0.0.1:8080 (contrib/gunicorn.conf.py)",
+    "KKMTRANSFER_WORKERS": "4 (contrib/gunicorn.conf.py)",
+    "KKMTRANSFER_THREADS": "4 (contrib/gunicorn.conf.py)",
 }
 
 
