@@ -10,6 +10,8 @@ from datetime import date
 
 from celery import Celery
 
+from .domain import errors
+
 log = logging.getLogger(__name__)
 
 app = Celery("kkmtransfer")
@@ -29,7 +31,13 @@ def billing():
     return _billing
 
 
-@app.task(name="kkmtransfer.nightly_regulation")
+# Expected errors (a date in the future, a bad argument, a date being written by another run) fail the
+# task and reach its result, but the worker logs them in one line, without "raised unexpected" and a
+# traceback (Celery's Task.throws).
+EXPECTED = (errors.DomainError, ValueError, TypeError)
+
+
+@app.task(name="kkmtransfer.nightly_regulation", throws=EXPECTED)
 def nightly_regulation(day: str | None = None) -> list[dict]:
     """Run the nightly regulation up to ``day`` (ISO date; default today in the business zone)."""
     from .service_layer.nightly import Nightly
@@ -40,7 +48,7 @@ def nightly_regulation(day: str | None = None) -> list[dict]:
             for r in reports]
 
 
-@app.task(name="kkmtransfer.import_inbox")
+@app.task(name="kkmtransfer.import_inbox", throws=EXPECTED)
 def import_inbox() -> list[dict]:
     """Import the journal files waiting in KKMTRANSFER_INBOX_DIR (beat: every minute)."""
     from .service_layer.inbox import process_inbox
