@@ -7,6 +7,19 @@ the journal inbox (KKMTRANSFER_INBOX_DIR) every KKMTRANSFER_INBOX_EVERY_SECONDS 
 import os
 
 from celery.schedules import crontab
+from celery.signals import setup_logging
+
+# Logging: the application's one format (UTC, KKMTRANSFER_LOG_FORMAT=json), not Celery's own. A receiver
+# of setup_logging makes Celery leave the root logger to it; the worker's --loglevel is passed on.
+worker_hijack_root_logger = False
+
+
+@setup_logging.connect
+def _kkmtransfer_logging(loglevel=None, **_kwargs):
+    from kkmtransfer.logging import configure
+
+    configure(loglevel)
+
 
 broker_url = os.environ.get("KKMTRANSFER_BROKER_URL") or "redis://127.0.0.1:6379/0"
 result_backend = os.environ.get("KKMTRANSFER_RESULT_BACKEND") or broker_url

@@ -1,16 +1,17 @@
 """Wiring: settings -> engine -> service layer -> WSGI application."""
 from __future__ import annotations
 
-import logging
-
 from .adapters.db import make_engine
 from .config import Settings
 from .service_layer.services import BillingService, utcnow
 
 
-def configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # its plugin set-up lines are noise here
+def configure_logging(level: str | None = None) -> None:
+    """One format for every log line (kkmtransfer/logging.py): UTC, request id, user, operation;
+    KKMTRANSFER_LOG_FORMAT=json for log shippers, KKMTRANSFER_LOG_LEVEL (default INFO)."""
+    from .logging import configure
+
+    configure(level)
 
 
 class SchemaError(RuntimeError):
@@ -58,6 +59,8 @@ def create_wsgi_app(settings: Settings | None = None, engine=None, clock=utcnow,
     database answers at the schema revision this version needs (checked lazily, so no restart is needed)."""
     from .soap.http import KKMTransferApp
 
+    from .logging import LogContext
+
     settings = settings or Settings.from_env()
     billing = create_billing(settings, engine or web_engine(settings), clock)
-    return KKMTransferApp(billing, billing.settings, check_schema=check_schema)
+    return LogContext(KKMTransferApp(billing, billing.settings, check_schema=check_schema))

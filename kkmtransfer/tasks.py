@@ -10,6 +10,8 @@ from datetime import date, datetime, timezone
 
 from celery import Celery
 
+from .domain import errors
+
 log = logging.getLogger(__name__)
 
 app = Celery("kkmtransfer")
@@ -37,8 +39,13 @@ class ExpectedError(Exception):
     """A task refused for a reason an operator can act on (logged as one line, no traceback)."""
 
 
+# Expected errors fail the task and reach its result, but the worker logs them in one line, without
+# "raised unexpected" and a traceback (Celery's Task.throws).
+EXPECTED = (ExpectedError, errors.DomainError, ValueError, TypeError)
+
+
 @app.task(name="kkmtransfer.nightly_regulation", bind=True, max_retries=BUSY_MAX_RETRIES,
-          throws=(ExpectedError,))
+          throws=EXPECTED)
 def nightly_regulation(self, day: str | None = None) -> list[dict]:
     """Run the nightly regulation up to ``day`` (ISO date; default today in the business zone). Another
     run holding a document's lease (a killed worker's, until it lapses, or a live one): tried again later."""
@@ -71,7 +78,7 @@ def nightly_regulation(self, day: str | None = None) -> list[dict]:
             for r in reports]
 
 
-@app.task(name="kkmtransfer.import_inbox")
+@app.task(name="kkmtransfer.import_inbox", throws=EXPECTED)
 def import_inbox() -> list[dict]:
     """Import the journal files waiting in KKMTRANSFER_INBOX_DIR (beat: every minute)."""
     from .service_layer.inbox import process_inbox

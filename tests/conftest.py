@@ -183,9 +183,9 @@ def gunicorn(database_url, tmp_path_factory):
     deadline = time.monotonic() + 30
     while True:
         try:
-            if requests.get(url + "?wsdl", timeout=5).status_code == 200:
+            if requests.get(url + "?wsdl", timeout=10).status_code == 200:
                 break
-        except requests.RequestException:
+        except requests.RequestException:  # a loaded machine may answer late
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()

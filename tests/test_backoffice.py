@@ -83,7 +83,8 @@ def test_a_credit_action_credits_each_card_once_and_respects_its_last_day(cards)
 def test_a_credit_action_killed_mid_way_and_run_again_credits_each_card_once(db, database_url):
     db.add_card_range(1, 1500, "M", 5, None)
     env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url)
-    command = [KKM, "actions", "credit", "--amount", "3.00", "--all-active", "--note", "crash", "--batch", "10"]
+    command = [KKM, "actions", "credit", "--amount", "3.00", "--all-active", "--note", "crash", "--batch", "10",
+               "--yes"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while count(db, operations) < 200:

@@ -91,6 +91,9 @@ users = Table(
     Column("password_hash", String(255), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("disabled", Boolean(), nullable=False, default=False),
+    # optional binding: the KKM codes (comma-separated) and/or the store this user may post for
+    Column("kkms", String(500)),
+    Column("store", String(64)),
 )
 
 cards = Table(
@@ -162,6 +165,7 @@ operations = Table(
     Column("note", String(500)),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("document_id", String(36), index=True),
+    Column("actor", String(255)),                        # the HTTP user, the journal file, the OS user
     Index("ix_operations_card_time", "card_number", "operation_time"),
 )
 
@@ -280,6 +284,19 @@ server_secret = Table(
     metadata,
     Column("id", Integer(), primary_key=True, autoincrement=False),
     Column("secret", String(64), nullable=False),
+)
+
+
+# Who changed what in the back office (and online, through operations.actor).
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False, index=True),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("object", String(255)),
+    Column("details", Text()),                           # JSON
 )
 
 

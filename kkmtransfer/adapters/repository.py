@@ -46,6 +46,9 @@ class Repository:
     def update_cards_between(self, first: str, last: str, **values) -> int:
         return self.conn.execute(update(cards).where(cards.c.number.between(first, last)).values(**values)).rowcount
 
+    def update_cards_where(self, condition, **values) -> int:
+        return self.conn.execute(update(cards).where(condition).values(**values)).rowcount
+
     @staticmethod
     def card_rules(row) -> CardRules:
         return CardRules(
@@ -83,6 +86,9 @@ class Repository:
         self.conn.execute(update(users).where(users.c.name == name)
                           .values(password_hash=password_hash, disabled=False))
         return False
+
+    def update_user(self, name: str, **values) -> int:
+        return self.conn.execute(update(users).where(users.c.name == name).values(**values)).rowcount
 
     def disable_user(self, name: str) -> int:
         return self.conn.execute(update(users).where(users.c.name == name).values(disabled=True)).rowcount

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from . import _billing, _progress, domain_errors, main
+from ..service_layer import audit
+from . import _billing, _progress, actor, domain_errors, main
 
 
 @main.group()
@@ -24,10 +25,14 @@ def billing_enable(start_date, opening_balances):
     the whole file (every bad line is listed)."""
     from ..service_layer.billing_admin import BillingAdmin, read_opening_balances
 
-    admin = BillingAdmin(_billing())
+    billing = _billing()
+    admin = BillingAdmin(billing)
     total = len(read_opening_balances(opening_balances))
     with _progress("cards", total) as advance:
         n = admin.enable(start_date.date(), opening_balances, advance)
+    # BillingAdmin takes no actor: the audit row follows the change in a transaction of its own
+    audit.record_now(billing.engine, actor(), "billing.enable", str(start_date.date()),
+                     file=opening_balances.name, cards=n)
     click.echo(f"billing enabled from {start_date.date()}: {n} opening balance(s) written")
 
 
@@ -45,5 +50,7 @@ def billing_disable(confirmed):
         typed = click.prompt(f"Type {CONFIRMATION!r} to go on", default="", show_default=False, err=True)
         if typed.strip() != CONFIRMATION:
             raise click.ClickException("not confirmed: nothing deleted")
-    removed = BillingAdmin(_billing()).disable()
+    billing = _billing()
+    removed = BillingAdmin(billing).disable()
+    audit.record_now(billing.engine, actor(), "billing.disable", None, **removed)
     click.echo("deleted: " + ", ".join(f"{n} {table}" for table, n in removed.items()))

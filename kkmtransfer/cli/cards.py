@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..domain.model import CardStatus
-from . import _billing, domain_errors, main
+from . import _billing, actor, confirm_many, domain_errors, main
 
 
 @main.group()
@@ -21,7 +21,7 @@ def cards():
 @domain_errors
 def cards_add_range(first, last, prefix, width, holder):
     """Create the cards PREFIX+N for N from --from to --to (group input). Existing ones are left alone."""
-    result = _billing().add_card_range(first, last, prefix, width, holder)
+    result = _billing().add_card_range(first, last, prefix, width, holder, actor=actor())
     click.echo(f"{len(result.created)} cards created, {len(result.skipped)} already existed")
     if result.created:
         click.echo(f"first {result.created[0]}, last {result.created[-1]}")
@@ -55,7 +55,7 @@ def format_card(view) -> str:
 @domain_errors
 def cards_block(number):
     """Block a card: it can still be read, but not used in receipts."""
-    _billing().set_card_status(number, CardStatus.BLOCKED)
+    _billing().set_card_status(number, CardStatus.BLOCKED, actor())
     click.echo(f"card {number} blocked")
 
 
@@ -64,7 +64,7 @@ def cards_block(number):
 @domain_errors
 def cards_unblock(number):
     """Unblock a card."""
-    _billing().set_card_status(number, CardStatus.ACTIVE)
+    _billing().set_card_status(number, CardStatus.ACTIVE, actor())
     click.echo(f"card {number} active")
 
 
@@ -74,7 +74,7 @@ def cards_unblock(number):
 @domain_errors
 def cards_set_phone(number, phone):
     """Set the holder's phone (any common notation; stored as 10 digits). Use '' to clear it."""
-    digits = _billing().set_card_phone(number, phone or None)
+    digits = _billing().set_card_phone(number, phone or None, actor())
     click.echo(f"card {number} phone {digits or '(none)'}")
 
 
@@ -84,13 +84,13 @@ def cards_set_phone(number, phone):
 @domain_errors
 def cards_set_holder(number, holder):
     """Set the holder's display name. Use '' to clear it."""
-    _billing().set_card_holder(number, holder or None)
+    _billing().set_card_holder(number, holder or None, actor())
     click.echo(f"card {number} holder {holder or '(none)'}")
 
 
 @cards.command("set-rule")
 @click.argument("number", required=False)
-@click.option("--from", "first", help="First card number of a range (compared as text: same-length numbers).")
+@click.option("--from", "first", help="First card number of a range (digit strings compare as numbers).")
 @click.option("--to", "last", help="Last card number of the range (inclusive).")
 @click.option("--accumulation-delay-days", type=click.IntRange(min=0),
               help="Accumulation counts this many calendar days after the receipt's day.")
@@ -100,12 +100,26 @@ def cards_set_holder(number, holder):
               help="Receipt counts count this many calendar days after the receipt's day.")
 @click.option("--count-lifetime-days", type=click.IntRange(min=0),
               help="Receipt counts burn after this many days of life (0: never).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@click.option("--dry-run", is_flag=True, help="Show how many cards would change, change nothing.")
 @domain_errors
-def cards_set_rule(number, first, last, **rules):
+def cards_set_rule(number, first, last, yes, dry_run, **rules):
     """Set the deferral and lifetime of accumulation and receipt count for card NUMBER, or for every card
     from --from to --to (group processing). Options not given stay as they are. The rule applies to
-    receipts registered from now on."""
+    receipts registered from now on. A range is shown first and asked for (--yes for scripts)."""
     if bool(number) == bool(first or last) or (first is None) != (last is None):
-        raise click.UsageError("give either NUMBER or both --from and --to")
-    changed = _billing().set_card_rules(number or first, None if number else last, **rules)
+        raise click.ClickException("give either NUMBER or both --from and --to")
+    billing = _billing()
+    given = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in rules.items() if v is not None)
+    if not number:
+        count = billing.set_card_rules(first, last, dry_run=True, **rules)
+        if count == 0:
+            raise click.ClickException(f"no card numbered {first} .. {last}: nothing changed")
+        if not confirm_many(f"set {given} on {count} card(s) numbered {first} .. {last}", yes, dry_run):
+            return
+    elif dry_run:
+        billing.set_card_rules(number, dry_run=True, **rules)
+        click.echo(f"dry run: set {given} on card {number}")
+        return
+    changed = billing.set_card_rules(number or first, None if number else last, actor(), **rules)
     click.echo(f"rules set on {changed} card(s)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from . import _safe_url, _settings, main
+from . import _existing_database, _safe_url, _settings, main
 
 
 @main.group()
@@ -36,6 +36,7 @@ def db_current():
     from ..adapters.migrate import current_revision, head_revision
 
     settings = _settings()
+    _existing_database(settings.database_url)
     engine = make_engine(settings.database_url)
     click.echo(f"current: {current_revision(engine) or '(empty database)'}")
     click.echo(f"head:    {head_revision(settings.database_url)}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from . import _billing, domain_errors, main
+from . import _billing, domain_errors, main, output_path
 
 
 @main.group()
@@ -23,6 +23,7 @@ def export_balances(out, cards_file):
     registers working pseudo-online (docs/offline-format.md)."""
     from ..service_layer.billing_admin import BillingAdmin
 
+    output_path(out)
     numbers = cards_file.read_text(encoding="utf-8-sig").splitlines() if cards_file else None
     n = BillingAdmin(_billing()).export(out, numbers)
     click.echo(f"{n} card(s) written to {out}")

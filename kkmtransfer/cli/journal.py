@@ -20,6 +20,9 @@ def _summary_lines(summary) -> list[str]:
     return [line + (f" ({reasons})" if reasons else "")]
 
 
+REJECTED_EXIT = 3
+
+
 @journal.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 10000),
@@ -27,7 +30,8 @@ def _summary_lines(summary) -> list[str]:
 @domain_errors
 def journal_import(files, batch):
     """Load journal FILES. Each row is applied exactly once, whatever was applied before (online or from
-    other files); rows that cannot be applied are kept as rejects (see `journal rejects`)."""
+    other files); rows that cannot be applied are kept as rejects (see `journal rejects`). Exit status:
+    0 every row applied, 1 a file could not be read, 3 rows were rejected (the others are applied)."""
     from ..adapters.journal_file import JournalFileError
     from ..service_layer.journal import ImportSummary, JournalImport
 
@@ -52,6 +56,10 @@ def journal_import(files, batch):
         click.echo(_summary_lines(total)[0])
     if failed:
         raise click.ClickException(f"{failed} file(s) could not be read")
+    if total.rejected:
+        click.echo(f"{total.rejected} row(s) rejected: see `kkmtransfer journal rejects`, then "
+                   "`kkmtransfer journal retry` once the cause is fixed", err=True)
+        click.get_current_context().exit(REJECTED_EXIT)
 
 
 @journal.command("rejects")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from . import _billing, domain_errors, main
+from . import _billing, actor, domain_errors, main
 
 
 @main.group()
@@ -29,7 +29,7 @@ def promotions_add(code, name, delay_days, lifetime_days, until, valid_from, val
     if lifetime_days and until:
         raise click.UsageError("--lifetime-days and --until exclude each other")
     _billing().add_promotion(code, name, delay_days, lifetime_days, until and until.date(),
-                             valid_from and valid_from.date(), valid_to and valid_to.date())
+                             valid_from and valid_from.date(), valid_to and valid_to.date(), actor())
     click.echo(f"promotion {code} created")
 
 
@@ -53,5 +53,5 @@ def promotions_list():
 @domain_errors
 def promotions_close(code):
     """Close promotion CODE: receipts after today can no longer name it (returns still can)."""
-    end = _billing().close_promotion(code)
+    end = _billing().close_promotion(code, actor())
     click.echo(f"promotion {code} closed; last day {end}")

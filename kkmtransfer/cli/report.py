@@ -5,12 +5,24 @@ from pathlib import Path
 
 import click
 
-from . import _billing, domain_errors, main
+from . import _billing, domain_errors, main, output_path
 
 
 @main.group()
 def report():
     """Reports: balances and turnovers, the operations journal, actions."""
+
+
+def _check(billing, card=None, first=None, last=None, kind=None) -> None:
+    """Refuse what would only print an empty table: an unknown card or kind, --from after --to."""
+    from ..domain.model import Kind
+
+    if first and last and last < first:
+        raise click.ClickException(f"--from {first:%Y-%m-%d} is after --to {last:%Y-%m-%d}")
+    if card is not None:
+        billing.card_info(card)  # CardNotFound: one line
+    if kind is not None and kind not in {k.value for k in Kind}:
+        raise click.ClickException(f"unknown kind {kind!r}: one of {', '.join(k.value for k in Kind)}")
 
 
 def _write_csv(path: Path, header: list[str], rows) -> int:
@@ -38,7 +50,10 @@ def report_balances(first, last, card, csv_file):
     turnovers is closing."""
     from ..service_layer.reports import TURNOVERS, Reports
 
-    result = Reports(_billing()).balances(first.date(), last.date(), card)
+    output_path(csv_file)
+    billing = _billing()
+    _check(billing, card, first, last)
+    result = Reports(billing).balances(first.date(), last.date(), card)
     header = ["card", "measure", "opening", *TURNOVERS, "closing"]
 
     def cells(line):
@@ -57,7 +72,7 @@ def report_balances(first, last, card, csv_file):
 @report.command("operations")
 @click.option("--card", help="Only this card.")
 @click.option("--kkm", help="Only this register.")
-@click.option("--kind", help="Sale, Return, Accrual, Expiry, Action, Zeroing, Annulment, InitialBalance.")
+@click.option("--kind", help="Sale, Return, Accrual, WriteOff, Expiry, Action, Zeroing, Annulment, InitialBalance.")
 @click.option("--source", type=click.Choice(["Online", "Offline", "Nightly", "BackOffice"]), help="Only this source.")
 @click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), help="First day (business zone).")
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
@@ -67,14 +82,17 @@ def report_operations(card, kkm, kind, source, first, last, limit, csv_file):
     """The journal of operations, oldest first, with what each moved (bonus, accumulation, receipts)."""
     from ..service_layer.reports import Reports
 
-    rows = Reports(_billing()).operations(card, kkm, kind, source, first and first.date(), last and last.date(),
+    output_path(csv_file)
+    billing = _billing()
+    _check(billing, card, first, last, kind)
+    rows = Reports(billing).operations(card, kkm, kind, source, first and first.date(), last and last.date(),
                                           limit)
     header = ["time", "card", "kind", "source", "kkm", "receipt", "bonus", "accumulation", "receipt_count",
-              "operation_id", "note"]
+              "operation_id", "note", "actor"]
 
     def cells(r):
         return [r["time"].isoformat(timespec="seconds"), r["card"], r["kind"], r["source"], r["kkm"], r["receipt"],
-                r["bonus"], r["accumulation"], r["receipt_count"], r["id"], r["note"]]
+                r["bonus"], r["accumulation"], r["receipt_count"], r["id"], r["note"], r["actor"]]
 
     if csv_file:
         click.echo(f"{_write_csv(csv_file, header, map(cells, rows))} operation(s) written to {csv_file}")
@@ -97,3 +115,27 @@ def report_actions():
             if a["kind"] == "credit" else f"zero, inactive since {a['inactive_since']}"
         click.echo(f"{a['id']}\t{a['created_at']:%Y-%m-%d %H:%M}Z\t{a['status']}\t{a['cards']} card(s)\t{what}"
                    f"\t{a['note'] or ''}")
+
+
+@report.command("audit")
+@click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), help="First day (business zone).")
+@click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
+@click.option("--actor", "who", help="Only what this actor did.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many.")
+@domain_errors
+def report_audit(first, last, who, limit):
+    """The audit trail of the back office, oldest first: when (UTC), who, what, on what, details.
+    Who made each receipt is in `report operations` (the register's user or the journal file)."""
+    import json
+
+    from ..service_layer import audit
+
+    billing = _billing()
+    _check(billing, first=first, last=last)
+    rows = audit.rows(billing.engine, first and first.date(), last and last.date(), who, billing.settings.tz,
+                      limit)
+    if not rows:
+        click.echo("no audit rows" + (" for these filters" if first or last or who else ""))
+    for r in rows:
+        details = json.dumps(r.details, ensure_ascii=False, sort_keys=True) if r.details else ""
+        click.echo(f"{r.at:%Y-%m-%d %H:%M:%S}Z\t{r.actor}\t{r.action}\t{r.object or '-'}\t{details}")

@@ -20,12 +20,13 @@ def serve(host, port, log_level):
     kkmtransfer.wsgi:application (see docs/operations.md).
     """
     from ..app import configure_logging
+    from ..logging import LogContext
     from ..soap.devserver import make_server
     from ..soap.http import KKMTransferApp
 
     configure_logging(log_level.upper())
     billing = _billing()
-    server = make_server(host, port, KKMTransferApp(billing, billing.settings))
+    server = make_server(host, port, LogContext(KKMTransferApp(billing, billing.settings)))
     real_port = server.server_address[1]
     click.echo(f"KKMTransfer on http://{host}:{real_port}/KKMTransfer (WSDL: ?wsdl); Ctrl+C stops", err=True)
     sys.stderr.flush()

@@ -27,6 +27,7 @@ from ..domain import errors
 from ..domain.ledger import CardLedger
 from ..domain.model import ZERO, CardStatus, Kind, Measure, Role, Source, money
 from ..domain.rules import day_start
+from .card_range import check_range, range_condition
 from .unit_of_work import UnitOfWork
 
 CREDIT, ZERO_KIND = "credit", "zero"
@@ -59,7 +60,7 @@ class CancelReport:
 
 @dataclass(frozen=True)
 class Selection:
-    """Which cards: a range of numbers (as text), a list, or every active card."""
+    """Which cards: a range of numbers (see card_range), a list, or every active card."""
 
     first: str | None = None
     last: str | None = None
@@ -72,6 +73,8 @@ class Selection:
             raise errors.ValidationError("choose the cards one way: --from and --to, --cards FILE or --all-active")
         if self.numbers is not None and not self.numbers:
             raise errors.ValidationError("the list of cards is empty")
+        if self.first is not None:
+            check_range(self.first, self.last)
 
     def key(self) -> str:
         if self.all_active:
@@ -86,7 +89,7 @@ class Selection:
             return cards.c.status == CardStatus.ACTIVE.value
         if self.numbers is not None:
             return cards.c.number.in_(bindparam("numbers", expanding=True))
-        return cards.c.number.between(self.first, self.last)
+        return range_condition(self.first, self.last)
 
 
 class Actions:

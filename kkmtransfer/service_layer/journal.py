@@ -111,7 +111,7 @@ class JournalImport:
                 select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
             for row in rows:
                 summary.rows += 1
-                outcome = self._apply_row(uow, row, now, savepoints)
+                outcome = self._apply_row(uow, row, now, savepoints, actor=file_name)
                 if isinstance(outcome, errors.DomainError):
                     summary.rejected += 1
                     summary.reasons[outcome.code] = summary.reasons.get(outcome.code, 0) + 1
@@ -130,14 +130,15 @@ class JournalImport:
             uow.commit()
         return summary
 
-    def _apply_row(self, uow, row: JournalRow, now, savepoint: bool = True):
+    def _apply_row(self, uow, row: JournalRow, now, savepoint: bool = True, actor: str | None = None):
         """'Applied' / 'AlreadyApplied', or the DomainError that refused the row (nothing of it written)."""
         if row.error is not None:
             return row.error
         for attempt in (1, 2):
             sp = uow.conn.begin_nested() if savepoint else None
             try:
-                result = self.billing.apply(uow.repo, row.request, Source.OFFLINE, now, with_view=False)
+                result = self.billing.apply(uow.repo, row.request, Source.OFFLINE, now, with_view=False,
+                                           actor=actor)
                 if row.journal_key is not None:
                     self._remember_key(uow, row, now, new=result.status != ALREADY_APPLIED)
                 if sp is not None:
@@ -246,7 +247,7 @@ class JournalImport:
                 uow.keys, uow.key_set = [], self._known_keys(uow.conn, rows)
                 for rej, row in zip(batch, rows):
                     summary.rows += 1
-                    outcome = self._apply_row(uow, row, now)
+                    outcome = self._apply_row(uow, row, now, actor=rej["file_name"])
                     if isinstance(outcome, errors.DomainError):
                         summary.rejected += 1
                         summary.reasons[outcome.code] = summary.reasons.get(outcome.code, 0) + 1

@@ -112,12 +112,12 @@ class Reports:
 
         stmt = (select(operations.c.id, operations.c.operation_time, operations.c.card_number, operations.c.kind,
                        operations.c.source, operations.c.kkm, operations.c.receipt_number, operations.c.note,
-                       net(Measure.BONUS).label("bonus"), net(Measure.ACCUMULATION).label("acc"),
+                       operations.c.actor, net(Measure.BONUS).label("bonus"), net(Measure.ACCUMULATION).label("acc"),
                        net(Measure.RECEIPT_COUNT).label("cnt"))
                 .select_from(operations.outerjoin(entries, entries.c.operation_id == operations.c.id))
                 .group_by(operations.c.id, operations.c.operation_time, operations.c.card_number,
                           operations.c.kind, operations.c.source, operations.c.kkm, operations.c.receipt_number,
-                          operations.c.note)
+                          operations.c.note, operations.c.actor)
                 .order_by(operations.c.operation_time, operations.c.id))
         if card:
             stmt = stmt.where(operations.c.card_number == card)
@@ -136,7 +136,8 @@ class Reports:
             for r in uow.conn.execute(stmt):
                 yield dict(id=r.id, time=r.operation_time.astimezone(self.tz), card=r.card_number, kind=r.kind,
                            source=r.source, kkm=r.kkm or "", receipt=r.receipt_number or "", bonus=_cents(r.bonus),
-                           accumulation=_cents(r.acc), receipt_count=int(r.cnt) // 100, note=r.note or "")
+                           accumulation=_cents(r.acc), receipt_count=int(r.cnt) // 100, note=r.note or "",
+                           actor=r.actor or "")
 
     # -- verification --------------------------------------------------------------------------
     def verify(self) -> list[str]:

@@ -28,7 +28,7 @@ from ..domain.model import (
     optional_text,
     required_text,
 )
-from . import passwords
+from . import audit, passwords
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,15 @@ class BillingService:
                 f"OperationTime: at most {self.settings.max_future_hours} h ahead of the server's clock "
                 f"({now.isoformat(timespec='seconds')}), got {request.operation_time.isoformat()}")
 
-    def register_operation(self, request: OperationRequest, source: Source = Source.ONLINE) -> ApplyResult:
+    def register_operation(self, request: OperationRequest, source: Source = Source.ONLINE,
+                           actor: str | None = None) -> ApplyResult:
         """Apply a Sale or a Return exactly once. Retries once when a concurrent writer inserted the
-        same OperationId first (then the answer is AlreadyApplied or OperationConflict)."""
+        same OperationId first (then the answer is AlreadyApplied or OperationConflict). ``actor`` (the
+        HTTP user) is stored with the operation; a user bound to KKM codes or a store may post only
+        for those."""
         for attempt in (1, 2):
             try:
-                return self._register(request, source)
+                return self._register(request, source, actor)
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -141,14 +144,30 @@ class BillingService:
         view = self._view(repo, repo.get_card(existing["card_number"]), now) if with_view else None
         return ApplyResult(request.operation_id, ALREADY_APPLIED, view)
 
-    def _register(self, request: OperationRequest, source: Source) -> ApplyResult:
+    def _register(self, request: OperationRequest, source: Source, actor: str | None = None) -> ApplyResult:
         with UnitOfWork(self.engine, write=True) as uow:
-            result = self.apply(uow.repo, request, source, self.clock())
+            if actor is not None:
+                self._check_scope(uow.repo.get_user(actor), request)
+            result = self.apply(uow.repo, request, source, self.clock(), actor=actor)
             uow.commit()
         return result
 
+    @staticmethod
+    def _check_scope(user, request: OperationRequest) -> None:
+        """A user bound to KKM codes or a store posts only for them (unbound users: any)."""
+        if user is None:
+            return
+        kkms = [k for k in (user["kkms"] or "").split(",") if k]
+        if kkms and request.kkm not in kkms:
+            raise errors.ValidationError(
+                f"KKM {request.kkm!r} is not one of the registers user {user['name']} may post for "
+                f"({', '.join(kkms)})")
+        if user["store"] and request.store != user["store"]:
+            raise errors.ValidationError(
+                f"Store {request.store!r} is not the store user {user['name']} may post for ({user['store']})")
+
     def apply(self, repo: Repository, request: OperationRequest, source: Source, now: datetime,
-              *, with_view: bool = True) -> ApplyResult:
+              *, with_view: bool = True, actor: str | None = None) -> ApplyResult:
         """Apply one operation inside the caller's transaction (the journal import applies many in
         one, each under a savepoint). ``with_view=False`` skips computing the card's balances."""
         existing = repo.get_operation(request.operation_id)
@@ -189,6 +208,7 @@ class BillingService:
             bonus_spent=request.bonus_spent, accumulation_delta=request.accumulation_delta,
             receipt_count_delta=request.receipt_count_delta, promotion_code=request.promotion_code,
             original_operation_id=request.original_operation_id, created_at=now,
+            **({"actor": actor[:255]} if actor else {}),
         )
         repo.save_moves(card["number"], request.operation_id, ledger.moves, now)
         view = self._view(repo, card, now, ledger) if with_view else None
@@ -295,7 +315,7 @@ class BillingService:
 
     # -- back office: cards ------------------------------------------------------------------
     def add_card_range(self, first: int, last: int, prefix: str = "", width: int = 0,
-                       holder: str | None = None) -> CardRange:
+                       holder: str | None = None, actor: str | None = None) -> CardRange:
         if first < 0 or last < first:
             raise errors.ValidationError("--from must be >= 0 and --to must not be below --from")
         if last - first >= 1_000_000:
@@ -313,32 +333,42 @@ class BillingService:
                                         accumulation_lifetime_days=st.accumulation_lifetime_days,
                                         count_delay_days=st.count_delay_days,
                                         count_lifetime_days=st.count_lifetime_days) for n in new])
+            if new:
+                audit.record(uow.conn, actor, "cards.add-range", f"{new[0]}..{new[-1]}", created=len(new),
+                             holder=holder)
             uow.commit()
         return CardRange(created=new, skipped=sorted(existing))
 
-    def set_card_status(self, number: str, status: CardStatus) -> None:
+    def set_card_status(self, number: str, status: CardStatus, actor: str | None = None) -> None:
         with UnitOfWork(self.engine, write=True) as uow:
             if not uow.repo.update_card(number, status=status.value):
                 raise errors.CardNotFound(f"card {number} not found")
+            audit.record(uow.conn, actor, "cards.block" if status is CardStatus.BLOCKED else "cards.unblock",
+                         number)
             uow.commit()
 
-    def set_card_phone(self, number: str, phone: str | None) -> str | None:
+    def set_card_phone(self, number: str, phone: str | None, actor: str | None = None) -> str | None:
         digits = normalise_phone(phone) if phone else None
         with UnitOfWork(self.engine, write=True) as uow:
             if not uow.repo.update_card(number, phone=digits):
                 raise errors.CardNotFound(f"card {number} not found")
+            audit.record(uow.conn, actor, "cards.set-phone", number, phone=digits or "")
             uow.commit()
         return digits
 
-    def set_card_holder(self, number: str, holder: str | None) -> None:
+    def set_card_holder(self, number: str, holder: str | None, actor: str | None = None) -> None:
         with UnitOfWork(self.engine, write=True) as uow:
             if not uow.repo.update_card(number, holder=holder):
                 raise errors.CardNotFound(f"card {number} not found")
+            audit.record(uow.conn, actor, "cards.set-holder", number, holder=holder or "")
             uow.commit()
 
-    def set_card_rules(self, first: str, last: str | None = None, **rules) -> int:
-        """Set accumulation/count life rules on one card or on the cards numbered first..last (as text).
-        Only the rules given (not None) change; a lifetime of 0 means "never burns"."""
+    def set_card_rules(self, first: str, last: str | None = None, actor: str | None = None, *,
+                       dry_run: bool = False, **rules) -> int:
+        """Set accumulation/count life rules on one card or on the cards numbered first..last (numbers
+        compare as numbers, see card_range). Only the rules given (not None) change; a lifetime of 0
+        means "never burns". ``dry_run``: count the cards, change nothing."""
+        from .card_range import check_range, range_condition
         allowed = {"accumulation_delay_days", "accumulation_lifetime_days", "count_delay_days",
                    "count_lifetime_days"}
         values = {k: v for k, v in rules.items() if v is not None}
@@ -349,21 +379,26 @@ class BillingService:
                 raise errors.ValidationError(f"{key.replace('_', '-')} must not be negative")
             if key.endswith("lifetime_days") and value == 0:
                 values[key] = None
+        if last is not None:
+            check_range(first, last)
         with UnitOfWork(self.engine, write=True) as uow:
             if last is None:
                 changed = uow.repo.update_card(first, **values)
                 if not changed:
                     raise errors.CardNotFound(f"card {first} not found")
             else:
-                if last < first:
-                    raise errors.ValidationError("--to must not be before --from")
-                changed = uow.repo.update_cards_between(first, last, **values)
+                changed = uow.repo.update_cards_where(range_condition(first, last), **values)
+            if dry_run:
+                return changed  # rolled back
+            audit.record(uow.conn, actor, "cards.set-rule", first if last is None else f"{first}..{last}",
+                         cards=changed, **values)
             uow.commit()
         return changed
 
     # -- back office: promotions ---------------------------------------------------------------
     def add_promotion(self, code: str, name: str, delay_days: int = 0, lifetime_days: int | None = None,
-                      until: date | None = None, valid_from: date | None = None, valid_to: date | None = None):
+                      until: date | None = None, valid_from: date | None = None, valid_to: date | None = None,
+                      actor: str | None = None):
         from ..domain.rules import LifeRule
 
         code = required_text(code, "promotion code", 64)
@@ -379,13 +414,15 @@ class BillingService:
             uow.repo.insert_promotion(code=code, name=name, delay_days=delay_days, lifetime_days=lifetime_days,
                                       until_date=until, valid_from=valid_from, valid_to=valid_to,
                                       created_at=self.clock())
+            audit.record(uow.conn, actor, "promotions.add", code, name=name, delay_days=delay_days,
+                         lifetime_days=lifetime_days, until=until, valid_from=valid_from, valid_to=valid_to)
             uow.commit()
 
     def list_promotions(self):
         with UnitOfWork(self.engine) as uow:
             return [dict(r) for r in uow.repo.promotion_rows()]
 
-    def close_promotion(self, code: str) -> date:
+    def close_promotion(self, code: str, actor: str | None = None) -> date:
         """End a promotion's validity today (business day): sales from tomorrow on cannot name it."""
         today = self.clock().astimezone(self.settings.tz).date()
         with UnitOfWork(self.engine, write=True) as uow:
@@ -394,26 +431,40 @@ class BillingService:
                 raise errors.ValidationError(f"unknown promotion {code}")
             end = min(promotion.valid_to, today) if promotion.valid_to else today
             uow.repo.update_promotion(code, valid_to=end, closed_at=self.clock())
+            audit.record(uow.conn, actor, "promotions.close", code, last_day=end)
             uow.commit()
         return end
 
     # -- back office: registers' users -------------------------------------------------------
-    def add_user(self, name: str, password: str) -> bool:
+    def add_user(self, name: str, password: str, actor: str | None = None, *, kkms: list[str] | None = None,
+                 store: str | None = None) -> bool:
+        """Create a user or set its password; ``kkms``/``store`` bind it to those registers ([] or ''
+        unbinds, None leaves the binding as it is)."""
         name = required_text(name, "user name", 64)
         if ":" in name:
             raise errors.ValidationError("a user name must not contain ':' (HTTP Basic cannot carry it)")
         if len(password) < MIN_PASSWORD_LENGTH:
             raise errors.ValidationError(f"a password must be at least {MIN_PASSWORD_LENGTH} characters long")
+        scope = {}
+        if kkms is not None:
+            kkms = [required_text(k.strip(), "KKM code", 64) for k in kkms if k.strip()]
+            scope["kkms"] = ",".join(dict.fromkeys(kkms)) or None
+        if store is not None:
+            scope["store"] = store.strip()[:64] or None
         hashed = passwords.hash_password(password)
         with UnitOfWork(self.engine, write=True) as uow:
             created = uow.repo.upsert_user(name, hashed, self.clock())
+            if scope:
+                uow.repo.update_user(name, **scope)
+            audit.record(uow.conn, actor, "users.add" if created else "users.password", name, **scope)
             uow.commit()
         return created
 
-    def disable_user(self, name: str) -> None:
+    def disable_user(self, name: str, actor: str | None = None) -> None:
         with UnitOfWork(self.engine, write=True) as uow:
             if not uow.repo.disable_user(name):
                 raise errors.ValidationError(f"no user {name}")
+            audit.record(uow.conn, actor, "users.disable", name)
             uow.commit()
 
     def list_users(self):

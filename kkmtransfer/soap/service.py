@@ -196,7 +196,7 @@ class KKMTransfer(ServiceBase):
         def run():
             request = operation_request(Operation)
             svc.check_plausible_time(request)
-            result: ApplyResult = svc.register_operation(request)
+            result: ApplyResult = svc.register_operation(request, actor=ctx.transport.req_env.get("REMOTE_USER"))
             return OperationResult(OperationId=result.operation_id, Status=result.status,
                                    Card=card_info(result.card))
 
