@@ -180,3 +180,29 @@ def test_reports_and_ledger_verify_from_the_command_line(db, database_url, tmp_p
     assert proc.returncode == 1 and "entries sum to 4.00" in proc.stdout and "1 difference" in proc.stderr
     with db.engine.begin() as conn:
         conn.execute(update(lots).where(lots.c.card_number == "Q2", lots.c.measure == "bonus").values(remaining=4))
+
+
+def test_a_reject_is_dismissed_by_hand_with_its_reason(db, database_url, tmp_path):
+    db.add_card_range(1, 1, "R", 0, None)
+    journal = tmp_path / "kkm9.csv"
+    journal.write_text(
+        "KKM;TransactionNumber;TransactionTime;Kind;CardNumber;ReceiptNumber;ReceiptSum;BonusAccrued;BonusSpent;"
+        "AccumulationDelta;ReceiptCountDelta;OperationId;PromotionCode;OriginalOperationId\n"
+        "KKM-9;1;2026-11-20T10:00:00+03:00;Sale;R1;1;100.00;5.00;0.00;;;;;\n"
+        "KKM-9;2;2026-11-20T10:05:00+03:00;Sale;NO-SUCH-CARD;2;50.00;0.00;0.00;;;;;\n", encoding="utf-8")
+    proc = cli(database_url, "journal", "import", str(journal), check=False)
+    assert proc.returncode == 3, proc.stderr
+    listed = cli(database_url, "journal", "rejects").stdout
+    reject_id = listed.split("\t", 1)[0].lstrip("#")
+    assert "NO-SUCH-CARD" in listed and reject_id.isdigit()
+
+    empty = cli(database_url, "journal", "rejects", "dismiss", reject_id, "--reason", "  ", check=False)
+    assert empty.returncode == 1 and len(empty.stderr.strip().splitlines()) == 1
+    out = cli(database_url, "--actor", "ivanova", "journal", "rejects", "dismiss", reject_id,
+              "--reason", "card never issued").stdout
+    assert "dismissed: card never issued (by ivanova)" in out
+    assert "no pending rejects" in cli(database_url, "journal", "rejects").stdout
+    assert "dismissed" in cli(database_url, "journal", "rejects", "--all").stdout
+    again = cli(database_url, "journal", "rejects", "dismiss", reject_id, "--reason", "twice", check=False)
+    assert again.returncode == 1 and "not pending" in again.stderr
+    assert "journal.dismiss" in cli(database_url, "report", "audit", "--actor", "ivanova").stdout

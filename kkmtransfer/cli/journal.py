@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from . import _billing, _progress, domain_errors, main
+from ..service_layer import audit
+from . import _billing, _progress, actor, domain_errors, main
 
 
 @main.group()
@@ -62,19 +63,38 @@ def journal_import(files, batch):
         click.get_current_context().exit(REJECTED_EXIT)
 
 
-@journal.command("rejects")
+@journal.group("rejects", invoke_without_command=True)
 @click.option("--all", "show_all", is_flag=True, help="Also list rejects resolved since.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many.")
-def journal_rejects(show_all, limit):
-    """List rows of journals that could not be applied: file, line, reason and the row itself."""
+@click.pass_context
+def journal_rejects(ctx, show_all, limit):
+    """List rows of journals that could not be applied: file, line, reason and the row itself.
+    `journal rejects dismiss ID --reason TEXT` closes one by hand."""
     from ..service_layer.journal import PENDING, JournalImport
 
+    if ctx.invoked_subcommand is not None:
+        return
     rows = JournalImport(_billing()).rejects(None if show_all else PENDING, limit)
     if not rows:
         click.echo("no rejects" if show_all else "no pending rejects")
     for r in rows:
         click.echo(f"#{r['id']}\t{r['status']}\t{r['file_name']}:{r['line_no']}\t{r['fault_code']}: {r['reason']}"
                    f"\t(tries {r['attempts']})\n\t{r['raw_row']}")
+
+
+@journal_rejects.command("dismiss")
+@click.argument("reject_id", metavar="ID", type=click.IntRange(min=1))
+@click.option("--reason", required=True, help="Why it is closed by hand (kept with the reject and audited).")
+@domain_errors
+def journal_rejects_dismiss(reject_id, reason):
+    """Close a pending reject by hand: it stays listed (--all) as dismissed with the reason, and is never
+    retried nor reopened when the same row comes again."""
+    from ..service_layer.journal import JournalImport
+
+    who, billing = actor(), _billing()
+    row = JournalImport(billing).dismiss(reject_id, reason, actor=who)
+    audit.record_now(billing.engine, who, "journal.dismiss", str(reject_id), reason=reason)
+    click.echo(f"reject #{row['id']} ({row['file_name']}:{row['line_no']}) dismissed: {row['note']}")
 
 
 @journal.command("retry")
