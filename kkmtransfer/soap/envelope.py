@@ -17,6 +17,7 @@ SOAP11_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 SOAP12_ENV = "http://www.w3.org/2003/05/soap-envelope"
 NS = "urn:kkmtransfer:1"
 ACTOR_NEXT = "http://schemas.xmlsoap.org/soap/actor/next"
+XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 # characters XML 1.0 cannot carry at all
 _NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -105,6 +106,9 @@ def inspect_envelope(body: bytes, max_elements: int, max_attributes: int) -> Non
         names = ", ".join(_local(op.tag)[:64] for op in ops[:5])
         raise SoapFault("Client.ValidationError",
                         f"Body: exactly one operation element allowed, got {len(ops)} ({names})")
+    if ops[0].get(f"{{{XSI}}}nil") is not None:
+        raise SoapFault("Client.ValidationError",
+                        f"{_local(ops[0].tag)[:64]}: the operation element must not be nil (xsi:nil)")
     for el in ops[0].iter():
         if _ns(el.tag) != NS:
             raise SoapFault("Client.ValidationError",
