@@ -633,6 +633,6 @@ def test_the_wsgi_module_imports_while_the_database_is_down():
     import sys
 
     env = dict(os.environ, KKMTRANSFER_DATABASE_URL="postgresql+psycopg2://postgres@127.0.0.1:1/none")
-    proc = subprocess.run([sys.executable, "-c", "import kkmtransfer.wsgi as w; print(type(w.application).__name__)"],
+    proc = subprocess.run([sys.executable, "-c", "import kkmtransfer.wsgi as w; print(type(w.application.app).__name__)"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "KKMTransferApp" in proc.stdout, proc.stderr[-2000:]
