@@ -20,6 +20,10 @@
 | KKMTRANSFER_AUTH_WINDOW_SECONDS | 300: failures older than this are forgotten |
 | KKMTRANSFER_AUTH_MAX_DELAY_SECONDS | 300: the longest refusal (1 s, 2 s, 4 s … after the limit) |
 | KKMTRANSFER_TRUSTED_PROXIES     | 127.0.0.1,::1: from these, the client address is the last X-Forwarded-For entry |
+| KKMTRANSFER_SPEND_CODE          | off / all / per-card: which cards need an SMS code to spend bonuses |
+| KKMTRANSFER_SPEND_CODE_LENGTH / _TTL_SECONDS / _SECRET | 6 digits / 300 s / empty: a key kept in the database |
+| KKMTRANSFER_SMS_PROVIDER        | stream-telecom / console; default: stream-telecom when _SMS_LOGIN is set |
+| KKMTRANSFER_SMS_URL / _LOGIN / _PASSWORD / _SENDER / _TEXT | the Stream Telecom HTTPS GET gateway |
 
 Celery's own settings (KKMTRANSFER_BROKER_URL, KKMTRANSFER_RESULT_BACKEND, KKMTRANSFER_INBOX_EVERY_SECONDS)
 are read by the top-level celeryconfig.py.
@@ -33,6 +37,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DEFAULT_SQLITE_PATH = Path("var") / "kkmtransfer.sqlite3"
+DEFAULT_SMS_URL = "https://gateway.api.sc/get/"
+DEFAULT_SMS_TEXT = "Код для списания бонусов: {code}. Никому не сообщайте его, кроме кассира."
+SMS_PROVIDERS = ("stream-telecom", "console")
 
 
 class ConfigError(ValueError):
@@ -62,6 +69,17 @@ class Settings:
     auth_window_seconds: int = 300
     auth_max_delay_seconds: int = 300
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    # SMS codes before spending bonuses (see kkmtransfer.domain.spend_codes)
+    spend_code: str = "off"
+    spend_code_length: int = 6
+    spend_code_ttl_seconds: int = 300
+    spend_code_secret: str | None = field(default=None, repr=False)
+    sms_provider: str | None = None
+    sms_url: str = DEFAULT_SMS_URL
+    sms_login: str | None = None
+    sms_password: str | None = field(default=None, repr=False)
+    sms_sender: str | None = None
+    sms_text: str = DEFAULT_SMS_TEXT
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -86,6 +104,27 @@ class Settings:
             if delay < 0 or (life is not None and life <= 0):
                 raise ConfigError(f"KKMTRANSFER_{name.upper()}_DELAY_DAYS must be >= 0 and "
                                   f"KKMTRANSFER_{name.upper()}_LIFETIME_DAYS > 0 (or empty)")
+
+        if self.spend_code not in ("off", "all", "per-card"):
+            raise ConfigError(f"KKMTRANSFER_SPEND_CODE must be off, all or per-card, not {self.spend_code!r}")
+        if not 4 <= self.spend_code_length <= 6:
+            raise ConfigError("KKMTRANSFER_SPEND_CODE_LENGTH must be 4, 5 or 6 digits")
+        if self.spend_code_ttl_seconds <= 0:
+            raise ConfigError("KKMTRANSFER_SPEND_CODE_TTL_SECONDS must be positive")
+        if self.sms_provider is not None and self.sms_provider not in SMS_PROVIDERS:
+            raise ConfigError(f"KKMTRANSFER_SMS_PROVIDER must be one of {', '.join(SMS_PROVIDERS)}, "
+                              f"not {self.sms_provider!r}")
+        if "{code}" not in self.sms_text:
+            raise ConfigError("KKMTRANSFER_SMS_TEXT must contain {code}")
+        if self.effective_sms_provider == "stream-telecom" and not (self.sms_login and self.sms_password
+                                                                    and self.sms_sender):
+            raise ConfigError("the stream-telecom SMS provider needs KKMTRANSFER_SMS_LOGIN, "
+                              "KKMTRANSFER_SMS_PASSWORD and KKMTRANSFER_SMS_SENDER")
+
+    @property
+    def effective_sms_provider(self) -> str:
+        """stream-telecom when a login is configured, console otherwise; KKMTRANSFER_SMS_PROVIDER overrides."""
+        return self.sms_provider or ("stream-telecom" if self.sms_login else "console")
 
     def rule(self, name: str):
         """The configured default LifeRule for 'bonus', 'accumulation' or 'count'."""
@@ -131,4 +170,14 @@ class Settings:
             auth_max_delay_seconds=whole("KKMTRANSFER_AUTH_MAX_DELAY_SECONDS", 300),
             trusted_proxies=tuple(a.strip() for a in (env.get("KKMTRANSFER_TRUSTED_PROXIES")
                                                       or "127.0.0.1,::1").split(",") if a.strip()),
+            spend_code=(env.get("KKMTRANSFER_SPEND_CODE") or "off").strip().lower(),
+            spend_code_length=whole("KKMTRANSFER_SPEND_CODE_LENGTH", 6),
+            spend_code_ttl_seconds=whole("KKMTRANSFER_SPEND_CODE_TTL_SECONDS", 300),
+            spend_code_secret=env.get("KKMTRANSFER_SPEND_CODE_SECRET") or None,
+            sms_provider=(env.get("KKMTRANSFER_SMS_PROVIDER") or "").strip().lower() or None,
+            sms_url=env.get("KKMTRANSFER_SMS_URL") or DEFAULT_SMS_URL,
+            sms_login=env.get("KKMTRANSFER_SMS_LOGIN") or None,
+            sms_password=env.get("KKMTRANSFER_SMS_PASSWORD") or None,
+            sms_sender=env.get("KKMTRANSFER_SMS_SENDER") or None,
+            sms_text=env.get("KKMTRANSFER_SMS_TEXT") or DEFAULT_SMS_TEXT,
         )
