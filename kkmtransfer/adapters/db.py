@@ -109,6 +109,8 @@ cards = Table(
     Column("accumulation_lifetime_days", Integer()),
     Column("count_delay_days", Integer(), nullable=False, server_default="0"),
     Column("count_lifetime_days", Integer()),
+    # KKMTRANSFER_SPEND_CODE=per-card: this card needs an SMS code to spend bonuses online
+    Column("spend_code_required", Boolean(), nullable=False, server_default=text("false")),
 )
 
 promotions = Table(
@@ -284,6 +286,43 @@ server_secret = Table(
     metadata,
     Column("id", Integer(), primary_key=True, autoincrement=False),
     Column("secret", String(64), nullable=False),
+)
+
+# SMS codes before spending bonuses: only the keyed hash of a code is kept (kkmtransfer.domain.spend_codes).
+spend_codes = Table(
+    "spend_codes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("card_number", String(32), ForeignKey("cards.number"), nullable=False),
+    Column("code_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),      # pending/active/used/locked/superseded/failed/uncertain
+    Column("tries", Integer(), nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("kkm", String(64)),
+    Column("requested_by", String(64)),                # the HTTP user of the register
+    Column("message_id", String(64)),                  # the gateway's id of the SMS
+    Column("used_operation_id", String(36)),
+    Column("closed_at", UTCDateTime()),
+    Index("ix_spend_codes_card", "card_number", "id"),
+)
+
+# Every request for a code and every check of one: who, which register, which card, what came of it.
+spend_code_events = Table(
+    "spend_code_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("action", String(16), nullable=False),      # request / check
+    Column("outcome", String(32), nullable=False),
+    Column("card_number", String(32), nullable=False),
+    Column("code_id", BigInteger()),
+    Column("who", String(64)),
+    Column("kkm", String(64)),
+    Column("operation_id", String(36)),
+    Column("detail", String(500)),
+    Index("ix_spend_code_events_at", "at"),
+    Index("ix_spend_code_events_card", "card_number", "at"),
 )
 
 

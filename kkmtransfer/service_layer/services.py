@@ -56,6 +56,16 @@ class BillingService:
         self.engine = engine
         self.settings = settings
         self.clock = clock
+        self._spend_codes = None
+
+    @property
+    def spend_codes(self):
+        """SMS codes before spending (kkmtransfer.service_layer.spend_codes), made on first use."""
+        if self._spend_codes is None:
+            from .spend_codes import SpendCodeService
+
+            self._spend_codes = SpendCodeService(self.engine, self.settings, self.clock)
+        return self._spend_codes
 
     # -- reading -----------------------------------------------------------------------------
     def _view(self, repo: Repository, card_row, now: datetime, ledger: CardLedger | None = None) -> CardView:
@@ -119,14 +129,14 @@ class BillingService:
                 f"({now.isoformat(timespec='seconds')}), got {request.operation_time.isoformat()}")
 
     def register_operation(self, request: OperationRequest, source: Source = Source.ONLINE,
-                           actor: str | None = None) -> ApplyResult:
+                           actor: str | None = None, *, spend_code: str | None = None) -> ApplyResult:
         """Apply a Sale or a Return exactly once. Retries once when a concurrent writer inserted the
         same OperationId first (then the answer is AlreadyApplied or OperationConflict). ``actor`` (the
         HTTP user) is stored with the operation; a user bound to KKM codes or a store may post only
-        for those."""
+        for those. ``spend_code``: the SMS code for a spend (KKMTRANSFER_SPEND_CODE)."""
         for attempt in (1, 2):
             try:
-                return self._register(request, source, actor)
+                return self._register(request, source, actor, spend_code)
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -144,11 +154,19 @@ class BillingService:
         view = self._view(repo, repo.get_card(existing["card_number"]), now) if with_view else None
         return ApplyResult(request.operation_id, ALREADY_APPLIED, view)
 
-    def _register(self, request: OperationRequest, source: Source, actor: str | None = None) -> ApplyResult:
+    def _register(self, request: OperationRequest, source: Source, actor: str | None = None,
+                  spend_code: str | None = None) -> ApplyResult:
+        from .spend_codes import keep_rejection
+
         with UnitOfWork(self.engine, write=True) as uow:
             if actor is not None:
                 self._check_scope(uow.repo.get_user(actor), request)
-            result = self.apply(uow.repo, request, source, self.clock(), actor=actor)
+            try:
+                result = self.apply(uow.repo, request, source, self.clock(), actor=actor, spend_code=spend_code)
+            except errors.DomainError as exc:
+                if keep_rejection(uow.conn, exc):  # a wrong code's try and audit row stay; nothing was spent
+                    uow.commit()
+                raise
             uow.commit()
         return result
 
@@ -167,7 +185,7 @@ class BillingService:
                 f"Store {request.store!r} is not the store user {user['name']} may post for ({user['store']})")
 
     def apply(self, repo: Repository, request: OperationRequest, source: Source, now: datetime,
-              *, with_view: bool = True, actor: str | None = None) -> ApplyResult:
+              *, with_view: bool = True, actor: str | None = None, spend_code: str | None = None) -> ApplyResult:
         """Apply one operation inside the caller's transaction (the journal import applies many in
         one, each under a savepoint). ``with_view=False`` skips computing the card's balances."""
         existing = repo.get_operation(request.operation_id)
@@ -181,6 +199,10 @@ class BillingService:
             return self._already(repo, existing, request, now, with_view)
         if card["status"] != CardStatus.ACTIVE.value:
             raise errors.CardBlocked(f"card {request.card_number} is blocked")
+        if source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0:
+            # before any write: a rejected code's record is committed alone (see spend_codes.keep_rejection)
+            self.spend_codes.check_spend(repo.conn, card, spend_code=spend_code, operation_id=request.operation_id,
+                                         kkm=request.kkm, who=actor, now=now)
 
         tz = self.settings.tz
         day = request.operation_time.astimezone(tz).date()

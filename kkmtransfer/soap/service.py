@@ -21,6 +21,7 @@ from spyne.server.wsgi import WsgiApplication
 
 from ..domain import errors
 from ..domain.model import ApplyResult, CardView, OperationRequest, OperationView
+from .spend_code import SPEND_CODE_FAULTS, SpendCodeField, SpendCodeResult, request_spend_code
 
 NS = "urn:kkmtransfer:1"
 SERVICE_NAME = "KKMTransfer"
@@ -99,6 +100,7 @@ class Operation(ComplexModel):
         ("ReceiptCountDelta", Integer32(min_occurs=0)),
         ("PromotionCode", OptText),
         ("OriginalOperationId", OptText),
+        ("SpendCode", SpendCodeField),
     ]
 
 
@@ -196,7 +198,8 @@ class KKMTransfer(ServiceBase):
         def run():
             request = operation_request(Operation)
             svc.check_plausible_time(request)
-            result: ApplyResult = svc.register_operation(request, actor=ctx.transport.req_env.get("REMOTE_USER"))
+            result: ApplyResult = svc.register_operation(request, actor=ctx.transport.req_env.get("REMOTE_USER"),
+                                                         spend_code=Operation.SpendCode)
             return OperationResult(OperationId=result.operation_id, Status=result.status,
                                    Card=card_info(result.card))
 
@@ -210,12 +213,16 @@ class KKMTransfer(ServiceBase):
         return _call(ctx, lambda: [operation_record(v, tz) for v in
                                    svc.card_operations(CardNumber, DateFrom, DateTo, MaxRecords, After)])
 
+    @rpc(Text, Text, _returns=SpendCodeResult)
+    def RequestSpendCode(ctx, CardNumber, KKM):
+        return _call(ctx, lambda: request_spend_code(ctx, CardNumber, KKM))
+
 
 CONTRACT_FAULTS = {
     "Client.CardNotFound", "Client.CardBlocked", "Client.InsufficientBonus", "Client.OperationConflict",
     "Client.OriginalNotFound", "Client.ReturnExceedsSale", "Client.ValidationError", "Client.AmbiguousPhone",
     "Server",
-}
+} | SPEND_CODE_FAULTS
 
 
 def _client_error(what: str, exc: Exception) -> Fault:
