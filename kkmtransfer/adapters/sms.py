@@ -8,7 +8,8 @@ What this module promises:
 - at most ONE HTTP request per ``send`` (no retries, no redirects: a retry could send two codes);
 - connect timeout 3 s and a total of 5 s for the whole exchange (see ``StreamTelecomSms.send``);
 - the password is never logged, at any level: not by us, not in exception texts we pass on, and not by
-  urllib3's DEBUG line that prints the requested URL (a filter on urllib3's loggers masks ``pwd=``).
+  urllib3's DEBUG line that prints the requested URL (a filter on urllib3's loggers masks ``pwd=``, and
+  ``text=`` too: it carries a live code).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ CONNECT_TIMEOUT = 3.0
 TOTAL_TIMEOUT = 5.0
 MAX_ANSWER_BYTES = 4096
 
-_PWD_IN_QUERY = re.compile(r"(pwd=)[^&\s'\"]*", re.IGNORECASE)
+_SECRETS_IN_QUERY = re.compile(r"((?:pwd|text)=)[^&\s'\"]*", re.IGNORECASE)  # the password; the text has the code
 
 
 class SmsError(Exception):
@@ -50,8 +51,9 @@ class SmsProvider(Protocol):
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` with every ``pwd=...`` query value and every given secret (raw and URL-encoded) masked."""
-    text = _PWD_IN_QUERY.sub(r"\1***", text)
+    """``text`` with every ``pwd=`` and ``text=`` query value and every given secret (raw and URL-encoded)
+    masked."""
+    text = _SECRETS_IN_QUERY.sub(r"\1***", text)
     for secret in secrets:
         if secret:
             for form in {secret, quote_plus(secret), quote(secret, safe="")}:
@@ -60,15 +62,15 @@ def redact(text: str, *secrets: str | None) -> str:
 
 
 class _RedactPasswords(logging.Filter):
-    """Masks ``pwd=`` values in records of the loggers it is attached to (urllib3 prints whole URLs at DEBUG
-    and in its retry warnings)."""
+    """Masks ``pwd=`` and ``text=`` values (the password; the SMS text with the live code) in records of the
+    loggers it is attached to (urllib3 prints whole URLs at DEBUG and in its retry warnings)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken record is not ours to fix; drop its arguments
             message = str(record.msg)
-        clean = _PWD_IN_QUERY.sub(r"\1***", message)
+        clean = _SECRETS_IN_QUERY.sub(r"\1***", message)
         if clean != message or record.args:
             record.msg, record.args = clean, ()
         return True
