@@ -195,13 +195,16 @@ def test_a_code_expires_after_five_minutes(soap, card, fake, clock):
     assert balance(soap) == D("100.00")
 
 
-def test_a_right_code_is_not_used_up_by_a_spend_that_fails(soap, card, fake):
+def test_a_right_code_is_not_used_up_by_a_spend_that_fails(soap, card, fake, db, clock):
     soap.service.RequestSpendCode(CardNumber=CARD, KKM="KKM-1")
     code = fake.codes_sent()[-1]
     with pytest.raises(Fault) as exc:
         spend(soap, code, amount="500.00")
     assert code_of(exc) == "Client.InsufficientBonus"
     assert spend(soap, code, amount="100.00").Card.BonusBalance == D("0.00")
+    events = db.spend_codes.events(clock() - timedelta(hours=1), clock() + timedelta(hours=1), CARD)
+    assert [e["outcome"] for e in events] == ["sent", "spend_refused", "accepted"]
+    assert events[1]["detail"].startswith("Client.InsufficientBonus")
 
 
 def test_a_card_without_a_phone_gets_a_clear_fault(soap, card, db, fake):

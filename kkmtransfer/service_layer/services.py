@@ -158,16 +158,22 @@ class BillingService:
                   spend_code: str | None = None) -> ApplyResult:
         from .spend_codes import keep_rejection
 
-        with UnitOfWork(self.engine, write=True) as uow:
-            if actor is not None:
-                self._check_scope(uow.repo.get_user(actor), request)
-            try:
-                result = self.apply(uow.repo, request, source, self.clock(), actor=actor, spend_code=spend_code)
-            except errors.DomainError as exc:
-                if keep_rejection(uow.conn, exc):  # a wrong code's try and audit row stay; nothing was spent
-                    uow.commit()
-                raise
-            uow.commit()
+        try:
+            with UnitOfWork(self.engine, write=True) as uow:
+                if actor is not None:
+                    self._check_scope(uow.repo.get_user(actor), request)
+                try:
+                    result = self.apply(uow.repo, request, source, self.clock(), actor=actor, spend_code=spend_code)
+                except errors.DomainError as exc:
+                    if keep_rejection(uow.conn, exc):  # a wrong code's try and audit row stay; nothing was spent
+                        uow.commit()
+                    raise
+                uow.commit()
+        except errors.DomainError as exc:
+            if spend_code and not keep_rejection(None, exc, dry=True):
+                # the spend was refused for another reason (e.g. InsufficientBonus): its code was not used up
+                self.spend_codes.note_refused_spend(request, actor, exc)
+            raise
         return result
 
     @staticmethod

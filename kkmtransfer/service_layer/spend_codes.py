@@ -229,6 +229,19 @@ class SpendCodeService:
                    code_id)
         reject("no_code", SpendCodeInvalid(f"no spend code was sent to card {number}: request one first"))
 
+    def note_refused_spend(self, request, who: str | None, exc: errors.DomainError) -> None:
+        """A receipt carrying a code was refused for a reason of its own (no bonus, blocked card, ...): the
+        transaction rolled back, the code (if right) is still valid; the audit gets a row saying so."""
+        try:
+            with UnitOfWork(self.engine, write=True) as uow:
+                SpendCodeRepo(uow.conn).add_event(
+                    at=self.clock(), action=CHECK, outcome="spend_refused", card_number=str(request.card_number)[:32],
+                    who=who, kkm=request.kkm, operation_id=request.operation_id,
+                    detail=f"{exc.code}: {exc.message}; the code was not used up")
+                uow.commit()
+        except Exception:  # noqa: BLE001 - the audit row must not hide the register's real fault
+            log.exception("could not record a refused spend of card %s", request.card_number)
+
     # -- the back office -------------------------------------------------------------------------
     def set_required(self, first: str, last: str | None, required: bool) -> int:
         with UnitOfWork(self.engine, write=True) as uow:
@@ -249,11 +262,13 @@ class SpendCodeService:
             return [dict(r) for r in SpendCodeRepo(uow.conn).events(since, until, card_number, limit)]
 
 
-def keep_rejection(conn, exc: BaseException) -> bool:
+def keep_rejection(conn, exc: BaseException, *, dry: bool = False) -> bool:
     """Write what a rejected spend code leaves behind (the try, the audit row) on ``conn``; True when there
-    was something, and then the caller commits (the rejection was raised before the spend wrote anything)."""
+    was something, and then the caller commits (the rejection was raised before the spend wrote anything).
+    ``dry=True`` only tells whether ``exc`` is such a rejection."""
     record = getattr(exc, "spend_code_record", None)
     if record is None:
         return False
-    record(conn)
+    if not dry:
+        record(conn)
     return True
