@@ -170,7 +170,8 @@ class BillingService:
                     raise
                 uow.commit()
         except errors.DomainError as exc:
-            if spend_code and not keep_rejection(None, exc, dry=True):
+            if (spend_code and source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0
+                    and not keep_rejection(None, exc, dry=True)):
                 # the spend was refused for another reason (e.g. InsufficientBonus): its code was not used up
                 self.spend_codes.note_refused_spend(request, actor, exc)
             raise
