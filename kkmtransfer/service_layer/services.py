@@ -156,18 +156,13 @@ class BillingService:
 
     def _register(self, request: OperationRequest, source: Source, actor: str | None = None,
                   spend_code: str | None = None) -> ApplyResult:
-        from .spend_codes import keep_rejection
+        from .spend_codes import keep_rejection, keeping_rejections
 
         try:
-            with UnitOfWork(self.engine, write=True) as uow:
+            with UnitOfWork(self.engine, write=True) as uow, keeping_rejections(uow):
                 if actor is not None:
                     self._check_scope(uow.repo.get_user(actor), request)
-                try:
-                    result = self.apply(uow.repo, request, source, self.clock(), actor=actor, spend_code=spend_code)
-                except errors.DomainError as exc:
-                    if keep_rejection(uow.conn, exc):  # a wrong code's try and audit row stay; nothing was spent
-                        uow.commit()
-                    raise
+                result = self.apply(uow.repo, request, source, self.clock(), actor=actor, spend_code=spend_code)
                 uow.commit()
         except errors.DomainError as exc:
             if (spend_code and source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0

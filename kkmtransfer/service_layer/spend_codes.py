@@ -17,6 +17,7 @@ was written yet.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -272,3 +273,17 @@ def keep_rejection(conn, exc: BaseException, *, dry: bool = False) -> bool:
     if not dry:
         record(conn)
     return True
+
+
+@contextlib.contextmanager
+def keeping_rejections(uow):
+    """``with UnitOfWork(engine, write=True) as uow, keeping_rejections(uow): ...``: when the block raises a
+    spend-code rejection, its record (the wrong try, the audit row) is written and committed before the
+    fault goes on. For every use case that spends (RegisterOperation, ReserveBonus): ``check_spend`` must
+    come before the use case's first write."""
+    try:
+        yield
+    except errors.DomainError as exc:
+        if keep_rejection(uow.conn, exc):
+            uow.commit()
+        raise
