@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from ..adapters.spend_code_repo import SpendCodeRepo
-from ..adapters.sms import SmsError, SmsProvider, provider_from_settings
 from ..domain import errors
 from ..domain import spend_codes as rules_mod
 from ..domain.model import CardStatus, required_text
@@ -55,7 +54,7 @@ class IssuedCode:
 
 
 class SpendCodeService:
-    def __init__(self, engine, settings, clock, provider: SmsProvider | None = None):
+    def __init__(self, engine, settings, clock, provider=None):
         self.engine = engine
         self.settings = settings
         self.clock = clock
@@ -65,8 +64,12 @@ class SpendCodeService:
         self._key: bytes | None = settings.spend_code_secret.encode() if settings.spend_code_secret else None
 
     @property
-    def provider(self) -> SmsProvider:
+    def provider(self):
+        """The SMS provider (kkmtransfer.adapters.sms; imported on first use: `requests` is not needed by
+        a server that never sends a code)."""
         if self._provider is None:
+            from ..adapters.sms import provider_from_settings
+
             self._provider = provider_from_settings(self.settings)
         return self._provider
 
@@ -125,6 +128,8 @@ class SpendCodeService:
             uow.commit()
         if self.settings.spend_code_secret is None:
             self._key = key
+
+        from ..adapters.sms import SmsError
 
         provider = self.provider
         failure: SmsError | None = None
