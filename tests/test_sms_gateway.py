@@ -34,20 +34,23 @@ def provider(url, **kw) -> StreamTelecomSms:
 
 
 def test_the_query_the_gateway_receives(fake):
-    text = DEFAULT_SMS_TEXT.replace("{code}", "042917")
-    message_id = provider(fake.url).send("79161234567", text)
+    message_id = provider(fake.url).send("79161234567", "Код: 042917")
     assert message_id.isdigit()
-    assert len(fake.requests) == 1
-    raw = fake.requests[0]
-    assert raw.startswith("/get/?")
-    # exactly these parameters, in this order, with the Cyrillic text percent-encoded as UTF-8
-    assert raw == ("/get/?user=chain-login&pwd=" + quote(PASSWORD, safe="").replace("%20", "+")
-                   .replace("%2F", "%2F") + "&sadr=Apteka&dadr=79161234567&text="
-                   + quote(text, safe="").replace("%20", "+"))
-    assert "%D0%9A%D0%BE%D0%B4" in raw  # "Код"
+    # exactly one request, these parameters in this order, UTF-8 percent-encoded (space as +)
+    assert fake.requests == [
+        "/get/?user=chain-login"
+        "&pwd=p%40ss+w0rd%2F%D0%A1%D0%B5%D0%BA%D1%80%D0%B5%D1%82%26x%3D1"
+        "&sadr=Apteka&dadr=79161234567"
+        "&text=%D0%9A%D0%BE%D0%B4%3A+042917"]
     [query] = fake.queries()
     assert query == {"user": ["chain-login"], "pwd": [PASSWORD], "sadr": ["Apteka"],
-                     "dadr": ["79161234567"], "text": [text]}
+                     "dadr": ["79161234567"], "text": ["Код: 042917"]}
+
+
+def test_the_default_text_is_russian_and_carries_the_code(fake):
+    provider(fake.url).send("79161234567", DEFAULT_SMS_TEXT.replace("{code}", "042917"))
+    [query] = fake.queries()
+    assert query["text"] == ["Код для списания бонусов: 042917. Никому не сообщайте его, кроме кассира."]
 
 
 @pytest.mark.parametrize("phone", ["9161234567", "89161234567", "+79161234567", "7916123456"])
