@@ -33,7 +33,7 @@ def test_wsdl_has_the_contract_names():
     assert service.get("name") == "KKMTransfer" and len(service.findall("wsdl:port", NS)) == 1
     assert service.find("wsdl:port/soap:address", NS).get("location").endswith("/KKMTransfer")
     ops = {o.get("name") for o in doc.findall("wsdl:portType/wsdl:operation", NS)}
-    assert ops == {"GetCardInfo", "FindCardByPhone", "RegisterOperation", "GetCardOperations"}
+    assert ops == {"GetCardInfo", "FindCardByPhone", "RegisterOperation", "GetCardOperations", "RequestSpendCode"}
 
     def sequence(type_name):
         [ct] = schema.xpath(f"xs:complexType[@name='{type_name}']", namespaces=NS)
@@ -42,7 +42,7 @@ def test_wsdl_has_the_contract_names():
     assert sequence("Operation") == [
         "OperationId", "CardNumber", "KKM", "Store", "ReceiptNumber", "OperationTime", "Kind", "ReceiptSum",
         "BonusAccrued", "BonusSpent", "AccumulationDelta", "ReceiptCountDelta", "PromotionCode",
-        "OriginalOperationId"]
+        "OriginalOperationId", "SpendCode"]
     assert sequence("CardInfo") == [
         "CardNumber", "Status", "Holder", "BonusBalance", "BonusPending", "NextExpiryDate", "NextExpiryAmount",
         "Accumulation", "AccumulationPending", "ReceiptCount", "ReceiptCountPending"]
@@ -52,6 +52,8 @@ def test_wsdl_has_the_contract_names():
     assert sequence("GetCardOperations") == ["CardNumber", "DateFrom", "DateTo", "MaxRecords", "After"]
     assert sequence("RegisterOperation") == ["Operation"]
     assert sequence("RegisterOperationResponse") == ["RegisterOperationResult"]
+    assert sequence("RequestSpendCode") == ["CardNumber", "KKM"]
+    assert sequence("SpendCodeResult") == ["CardNumber", "ExpiresAt", "MaskedPhone"]
 
 
 def test_the_wsdl_address_is_the_one_each_client_used(server):
