@@ -60,21 +60,31 @@ def test_sms_test_console_and_bad_settings(database_url):
 
 
 def test_set_spend_code_on_a_card_and_a_range(db, database_url):
-    db.add_card_range(1, 5, "R", 0)
-    proc = run(database_url, "cards", "set-spend-code", "R1", "on")
-    assert proc.returncode == 0 and "card R1 needs an SMS code" in proc.stdout
-    assert db.spend_codes.count_between("R1", "R5") == (5, 1)
-    proc = run(database_url, "cards", "set-spend-code", "--from", "R1", "--to", "R5", "on", stdin="n\n")
-    assert proc.returncode == 1 and "5 card(s) from R1 to R5: 1 need a code now; 4 will change" in proc.stdout
-    assert db.spend_codes.count_between("R1", "R5") == (5, 1)
-    proc = run(database_url, "cards", "set-spend-code", "--from", "R1", "--to", "R5", "on", stdin="y\n")
-    assert proc.returncode == 0 and db.spend_codes.count_between("R1", "R5") == (5, 5)
-    proc = run(database_url, "cards", "set-spend-code", "--from", "R2", "--to", "R3", "off", "--yes")
-    assert proc.returncode == 0 and db.spend_codes.count_between("R1", "R5") == (5, 3)
-    proc = run(database_url, "cards", "set-spend-code", "R9", "on")
-    assert proc.returncode == 1 and proc.stderr.strip() == "Error: Client.CardNotFound: card R9 not found"
-    proc = run(database_url, "cards", "set-spend-code", "R1", "maybe")
+    from kkmtransfer.service_layer import audit
+
+    db.add_card_range(1, 12, "", 0)  # cards "1" .. "12": the range 1..5 is numeric, not "1", "10", "11", ...
+    proc = run(database_url, "cards", "set-spend-code", "1", "on")
+    assert proc.returncode == 0 and "card 1 needs an SMS code" in proc.stdout
+    assert db.spend_codes.count_between("1", "5") == (5, 1)
+    proc = run(database_url, "cards", "set-spend-code", "--from", "1", "--to", "5", "on", "--dry-run")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("dry run: 5 card(s) numbered 1 .. 5, 1 of them need a code now: 4 will change")
+    proc = run(database_url, "cards", "set-spend-code", "--from", "1", "--to", "5", "on")  # no terminal, no --yes
+    assert proc.returncode == 1 and "nothing changed" in proc.stderr
+    assert db.spend_codes.count_between("1", "5") == (5, 1)
+    proc = run(database_url, "--actor", "ivanova", "cards", "set-spend-code", "--from", "1", "--to", "5", "on",
+               "--yes")
+    assert proc.returncode == 0 and db.spend_codes.count_between("1", "12") == (12, 5)
+    proc = run(database_url, "cards", "set-spend-code", "--from", "2", "--to", "3", "off", "--yes")
+    assert proc.returncode == 0 and db.spend_codes.count_between("1", "12") == (12, 3)
+    proc = run(database_url, "cards", "set-spend-code", "99", "on")
+    assert proc.returncode == 1 and proc.stderr.strip() == "Error: Client.CardNotFound: card 99 not found"
+    proc = run(database_url, "cards", "set-spend-code", "1", "maybe")
     assert proc.returncode == 2
+    trail = [(r.actor, r.action, r.object, r.details) for r in audit.rows(db.engine)
+             if r.action == "cards.set-spend-code"]
+    assert trail[1] == ("ivanova", "cards.set-spend-code", "1..5", {"cards": 5, "required": True})
+    assert len(trail) == 3
 
 
 def test_report_spend_codes_lists_requests_and_checks(db, database_url):
@@ -89,7 +99,7 @@ def test_report_spend_codes_lists_requests_and_checks(db, database_url):
     db.spend_codes.request_code("Q7", "KKM-9", who="kassa-9")
     wrong = f"{(int(outbox.last_code()) + 1) % 10 ** 6:06d}"
     with pytest.raises(SpendCodeInvalid):
-        db.register_operation(request("Q7", spent="1.00", kkm="KKM-9"), spend_code=wrong, who="kassa-9")
+        db.register_operation(request("Q7", spent="1.00", kkm="KKM-9"), spend_code=wrong, actor="kassa-9")
     proc = run(database_url, "report", "spend-codes", "--card", "Q7")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()

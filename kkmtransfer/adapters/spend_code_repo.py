@@ -73,13 +73,17 @@ class SpendCodeRepo:
 
     # -- cards -------------------------------------------------------------------------------
     def set_required(self, first: str, last: str | None, required: bool) -> int:
+        from ..service_layer.card_range import range_condition
+
         stmt = update(cards).values(spend_code_required=required)
-        stmt = stmt.where(cards.c.number == first) if last is None else stmt.where(cards.c.number.between(first, last))
+        stmt = stmt.where(cards.c.number == first) if last is None else stmt.where(range_condition(first, last))
         return self.conn.execute(stmt).rowcount
 
     def count_between(self, first: str, last: str) -> tuple[int, int]:
-        """(cards in the range, of which already requiring a code)."""
-        rows = self.conn.execute(select(cards.c.spend_code_required).where(cards.c.number.between(first, last)))
+        """(cards in the range, of which already requiring a code); the range as card_range reads it."""
+        from ..service_layer.card_range import range_condition
+
+        rows = self.conn.execute(select(cards.c.spend_code_required).where(range_condition(first, last)))
         flags = [bool(r[0]) for r in rows]
         return len(flags), sum(flags)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..domain.model import normalise_phone
-from . import _billing, _settings, domain_errors, main
+from . import _billing, _settings, actor, confirm_many, domain_errors, main
 from .cards import cards
 from .report import _write_csv, report
 
@@ -38,18 +38,18 @@ def sms_test(phone, text):
 
 @cards.command("set-spend-code")
 @click.argument("args", nargs=-1, required=True, metavar="[NUMBER] on|off")
-@click.option("--from", "first", help="First card number of a range (compared as text).")
+@click.option("--from", "first", help="First card number of a range (digit strings compare as numbers).")
 @click.option("--to", "last", help="Last card number of the range (inclusive).")
-@click.option("--yes", is_flag=True, help="Change a range without asking.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+@click.option("--dry-run", is_flag=True, help="Show how many cards would change, change nothing.")
 @domain_errors
-def cards_set_spend_code(args, first, last, yes):
-    """Whether a card (NUMBER) or a range (--from/--to) needs an SMS code to spend bonuses (used when
-    KKMTRANSFER_SPEND_CODE=per-card)."""
+def cards_set_spend_code(args, first, last, yes, dry_run):
+    """Whether card NUMBER, or every card from --from to --to, needs an SMS code to spend bonuses (used
+    when KKMTRANSFER_SPEND_CODE=per-card). A range is shown first and asked for (--yes for scripts)."""
     ranged = first is not None or last is not None
     if ranged and (first is None or last is None):
         raise click.UsageError("give both --from and --to")
-    expected = 1 if ranged else 2
-    if len(args) != expected or args[-1].lower() not in ("on", "off"):
+    if len(args) != (1 if ranged else 2) or args[-1].lower() not in ("on", "off"):
         raise click.UsageError("usage: cards set-spend-code NUMBER on|off, or --from A --to B on|off")
     required = args[-1].lower() == "on"
     billing = _billing()
@@ -57,16 +57,19 @@ def cards_set_spend_code(args, first, last, yes):
     if ranged:
         total, flagged = service.count_between(first, last)
         if total == 0:
-            raise click.ClickException(f"no cards between {first} and {last}")
+            raise click.ClickException(f"no card numbered {first} .. {last}: nothing changed")
         changes = (total - flagged) if required else flagged
-        click.echo(f"{total} card(s) from {first} to {last}: {flagged} need a code now; "
+        summary = (f"{total} card(s) numbered {first} .. {last}, {flagged} of them need a code now: "
                    f"{changes} will change to {'needing' if required else 'not needing'} one")
-        if not yes and not click.confirm("Go ahead?", default=False):
-            raise click.ClickException("nothing changed")
-        service.set_required(first, last, required)
+        if not confirm_many(summary, yes, dry_run):
+            return
+        service.set_required(first, last, required, actor())
         click.echo(f"{total} card(s) {'need' if required else 'do not need'} an SMS code to spend bonuses")
     else:
-        service.set_required(args[0], None, required)
+        if dry_run:
+            click.echo(f"dry run: card {args[0]} would {'' if required else 'not '}need an SMS code")
+            return
+        service.set_required(args[0], None, required, actor())
         click.echo(f"card {args[0]} {'needs' if required else 'does not need'} an SMS code to spend bonuses")
     if billing.settings.spend_code != "per-card":
         click.echo(f"note: KKMTRANSFER_SPEND_CODE is {billing.settings.spend_code}; the cards' marks count only "

@@ -249,13 +249,17 @@ class SpendCodeService:
             log.exception("could not record a refused spend of card %s", request.card_number)
 
     # -- the back office -------------------------------------------------------------------------
-    def set_required(self, first: str, last: str | None, required: bool) -> int:
+    def set_required(self, first: str, last: str | None, required: bool, actor: str | None = None) -> int:
+        """Mark one card (``last`` None) or the cards first..last (as kkmtransfer.service_layer.card_range
+        reads a range) as needing a code, or not; audited."""
+        from . import audit
+
         with UnitOfWork(self.engine, write=True) as uow:
-            if last is not None and last < first:
-                raise errors.ValidationError("--to must not be before --from")
             changed = SpendCodeRepo(uow.conn).set_required(first, last, required)
             if last is None and not changed:
                 raise errors.CardNotFound(f"card {first} not found")
+            audit.record(uow.conn, actor, "cards.set-spend-code", first if last is None else f"{first}..{last}",
+                         required=required, cards=changed)
             uow.commit()
         return changed
 
