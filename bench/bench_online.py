@@ -665,20 +665,71 @@ def main(argv=None) -> int:
 
 
 def profile(gun: Gunicorn, wrk: Wrk, scns: dict[str, Scenario], directory: Path, seconds: float) -> None:
+    """py-spy on every worker while wrk runs GetCardInfo, then RegisterOperation, at 8 connections: a flame
+    graph (SVG) of one run and the collapsed stacks of another, summarised as the share of samples under
+    each layer."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         log("py-spy is not installed (pip install py-spy): no profile")
         return
     directory.mkdir(parents=True, exist_ok=True)
     for key, name in (("info", "getcardinfo"), ("sale", "registeroperation")):
-        out = directory / f"flame-{name}.svg"
-        spy_proc = subprocess.Popen([spy, "record", "--pid", str(gun.proc.pid), "--subprocesses", "--nonblocking",
-                                     "--rate", "250", "--duration", str(int(seconds) + 2), "--format", "flamegraph",
-                                     "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(1)
-        wrk.run(gun.base, scns[key], 8, seconds)
-        _, err = spy_proc.communicate(timeout=seconds + 60)
-        log(f"  profile {scns[key].name}: {out}" + ("" if spy_proc.returncode == 0 else f" FAILED {err[-500:]!r}"))
+        for fmt, suffix in (("flamegraph", "svg"), ("raw", "txt")):
+            out = directory / f"flame-{name}.{suffix}"
+            spy_proc = subprocess.Popen(
+                [spy, "record", "--pid", str(gun.proc.pid), "--subprocesses", "--nonblocking", "--rate", "200",
+                 "--duration", str(int(seconds) + 1), "--format", fmt, "--output", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            time.sleep(1)
+            wrk.run(gun.base, scns[key], 8, seconds)
+            _, err = spy_proc.communicate(timeout=seconds + 60)
+            if spy_proc.returncode != 0:
+                log(f"  py-spy failed: {err[-500:]}")
+                return
+        log(f"  profile of {scns[key].name}: {directory / f'flame-{name}.svg'}")
+        print(f"profile of {scns[key].name} at 8 connections (share of the workers' samples):")
+        for label, share in summarise(directory / f"flame-{name}.txt"):
+            print(f"  {share:6.1%}  {label}")
+
+
+# layers of a request, by a frame that marks each (the first match in a stack counts, outermost first)
+LAYERS = [
+    ("spyne's gc.collect() once a second per process", lambda f: f.startswith("collect (")),
+    ("authentication (users row, password check)", lambda f: f.startswith("authenticate (")),
+    ("SQLAlchemy pool checkout (pre-ping) and return", lambda f: f.startswith(("connect (sqlalchemy", "_checkout",
+                                                                              "close (sqlalchemy"))),
+    ("commit / rollback", lambda f: f.startswith(("commit (sqlalchemy", "rollback (sqlalchemy",
+                                                  "_rollback_impl", "_commit_impl"))),
+    ("SQL statements (SQLAlchemy + psycopg2 + wait)", lambda f: f.startswith("execute (sqlalchemy")),
+    ("ledger and balances (domain)", lambda f: "kkmtransfer/domain/" in f),
+    ("the rest of the use case (service layer)", lambda f: "kkmtransfer/service_layer/" in f),
+    ("SOAP in: parse, validate, deserialize", lambda f: f.startswith(("get_in_object", "create_in_document",
+                                                                      "deserialize", "decompose_incoming"))),
+    ("SOAP out: serialize, write", lambda f: f.startswith(("get_out_object", "get_out_string", "serialize",
+                                                           "create_out_string"))),
+    ("HTTP front (kkmtransfer/soap/http.py)", lambda f: "kkmtransfer/soap/http.py" in f),
+    ("gunicorn (accept, parse, write, wait)", lambda f: "gunicorn/" in f),
+]
+
+
+def summarise(raw_path: Path) -> list[tuple[str, float]]:
+    """Share of samples per layer from py-spy's collapsed stacks ("frame;frame;... count" per line)."""
+    counts = {label: 0 for label, _ in LAYERS}
+    counts["other"] = 0
+    total = 0
+    for line in raw_path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        frames = stack.split(";")
+        for label, match in LAYERS:
+            if any(match(f) for f in frames):
+                counts[label] += int(n)
+                break
+        else:
+            counts["other"] += int(n)
+    return [(label, c / total) for label, c in counts.items() if total and c]
 
 
 def report(results: list[Result], args, missing, stamp, problems, total) -> None:
