@@ -64,10 +64,12 @@ endif
 
 bench: install
 	@command -v wrk >/dev/null || { echo "the online benchmark needs wrk: apt-get install -y wrk (Debian/Ubuntu package wrk)"; exit 1; }
-	cd bench && ../$(BIN)/python bench_online.py $(BENCH_ONLINE_ARGS)
-	cd bench && ../$(BIN)/python bench_nightly.py $(BENCH_NIGHTLY_ARGS)
-	cd bench && ../$(BIN)/python bench_journal.py $(BENCH_JOURNAL_ARGS)
-	cd bench && ../$(BIN)/python bench_actions.py $(BENCH_ACTIONS_ARGS)
+	@start=$$(date +%s); cd bench && \
+	../$(BIN)/python bench_online.py $(BENCH_ONLINE_ARGS) && \
+	../$(BIN)/python bench_nightly.py $(BENCH_NIGHTLY_ARGS) && \
+	../$(BIN)/python bench_journal.py $(BENCH_JOURNAL_ARGS) && \
+	../$(BIN)/python bench_actions.py $(BENCH_ACTIONS_ARGS) && \
+	echo "make bench: all benchmarks in $$(( $$(date +%s) - start )) s (load average now: $$(cut -d' ' -f1-3 /proc/loadavg))"
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache

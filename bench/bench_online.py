@@ -288,6 +288,8 @@ class Result:
     p90_ms: float
     p99_ms: float
     max_ms: float
+    app_cpu_ms: float | None = None  # CPU time of the gunicorn workers per request
+    db_cpu_ms: float | None = None   # CPU time of the database's backends per request
 
     @property
     def rate(self) -> float:
@@ -435,7 +437,7 @@ def _dsn(url: str) -> str:
     return " ".join(parts)
 
 
-def _bare_worker(dsn, kind, n_cards, seconds, worker, barrier, queue) -> None:
+def _bare_worker(dsn, kind, n_cards, seconds, worker, barrier, queue, finished) -> None:
     import psycopg2
 
     conn = psycopg2.connect(dsn)
@@ -468,19 +470,27 @@ def _bare_worker(dsn, kind, n_cards, seconds, worker, barrier, queue) -> None:
                 acc_lot=found["accumulation"], cnt_lot=found["receipt_count"]))
             conn.commit()
         latencies.append(time.perf_counter() - t0)
-    conn.close()
     queue.put(latencies)
+    finished.wait(60)  # the connection stays until the backends' CPU time is read
+    conn.close()
 
 
 def bare(url: str, kind: str, concurrency: int, seconds: float, n_cards: int) -> dict:
     """``concurrency`` processes, each on its own connection, doing the bare transaction for ``seconds``."""
     ctx = get_context("spawn")
-    barrier, queue = ctx.Barrier(concurrency), ctx.Queue()
-    procs = [ctx.Process(target=_bare_worker, args=(_dsn(url), kind, n_cards, seconds, w + 1, barrier, queue))
+    barrier, queue, finished = ctx.Barrier(concurrency), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_bare_worker,
+                         args=(_dsn(url), kind, n_cards, seconds, w + 1, barrier, queue, finished))
              for w in range(concurrency)]
     for p in procs:
         p.start()
+    # the backends' CPU, from when they are all connected (the barrier opens) to the end
+    while len(backend_pids(url)) < concurrency and all(p.is_alive() for p in procs):
+        time.sleep(0.05)
+    db0 = cpu_seconds(backend_pids(url))
     lat = sorted(x for _ in procs for x in queue.get(timeout=seconds + 120))
+    db1 = cpu_seconds(backend_pids(url))
+    finished.set()
     for p in procs:
         p.join()
     n = len(lat)
@@ -489,7 +499,7 @@ def bare(url: str, kind: str, concurrency: int, seconds: float, n_cards: int) ->
         return lat[min(n - 1, int(p / 100 * n))] * 1e6 if n else 0.0
 
     return dict(requests=n, duration_us=seconds * 1e6, errors=0, p50=pct(50), p90=pct(90), p99=pct(99),
-                max=(lat[-1] * 1e6 if n else 0))
+                max=(lat[-1] * 1e6 if n else 0), db_cpu_s=_delta(db0, db1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -518,6 +528,43 @@ def verify_ledger(url: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
+def cpu_seconds(pids) -> dict[int, float]:
+    """user + system CPU seconds of each process (from /proc; empty where there is no /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def _delta(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(v - before.get(pid, 0.0) for pid, v in after.items())
+
+
+def backend_pids(url: str) -> list[int]:
+    """The PostgreSQL server processes serving the benchmark's database (same host only)."""
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    engine = _admin_engine()
+    with engine.connect() as conn:
+        return list(conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :n AND "
+                                      "pid <> pg_backend_pid()"), {"n": name}).scalars())
+
+
+_ADMIN = []
+
+
+def _admin_engine():
+    if not _ADMIN:
+        _ADMIN.append(create_engine(ADMIN_URL, pool_size=1))
+    return _ADMIN[0]
+
+
 def to_result(section, workers, threads, what, connections, raw) -> Result:
     seconds = raw["duration_us"] / 1e6
     return Result(section, workers, threads, what, connections, seconds, int(raw["requests"]),
@@ -525,8 +572,8 @@ def to_result(section, workers, threads, what, connections, raw) -> Result:
                   raw["max"] / 1000)
 
 
-def fmt_rate(r: Result | None) -> str:
-    return f"{r.rate:,.0f}" if r else "-"
+def cpu(ms: float | None) -> str:
+    return "" if ms is None else f"{ms:.2f}"
 
 
 def main(argv=None) -> int:
@@ -552,6 +599,7 @@ def main(argv=None) -> int:
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     op_time = (datetime.now(timezone(timedelta(hours=3))) - timedelta(minutes=5)).isoformat(timespec="seconds")
     results: list[Result] = []
@@ -598,8 +646,13 @@ def main(argv=None) -> int:
             def measure(g, section, key, c):
                 nonlocal answered_writes, in_flight
                 scn = scns[key]
+                app0, db0 = cpu_seconds(g.worker_pids()), cpu_seconds(backend_pids(url))
                 raw = wrk.run(g.base, scn, c, args.seconds)
+                app1, db1 = cpu_seconds(g.worker_pids()), cpu_seconds(backend_pids(url))
                 res = to_result(section, g.workers, args.threads, scn.name, c, raw)
+                if res.requests:
+                    res.app_cpu_ms = _delta(app0, app1) * 1000 / res.requests
+                    res.db_cpu_ms = _delta(db0, db1) * 1000 / res.requests
                 if scn.writes:
                     answered_writes += res.requests // len(scn.steps)
                     in_flight += c
@@ -633,6 +686,7 @@ def main(argv=None) -> int:
                 for c in conns:
                     raw = bare(url, kind, c, args.seconds, args.cards)
                     res = to_result("bare", 0, 0, f"bare {kind}", c, raw)
+                    res.db_cpu_ms = raw["db_cpu_s"] * 1000 / res.requests if res.requests else None
                     log(f"  bare {kind:<5} c={c:<3} {res.rate:>8,.0f} tx/s  p50 {res.p50_ms:6.1f} ms  "
                         f"p99 {res.p99_ms:7.1f} ms")
                     results.append(res)
@@ -660,7 +714,7 @@ def main(argv=None) -> int:
             if gun is not None:
                 gun.stop()
 
-    report(results, args, missing, stamp, problems, time.perf_counter() - started)
+    report(results, args, missing, stamp, problems, time.perf_counter() - started, (load_start, os.getloadavg()[0]))
     return 1 if problems else 0
 
 
@@ -692,23 +746,27 @@ def profile(gun: Gunicorn, wrk: Wrk, scns: dict[str, Scenario], directory: Path,
             print(f"  {share:6.1%}  {label}")
 
 
-# layers of a request, by a frame that marks each (the first match in a stack counts, outermost first)
+# layers of a request, each marked by a frame (py-spy names frames "Class.method (file:line)"); a stack
+# counts for the first layer in this list that one of its frames belongs to
 LAYERS = [
-    ("spyne's gc.collect() once a second per process", lambda f: f.startswith("collect (")),
-    ("authentication (users row, password check)", lambda f: f.startswith("authenticate (")),
-    ("SQLAlchemy pool checkout (pre-ping) and return", lambda f: f.startswith(("connect (sqlalchemy", "_checkout",
-                                                                              "close (sqlalchemy"))),
-    ("commit / rollback", lambda f: f.startswith(("commit (sqlalchemy", "rollback (sqlalchemy",
-                                                  "_rollback_impl", "_commit_impl"))),
-    ("SQL statements (SQLAlchemy + psycopg2 + wait)", lambda f: f.startswith("execute (sqlalchemy")),
-    ("ledger and balances (domain)", lambda f: "kkmtransfer/domain/" in f),
-    ("the rest of the use case (service layer)", lambda f: "kkmtransfer/service_layer/" in f),
-    ("SOAP in: parse, validate, deserialize", lambda f: f.startswith(("get_in_object", "create_in_document",
-                                                                      "deserialize", "decompose_incoming"))),
-    ("SOAP out: serialize, write", lambda f: f.startswith(("get_out_object", "get_out_string", "serialize",
-                                                           "create_out_string"))),
-    ("HTTP front (kkmtransfer/soap/http.py)", lambda f: "kkmtransfer/soap/http.py" in f),
-    ("gunicorn (accept, parse, write, wait)", lambda f: "gunicorn/" in f),
+    ("spyne's gc.collect() (at most once a second per process)",
+     lambda f: f.startswith("MethodContext.close (spyne/context.py:40")),
+    ("authentication (the users row, the password check)", lambda f: ".authenticate (kkmtransfer/" in f),
+    ("SQLAlchemy pool: checkout with pre-ping, return", lambda f: "sqlalchemy/pool/" in f
+     or f.startswith("Engine.connect (sqlalchemy")),
+    ("commit / rollback", lambda f: "Transaction.commit (sqlalchemy" in f or "Transaction.rollback (sqlalchemy" in f
+     or f.startswith("Connection.close (sqlalchemy")),
+    ("SQL statements (SQLAlchemy, psycopg2, the database)", lambda f: f.startswith("Connection.execute (sqlalchemy")),
+    ("ledger and balances (kkmtransfer/domain)", lambda f: "(kkmtransfer/domain/" in f),
+    ("the rest of the use case (kkmtransfer/service_layer)", lambda f: "(kkmtransfer/service_layer/" in f),
+    ("SOAP in: parse, validate, deserialize (spyne, lxml)", lambda f: "(spyne/" in f and any(
+        k in f for k in ("get_in_object", "create_in_document", "deserialize", "decompose_incoming", "validate",
+                         "generate_contexts", "get_in_string"))),
+    ("SOAP out: serialize, write (spyne, lxml)", lambda f: "(spyne/" in f and any(
+        k in f for k in ("get_out_object", "get_out_string", "serialize", "create_out_string", "to_parent"))),
+    ("spyne, the rest (dispatch, contexts, events)", lambda f: "(spyne/" in f),
+    ("HTTP front (kkmtransfer/soap/http.py)", lambda f: "(kkmtransfer/soap/http.py" in f),
+    ("gunicorn (accept, parse, write, idle threads)", lambda f: "(gunicorn/" in f),
 ]
 
 
@@ -732,7 +790,7 @@ def summarise(raw_path: Path) -> list[tuple[str, float]]:
     return [(label, c / total) for label, c in counts.items() if total and c]
 
 
-def report(results: list[Result], args, missing, stamp, problems, total) -> None:
+def report(results: list[Result], args, missing, stamp, problems, total, load) -> None:
     def get(section, what, c, workers=None):
         for r in results:
             if r.section == section and r.what == what and r.connections == c and \
@@ -748,13 +806,14 @@ def report(results: list[Result], args, missing, stamp, problems, total) -> None
         echo[c] = (a.rate + b.rate) / 2 if a and b else (a or b).rate
     print()
     print(f"kkmtransfer online benchmark: gunicorn {args.workers} workers x {args.threads} threads, PostgreSQL, "
-          f"wrk {args.seconds:g} s per run, {args.cards:,} cards; {os.cpu_count()} CPU cores")
+          f"wrk {args.seconds:g} s per run, {args.cards:,} cards; {os.cpu_count()} CPU cores, load average "
+          f"{load[0]:.1f} at the start and {load[1]:.1f} at the end (other work on the machine lowers every number)")
     print()
     rows = []
     for c in conns:
         a, b = get("echo-1", echo_name, c), get("echo-2", echo_name, c)
         rows.append(("echo ceiling (before / after)", c, f"{a.rate:,.0f} / {b.rate:,.0f}", f"{a.p50_ms:.1f}",
-                     f"{max(a.p99_ms, b.p99_ms):.1f}", "1.00", "", a.errors + b.errors))
+                     f"{max(a.p99_ms, b.p99_ms):.1f}", "1.00", "", a.errors + b.errors, cpu(a.app_cpu_ms), ""))
     whats = []
     for r in results:
         if r.section == "main" and r.what not in whats:
@@ -768,14 +827,18 @@ def report(results: list[Result], args, missing, stamp, problems, total) -> None
             elif what.startswith("RegisterOperation") or what.startswith("ReserveBonus"):
                 db = get("bare", "bare write", c)
             rows.append((what, c, f"{r.rate:,.0f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
-                         f"{r.rate / echo[c]:.2f}", f"{r.rate / db.rate:.2f}" if db else "", r.errors))
+                         f"{r.rate / echo[c]:.2f}", f"{r.rate / db.rate:.2f}" if db else "", r.errors,
+                         cpu(r.app_cpu_ms), cpu(r.db_cpu_ms)))
     for kind in ("read", "write"):
         for c in conns:
             r = get("bare", f"bare {kind}", c)
             if r:
                 rows.append((f"bare psycopg2 {kind} (database ceiling)", c, f"{r.rate:,.0f}", f"{r.p50_ms:.1f}",
-                             f"{r.p99_ms:.1f}", f"{r.rate / echo[c]:.2f}", "1.00", ""))
-    print(table(rows, ("what", "conns", "req/s", "p50 ms", "p99 ms", "vs echo", "vs bare db", "errors")))
+                             f"{r.p99_ms:.1f}", f"{r.rate / echo[c]:.2f}", "1.00", "", "", cpu(r.db_cpu_ms)))
+    print(table(rows, ("what", "conns", "req/s", "p50 ms", "p99 ms", "vs echo", "vs bare db", "errors",
+                       "app CPU ms/req", "db CPU ms/req")))
+    print("(CPU per request: of the gunicorn workers and of the database's server processes, from /proc; it "
+          "does not depend on what else runs on the machine as much as req/s do)")
     if missing:
         print(f"(not on this server, not measured: {', '.join(missing)})")
 
@@ -786,11 +849,12 @@ def report(results: list[Result], args, missing, stamp, problems, total) -> None
             if r.section == section:
                 e = get(section, echo_name, 8)
                 scale_rows.append((r.workers, r.what, f"{r.rate:,.0f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
-                                   f"{r.rate / e.rate:.2f}"))
+                                   f"{r.rate / e.rate:.2f}", cpu(r.app_cpu_ms), cpu(r.db_cpu_ms)))
     if scale_rows:
         print()
         print(f"processes: gunicorn workers (x {args.threads} threads), 8 connections")
-        print(table(scale_rows, ("workers", "what", "req/s", "p50 ms", "p99 ms", "vs its echo")))
+        print(table(scale_rows, ("workers", "what", "req/s", "p50 ms", "p99 ms", "vs its echo", "app CPU ms/req",
+                                 "db CPU ms/req")))
 
     print()
     print("targets at 8 connections (issue 10): GetCardInfo >= 0.80 of echo, RegisterOperation >= 0.50; "
@@ -811,7 +875,8 @@ def report(results: list[Result], args, missing, stamp, problems, total) -> None
     with open(out, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["section", "workers", "threads", "what", "connections", "seconds", "requests", "req_per_s",
-                    "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "ratio_vs_echo", "ratio_vs_bare_db"])
+                    "p50_ms", "p90_ms", "p99_ms", "max_ms", "errors", "ratio_vs_echo", "ratio_vs_bare_db",
+                    "app_cpu_ms_per_req", "db_cpu_ms_per_req", "load_average"])
         for r in results:
             e = echo.get(r.connections)
             if r.section.startswith("scale-"):
@@ -824,7 +889,8 @@ def report(results: list[Result], args, missing, stamp, problems, total) -> None
                 db = get("bare", "bare write", r.connections)
             w.writerow([r.section, r.workers, r.threads, r.what, r.connections, f"{r.seconds:.2f}", r.requests,
                         f"{r.rate:.1f}", f"{r.p50_ms:.2f}", f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.max_ms:.2f}",
-                        r.errors, f"{r.rate / e:.3f}" if e else "", f"{r.rate / db.rate:.3f}" if db else ""])
+                        r.errors, f"{r.rate / e:.3f}" if e else "", f"{r.rate / db.rate:.3f}" if db else "",
+                        cpu(r.app_cpu_ms), cpu(r.db_cpu_ms), f"{load[0]:.1f}-{load[1]:.1f}"])
     print()
     print(f"written {out}")
     print("RESULT: " + ("all requests answered, ledger consistent" if not problems else

@@ -5,8 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Iterable
 
-from sqlalchemy import (BigInteger, and_, bindparam, case, column, func, insert, or_, select, text, type_coerce,
-                        update, values)
+from sqlalchemy import BigInteger, and_, bindparam, case, column, func, insert, or_, select, text, type_coerce, update
 from sqlalchemy.engine import Connection
 
 from ..domain.ledger import Move
@@ -179,12 +178,13 @@ class Repository:
         # relative updates: the nightly regulation may burn other lots of this card at the same time
         changed = sorted((k, v) for k, v in deltas.items() if v != 0)
         if rows and changed and self.conn.dialect.name == "postgresql":
-            # the entries and the lots' new remaining in one statement (one round trip)
-            delta = values(column("lot_id", BigInteger), column("delta", BigInteger), name="d").data(
-                [(k, _raw_cents(v)) for k, v in changed])
-            self.conn.execute(update(lots).where(lots.c.id == delta.c.lot_id)
-                              .values(remaining=lots.c.remaining + delta.c.delta)
-                              .add_cte(insert(entries).values(rows).cte("new_entries")))
+            # the entries and the lots' new remaining in one statement (one round trip), of one shape
+            # whatever the number of moves (arrays), so it is parsed and compiled once
+            self.conn.execute(_ENTRIES_AND_LOTS, {
+                "operation_id": operation_id, "card_number": card_number,
+                "lot_ids": [r["lot_id"] for r in rows], "measures": [r["measure"] for r in rows],
+                "roles": [r["role"] for r in rows], "amounts": [_raw_cents(r["amount"]) for r in rows],
+                "changed_ids": [k for k, _ in changed], "deltas": [_raw_cents(v) for _, v in changed]})
             return
         if rows:
             self.conn.execute(insert(entries), rows)
@@ -328,6 +328,16 @@ def _card_read(with_operation: bool, lock_first: bool = False):
 _CARD_WITH_LOTS = _card_read(with_operation=False)
 _CARD_WITH_LOTS_AND_OPERATION = _card_read(with_operation=True)
 _LOCK_AND_READ = _card_read(with_operation=True, lock_first=True)
+
+# PostgreSQL: an operation's entries and the relative updates of its lots' remaining (whole hundredths)
+_ENTRIES_AND_LOTS = text(
+    "WITH new_entries AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount) "
+    "SELECT :operation_id, e.lot_id, :card_number, e.measure, e.role, e.amount "
+    "FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:measures AS text[]), CAST(:roles AS text[]), "
+    "CAST(:amounts AS bigint[])) AS e (lot_id, measure, role, amount)) "
+    "UPDATE lots SET remaining = lots.remaining + d.delta "
+    "FROM unnest(CAST(:changed_ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
+    "WHERE lots.id = d.lot_id")
 
 
 def _promotion(row) -> Promotion:
