@@ -162,3 +162,18 @@ def _online():
     from kkmtransfer.domain.model import Source
 
     return Source.ONLINE
+
+
+def test_a_soap_call_does_not_force_a_full_garbage_collection(soap, db, monkeypatch):
+    """spyne would run gc.collect() after a call once a second per process: tens of milliseconds with the
+    GIL held, every thread of the worker stalled (the largest item of the online profile)."""
+    import gc
+
+    db.add_card_range(1, 1, "G", 0, None)
+    calls = []
+    real = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for _ in range(3):
+        assert soap.service.GetCardInfo("G1").CardNumber == "G1"
+        time.sleep(1.1)
+    assert calls == []
