@@ -657,7 +657,7 @@ def main(argv=None) -> int:
                 nonlocal answered_writes, in_flight
                 for s in scns.values():
                     raw = wrk.run(g.base, s, max(conns), 1)
-                    if s.writes:
+                    if s.writes and answered_writes is not None:
                         answered_writes += int(raw["requests"]) // len(s.steps)
                         in_flight += max(conns)
 
@@ -671,7 +671,7 @@ def main(argv=None) -> int:
                 if res.requests:
                     res.app_cpu_ms = _delta(app0, app1) * 1000 / res.requests
                     res.db_cpu_ms = _delta(db0, db1) * 1000 / res.requests
-                if scn.writes:
+                if scn.writes and answered_writes is not None:
                     answered_writes += res.requests // len(scn.steps)
                     in_flight += c
                 log(f"  {section:<8} {scn.name:<30} c={c:<3} {res.rate:>8,.0f} req/s  p50 {res.p50_ms:6.1f} ms  "
