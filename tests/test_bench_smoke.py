@@ -21,3 +21,24 @@ def test_benchmark_runs(pg_admin, script, args):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bare" in proc.stdout.lower() and "x" in proc.stdout
+
+
+def test_online_benchmark_runs(pg_admin, tmp_path):
+    """gunicorn + wrk at a tiny size: every load answered without a failure, the ledger consistent, a CSV."""
+    import shutil
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (apt-get install -y wrk)")
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_online.py"), "--seconds", "1", "--connections", "1,2",
+                           "--cards", "50", "--workers", "1", "--threads", "2", "--scaling", "", "--results", str(tmp_path)],
+                          cwd=BENCH, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "RESULT: all requests answered, ledger consistent" in proc.stdout
+    for what in ("echo ceiling", "GetCardInfo", "RegisterOperation (sale)", "bare psycopg2 write"):
+        assert what in proc.stdout
+    written = list(tmp_path.glob("online-*.csv"))
+    assert len(written) == 1
+    rows = written[0].read_text().splitlines()
+    assert rows[0].startswith("section,workers") and len(rows) > 10
+    for row in rows[1:]:
+        assert row.split(",")[12] == "0", row  # errors

@@ -5,7 +5,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Iterable
 
-from sqlalchemy import BigInteger, and_, bindparam, case, func, insert, or_, select, type_coerce, update
+from sqlalchemy import BigInteger, and_, bindparam, case, column, func, insert, or_, select, text, type_coerce, update
 from sqlalchemy.engine import Connection
 
 from ..domain.ledger import Move
@@ -24,6 +24,42 @@ class Repository:
         if lock:
             stmt = stmt.with_for_update()
         return self.conn.execute(stmt).mappings().first()
+
+    def card_with_lots(self, number: str) -> tuple[dict | None, list[Lot]]:
+        """The card row and the lots that matter now (as ``load_lots``), in one statement: one snapshot,
+        one round trip. (None, []) when there is no such card."""
+        card, lots, _ = self._card_rows(_CARD_WITH_LOTS, {"number": number})
+        return card, lots
+
+    def lock_card_for(self, number: str, operation_id: str) -> tuple[dict | None, dict | None, list[Lot] | None]:
+        """What applying an operation to a card needs, read under the card's lock in one round trip:
+        (the operation with this id if it exists already, the card row, the card's lots).
+
+        On PostgreSQL the lock (``SELECT ... FOR UPDATE``) and the read are two statements sent at once:
+        the read is a statement of its own, so it takes its snapshot after the lock is granted and sees
+        what the card's previous writer committed (one statement that locked and read would read the
+        lots as they were before it waited for the lock). On SQLite the writer's transaction holds the
+        database's write lock already. When the card does not exist the operation is looked up alone."""
+        params = {"number": number, "operation_id": operation_id}
+        stmt = _LOCK_AND_READ if self.conn.dialect.name == "postgresql" else _CARD_WITH_LOTS_AND_OPERATION
+        card, lots, existing = self._card_rows(stmt, params)
+        if card is None:
+            return self.get_operation(operation_id), None, None
+        return existing, card, lots
+
+    def _card_rows(self, stmt, params) -> tuple[dict | None, list[Lot], dict | None]:
+        rows = self.conn.execute(stmt, params).all()
+        if not rows:
+            return None, [], None
+        first = rows[0]._mapping
+        card = {c.name: first[f"c_{c.name}"] for c in cards.c}
+        existing = None
+        if "o_id" in first and first["o_id"] is not None:
+            existing = {c.name: first[f"o_{c.name}"] for c in operations.c}
+        found = [Lot(id=r.l_id, measure=Measure(r.l_measure), remaining=r.l_remaining,
+                     available_from=r.l_available_from, expires_at=r.l_expires_at, exclusive=r.l_exclusive)
+                 for r in rows if r.l_id is not None]
+        return card, found, existing
 
     def cards_by_phone(self, phone: str):
         stmt = select(cards).where(cards.c.phone == phone).order_by(cards.c.number)
@@ -137,16 +173,23 @@ class Repository:
                       origin_operation_id=operation_id, exclusive=lot.exclusive) for lot in born]).scalars().all()
             for lot, lot_id in zip(born, ids):
                 lot.id = lot_id
-        if moves:
-            self.conn.execute(insert(entries), [
-                dict(operation_id=operation_id, lot_id=m.lot.id, card_number=card_number,
-                     measure=m.lot.measure.value, role=m.role.value, amount=m.amount)
-                for m in moves
-            ])
+        rows = [dict(operation_id=operation_id, lot_id=m.lot.id, card_number=card_number,
+                     measure=m.lot.measure.value, role=m.role.value, amount=m.amount) for m in moves]
         # relative updates: the nightly regulation may burn other lots of this card at the same time
-        changed = [{"lot_id": k, "delta": v} for k, v in deltas.items() if v != 0]
+        changed = sorted((k, v) for k, v in deltas.items() if v != 0)
+        if rows and changed and self.conn.dialect.name == "postgresql":
+            # the entries and the lots' new remaining in one statement (one round trip), of one shape
+            # whatever the number of moves (arrays), so it is parsed and compiled once
+            self.conn.execute(_ENTRIES_AND_LOTS, {
+                "operation_id": operation_id, "card_number": card_number,
+                "lot_ids": [r["lot_id"] for r in rows], "measures": [r["measure"] for r in rows],
+                "roles": [r["role"] for r in rows], "amounts": [_raw_cents(r["amount"]) for r in rows],
+                "changed_ids": [k for k, _ in changed], "deltas": [_raw_cents(v) for _, v in changed]})
+            return
+        if rows:
+            self.conn.execute(insert(entries), rows)
         if changed:
-            self.conn.execute(_ADD_TO_LOT, changed)
+            self.conn.execute(_ADD_TO_LOT, [{"lot_id": k, "delta": v} for k, v in changed])
 
     # -- operations --------------------------------------------------------------------------
     def get_operation(self, operation_id: str):
@@ -262,9 +305,49 @@ _ADD_TO_LOT = (update(lots).where(lots.c.id == bindparam("lot_id"))
                .values(remaining=lots.c.remaining + bindparam("delta", type_=lots.c.remaining.type)))
 
 
+def _card_read(with_operation: bool, lock_first: bool = False):
+    """The card, its lots that matter now (as ``Repository._lots_of``) and, optionally, the operation
+    named by :operation_id, as one SELECT: a card row per lot (one row with NULL lot columns when it has
+    none). Written as text so that PostgreSQL can be sent the card's lock in front of it in one round trip;
+    typed columns give the same values as the Core queries (Cents, aware UTC times)."""
+    cols = [(f"c.{c.name}", f"c_{c.name}", c.type) for c in cards.c]
+    cols += [(f"l.{name}", f"l_{name}", lots.c[name].type)
+             for name in ("id", "measure", "remaining", "available_from", "expires_at", "exclusive")]
+    joins = ("FROM cards c LEFT OUTER JOIN lots l ON l.card_number = c.number "
+             "AND (l.remaining <> 0 OR (l.available_from IS NULL AND l.expires_at IS NULL))")
+    if with_operation:
+        cols += [(f"o.{c.name}", f"o_{c.name}", c.type) for c in operations.c]
+        joins += " LEFT OUTER JOIN operations o ON o.id = :operation_id"
+    sql = (f"SELECT {', '.join(f'{expr} AS {label}' for expr, label, _ in cols)} {joins} "
+           "WHERE c.number = :number ORDER BY l.id")
+    if lock_first:  # PostgreSQL only: two statements, the rows are the second one's
+        sql = "SELECT 1 FROM cards WHERE number = :number FOR UPDATE; " + sql
+    return text(sql).columns(*[column(label, type_) for _, label, type_ in cols])
+
+
+_CARD_WITH_LOTS = _card_read(with_operation=False)
+_CARD_WITH_LOTS_AND_OPERATION = _card_read(with_operation=True)
+_LOCK_AND_READ = _card_read(with_operation=True, lock_first=True)
+
+# PostgreSQL: an operation's entries and the relative updates of its lots' remaining (whole hundredths)
+_ENTRIES_AND_LOTS = text(
+    "WITH new_entries AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount) "
+    "SELECT :operation_id, e.lot_id, :card_number, e.measure, e.role, e.amount "
+    "FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:measures AS text[]), CAST(:roles AS text[]), "
+    "CAST(:amounts AS bigint[])) AS e (lot_id, measure, role, amount)) "
+    "UPDATE lots SET remaining = lots.remaining + d.delta "
+    "FROM unnest(CAST(:changed_ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
+    "WHERE lots.id = d.lot_id")
+
+
 def _promotion(row) -> Promotion:
     return Promotion(code=row["code"], name=row["name"], valid_from=row["valid_from"], valid_to=row["valid_to"],
                      rule=LifeRule(row["delay_days"], row["lifetime_days"], row["until_date"]))
+
+
+def _raw_cents(amount: Decimal) -> int:
+    """Money as the whole hundredths stored (what ``Cents`` binds)."""
+    return lots.c.remaining.type.process_bind_param(amount, None)
 
 
 def _cents(raw) -> Decimal:
@@ -305,6 +388,14 @@ class BatchRepository(Repository):
         if number in self._cards:
             return self._cards[number]
         return super().get_card(number, lock=lock)
+
+    def lock_card_for(self, number: str, operation_id: str):
+        """From what the batch holds (its cards are locked already); lots None when not held."""
+        existing = self.get_operation(operation_id)
+        if existing is not None:
+            return existing, None, None
+        card = self.get_card(number, lock=True)
+        return None, card, (self._lots.get(number) if card is not None else None)
 
     def get_operation(self, operation_id: str):
         if operation_id in self._ops:

@@ -76,10 +76,11 @@ class BillingService:
     def card_info(self, number: str) -> CardView:
         number = required_text(number, "CardNumber", 32)
         with UnitOfWork(self.engine) as uow:
-            card = uow.repo.get_card(number)
-            if card is None:
-                raise errors.CardNotFound(f"card {number} not found")
-            return self._view(uow.repo, card, self.clock())
+            card, lots = uow.repo.card_with_lots(number)  # one statement
+        if card is None:
+            raise errors.CardNotFound(f"card {number} not found")
+        now = self.clock()
+        return self._view(None, card, now, CardLedger(lots, now))
 
     def find_by_phone(self, phone: str) -> CardView:
         digits = normalise_phone(phone)
@@ -190,15 +191,12 @@ class BillingService:
               *, with_view: bool = True, actor: str | None = None, spend_code: str | None = None) -> ApplyResult:
         """Apply one operation inside the caller's transaction (the journal import applies many in
         one, each under a savepoint). ``with_view=False`` skips computing the card's balances."""
-        existing = repo.get_operation(request.operation_id)
+        # the card locked, its lots and whether the id was applied already, read under the lock: one round trip
+        existing, card, lots = repo.lock_card_for(request.card_number, request.operation_id)
         if existing is not None:
             return self._already(repo, existing, request, now, with_view)
-        card = repo.get_card(request.card_number, lock=True)
         if card is None:
             raise errors.CardNotFound(f"card {request.card_number} not found")
-        existing = repo.get_operation(request.operation_id)  # again, now that the card is ours
-        if existing is not None:
-            return self._already(repo, existing, request, now, with_view)
         if card["status"] != CardStatus.ACTIVE.value:
             raise errors.CardBlocked(f"card {request.card_number} is blocked")
         if source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0:
@@ -211,7 +209,7 @@ class BillingService:
         promotion = self._promotion(repo, request, day)
         rules = repo.card_rules(card)
         if request.kind is Kind.SALE:
-            ledger = CardLedger(repo.load_lots(card["number"]), now)
+            ledger = CardLedger(lots if lots is not None else repo.load_lots(card["number"]), now)
             ledger.spend(request.bonus_spent)
             bonus_rule = promotion.rule if promotion else self.settings.rule("bonus")
             ledger.credit(Measure.BONUS, request.bonus_accrued, *bonus_rule.life(day, tz))

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from lxml import etree
 
+from .echo import ECHO_PATH, echo_app
 from .envelope import SoapFault, fault_envelope, inspect_envelope
 from .service import make_soap_app
 from .throttle import AuthThrottle
@@ -117,6 +118,7 @@ class KKMTransferApp:
         self._schema_checked_at = float("-inf")
         self._schema_error: str | None = None
         self._schema_lock = threading.Lock()
+        self.echo = echo_app(settings)  # the benchmark's no-database echo: None unless KKMTRANSFER_BENCH_ECHO=1
 
     # -- the WSDL ----------------------------------------------------------------------------------
     def _wsdl(self, environ, start):
@@ -174,6 +176,8 @@ class KKMTransferApp:
 
     def _serve(self, environ, start, request_id):
         path = environ.get("PATH_INFO", "") or "/"
+        if self.echo is not None and path.rstrip("/") == ECHO_PATH:
+            return self.echo(environ, start)
         if path.rstrip("/") != ENDPOINT:
             return _plain(start, "404 Not Found", f"Not found. The SOAP endpoint is {ENDPOINT}")
         method = environ.get("REQUEST_METHOD", "GET")

@@ -11,6 +11,7 @@ from datetime import date, datetime
 from decimal import Decimal as D
 
 from spyne import Application, ComplexModel, ServiceBase, rpc
+from spyne import const as spyne_const
 from lxml import etree
 from spyne.error import Fault
 from spyne.model import SimpleModel
@@ -36,6 +37,11 @@ for _name in ("spyne.application", "spyne.server._base", "spyne.application.clie
               "spyne.protocol.xml.invalid", "spyne.protocol.soap.soap11.invalid", "spyne.protocol.xml",
               "spyne.protocol.soap.soap11"):
     logging.getLogger(_name).setLevel(logging.CRITICAL)
+
+# spyne runs a full gc.collect() after a request at most once a second per process, to close the files of
+# its File type (unused here): ~30 ms of CPU with the GIL held, a stall of every thread of the worker and
+# the largest item of the online profile (docs/performance.md). Python's own collector is enough.
+spyne_const.MIN_GC_INTERVAL = float("inf")
 
 
 def _named(base, name, **kw):

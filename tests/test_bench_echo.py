@@ -1,0 +1,62 @@
+"""The online benchmark's echo (kkmtransfer/soap/echo.py): mounted only on request, never in the contract."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+
+from kkmtransfer.soap.devserver import make_server
+from kkmtransfer.soap.echo import ECHO_ENV, ECHO_PATH
+from kkmtransfer.soap.http import KKMTransferApp
+
+from .conftest import zeep_client
+
+ECHO_BODY = ('<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:k="urn:kkmtransfer:1">'
+             '<soap:Body><k:GetCardInfo><k:CardNumber>{card}</k:CardNumber></k:GetCardInfo></soap:Body>'
+             '</soap:Envelope>')
+
+
+@pytest.fixture
+def serve(db, settings, monkeypatch):
+    """Start the WSGI app with the environment as the test sets it; yields the base URL."""
+    servers = []
+
+    def start(echo: bool) -> str:
+        if echo:
+            monkeypatch.setenv(ECHO_ENV, "1")
+        else:
+            monkeypatch.delenv(ECHO_ENV, raising=False)
+        httpd = make_server("127.0.0.1", 0, KKMTransferApp(db, settings))
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_echo_is_not_served_unless_asked(serve):
+    base = serve(echo=False)
+    r = requests.post(base + ECHO_PATH, data=ECHO_BODY.format(card="X1"), timeout=10,
+                      headers={"Content-Type": "text/xml"})
+    assert r.status_code == 404
+    assert r.headers["X-Request-Id"]
+
+
+def test_echo_answers_a_card_info_without_the_database(serve, db):
+    base = serve(echo=True)
+    r = requests.post(base + ECHO_PATH, data=ECHO_BODY.format(card="NO-SUCH-CARD"), timeout=10,
+                      headers={"Content-Type": "text/xml"})
+    assert r.status_code == 200, r.text
+    assert "NO-SUCH-CARD</" in r.text and "1234.56</" in r.text  # no such card exists: no database read
+    assert r.headers["X-Request-Id"]
+    # the contract's endpoint and WSDL are the same as without the echo
+    served = requests.get(base + "/KKMTransfer?wsdl", timeout=10).text
+    assert "KKMTransferEcho" not in served and "GetCardInfo" in served
+    db.add_user("echo-test", "echo-test-password")
+    client = zeep_client(base + "/KKMTransfer", "echo-test", "echo-test-password")
+    with pytest.raises(Exception, match="not found"):
+        client.service.GetCardInfo("NO-SUCH-CARD")
