@@ -20,6 +20,7 @@
 | KKMTRANSFER_AUTH_WINDOW_SECONDS | 300: failures older than this are forgotten |
 | KKMTRANSFER_AUTH_MAX_DELAY_SECONDS | 300: the longest refusal (1 s, 2 s, 4 s … after the limit) |
 | KKMTRANSFER_TRUSTED_PROXIES     | 127.0.0.1,::1: from these, the client address is the last X-Forwarded-For entry |
+| KKMTRANSFER_HOLD_TIMEOUT        | 900: seconds after which an unconfirmed hold (ReserveBonus) is released |
 
 Celery's own settings (KKMTRANSFER_BROKER_URL, KKMTRANSFER_RESULT_BACKEND, KKMTRANSFER_INBOX_EVERY_SECONDS)
 are read by the top-level celeryconfig.py.
@@ -62,6 +63,7 @@ class Settings:
     auth_window_seconds: int = 300
     auth_max_delay_seconds: int = 300
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    hold_timeout: int = 900
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -71,6 +73,8 @@ class Settings:
             raise ConfigError(f"KKMTRANSFER_TIMEZONE: unknown time zone {self.timezone_name!r}") from exc
         if self.max_request_bytes <= 0:
             raise ConfigError("KKMTRANSFER_MAX_REQUEST_BYTES must be a positive number of bytes")
+        if self.hold_timeout <= 0:
+            raise ConfigError("KKMTRANSFER_HOLD_TIMEOUT must be a positive number of seconds")
         if self.nightly_batch <= 0:
             raise ConfigError("KKMTRANSFER_NIGHTLY_BATCH must be positive")
         for name in ("db_connect_timeout", "db_statement_timeout", "max_elements", "max_attributes",
@@ -131,4 +135,5 @@ class Settings:
             auth_max_delay_seconds=whole("KKMTRANSFER_AUTH_MAX_DELAY_SECONDS", 300),
             trusted_proxies=tuple(a.strip() for a in (env.get("KKMTRANSFER_TRUSTED_PROXIES")
                                                       or "127.0.0.1,::1").split(",") if a.strip()),
+            hold_timeout=whole("KKMTRANSFER_HOLD_TIMEOUT", 900),
         )

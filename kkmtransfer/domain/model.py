@@ -36,6 +36,7 @@ class Kind(str, Enum):
     ANNULMENT = "Annulment"
     INITIAL_BALANCE = "InitialBalance"
     EXPIRY = "Expiry"
+    HOLD = "Hold"  # bonuses held by ReserveBonus until the sale confirms or the hold is released
 
 
 class Source(str, Enum):
@@ -61,6 +62,8 @@ class Role(str, Enum):
     TAKEBACK_DEFERRED = "takeback_pending"  # taken back from a lot that has not started yet
     DEBT = "debt"          # what a takeback could not find in any lot
     EXPIRY = "expiry"      # burnt: by the nightly regulation, or at once when moved into a burnt lot
+    HOLD = "hold"          # bonus held by a reservation (ReserveBonus)
+    RELEASE = "release"    # held bonus given back to the lot it was held from
 
 
 # Moves into lots that have not started: the card's books show them when the lot starts (the nightly

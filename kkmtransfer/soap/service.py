@@ -126,6 +126,14 @@ class OperationRecord(ComplexModel):
     ]
 
 
+from .session import (  # noqa: E402 - the session's results carry the CardInfo above
+    Receipt,
+    ReceiptCalculation,
+    receipt_calculation,
+    receipt_request,
+)
+
+
 def _q(value: D) -> D:
     return value.quantize(D("0.01"))
 
@@ -210,11 +218,18 @@ class KKMTransfer(ServiceBase):
         return _call(ctx, lambda: [operation_record(v, tz) for v in
                                    svc.card_operations(CardNumber, DateFrom, DateTo, MaxRecords, After)])
 
+    @rpc(Receipt.customize(min_occurs=1, nillable=False), _returns=ReceiptCalculation)
+    def CalculateReceipt(ctx, Receipt):
+        from ..service_layer.program import ProgramService
+
+        svc = ProgramService(ctx.app.billing)
+        return _call(ctx, lambda: receipt_calculation(svc.calculate_receipt(receipt_request(Receipt))))
+
 
 CONTRACT_FAULTS = {
     "Client.CardNotFound", "Client.CardBlocked", "Client.InsufficientBonus", "Client.OperationConflict",
     "Client.OriginalNotFound", "Client.ReturnExceedsSale", "Client.ValidationError", "Client.AmbiguousPhone",
-    "Server",
+    "Client.HoldNotFound", "Client.HoldAlreadyConfirmed", "Server",
 }
 
 
