@@ -33,7 +33,8 @@ def test_wsdl_has_the_contract_names():
     assert service.get("name") == "KKMTransfer" and len(service.findall("wsdl:port", NS)) == 1
     assert service.find("wsdl:port/soap:address", NS).get("location").endswith("/KKMTransfer")
     ops = {o.get("name") for o in doc.findall("wsdl:portType/wsdl:operation", NS)}
-    assert ops >= {"GetCardInfo", "FindCardByPhone", "RegisterOperation", "GetCardOperations", "CalculateReceipt"}
+    assert ops >= {"GetCardInfo", "FindCardByPhone", "RegisterOperation", "GetCardOperations", "CalculateReceipt",
+                   "ReserveBonus", "CancelOperation"}
 
     def sequence(type_name):
         [ct] = schema.xpath(f"xs:complexType[@name='{type_name}']", namespaces=NS)

@@ -28,7 +28,7 @@ from ..domain.model import (
     optional_text,
     required_text,
 )
-from . import audit, passwords
+from . import audit, holds, passwords
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -186,8 +186,12 @@ class BillingService:
         day = request.operation_time.astimezone(tz).date()
         promotion = self._promotion(repo, request, day)
         rules = repo.card_rules(card)
+        hold = holds.confirming(repo, request)  # a Sale with a hold's OperationId confirms it
+        hold_moves = 0
         if request.kind is Kind.SALE:
-            ledger = CardLedger(repo.load_lots(card["number"]), now)
+            ledger = CardLedger(repo.load_lots(card["number"], holds.held_lot_ids(repo, hold)), now)
+            if hold is not None:
+                hold_moves = holds.confirm(repo, hold, request, ledger, now)
             ledger.spend(request.bonus_spent)
             bonus_rule = promotion.rule if promotion else self.settings.rule("bonus")
             ledger.credit(Measure.BONUS, request.bonus_accrued, *bonus_rule.life(day, tz))
@@ -210,7 +214,10 @@ class BillingService:
             original_operation_id=request.original_operation_id, created_at=now,
             **({"actor": actor[:255]} if actor else {}),
         )
-        repo.save_moves(card["number"], request.operation_id, ledger.moves, now)
+        if hold is not None:
+            repo.save_moves(card["number"], hold["hold_operation_id"], ledger.moves[:hold_moves], now)
+            holds.mark_confirmed(repo, hold, now)
+        repo.save_moves(card["number"], request.operation_id, ledger.moves[hold_moves:], now)
         view = self._view(repo, card, now, ledger) if with_view else None
         return ApplyResult(request.operation_id, APPLIED, view)
 

@@ -127,10 +127,15 @@ class OperationRecord(ComplexModel):
 
 
 from .session import (  # noqa: E402 - the session's results carry the CardInfo above
+    CancelResult,
+    PositiveMoneyRequired,
     Receipt,
     ReceiptCalculation,
+    ReservationResult,
+    cancel_result,
     receipt_calculation,
     receipt_request,
+    reservation_result,
 )
 
 
@@ -224,6 +229,21 @@ class KKMTransfer(ServiceBase):
 
         svc = ProgramService(ctx.app.billing)
         return _call(ctx, lambda: receipt_calculation(svc.calculate_receipt(receipt_request(Receipt))))
+
+    @rpc(Text, Text, Text, PositiveMoneyRequired, OptText, _returns=ReservationResult)
+    def ReserveBonus(ctx, OperationId, CardNumber, KKM, Amount, SpendCode):
+        from ..service_layer.holds import HoldService
+
+        svc = HoldService(ctx.app.billing)
+        return _call(ctx, lambda: reservation_result(svc.reserve(OperationId, CardNumber, KKM, Amount, SpendCode),
+                                                     svc.settings.tz))
+
+    @rpc(Text, _returns=CancelResult)
+    def CancelOperation(ctx, OperationId):
+        from ..service_layer.holds import HoldService
+
+        svc = HoldService(ctx.app.billing)
+        return _call(ctx, lambda: cancel_result(svc.cancel(OperationId)))
 
 
 CONTRACT_FAULTS = {

@@ -29,6 +29,7 @@ def _q(value: D) -> D:
 NonNegativeMoney = _named(Decimal, "NonNegativeMoney", fraction_digits=2, ge=0)
 PositiveMoney = _named(Decimal, "PositiveMoney", fraction_digits=2, gt=0)
 Quantity = _named(Decimal, "Quantity", fraction_digits=3, gt=0)
+PositiveMoneyRequired = _required(PositiveMoney)
 MoneyOut = _required(_named(Decimal, "Money", fraction_digits=2))
 Text = _required(_named(Unicode, "NonEmptyString", min_len=1))
 OptText = Unicode(min_occurs=0)
@@ -153,3 +154,16 @@ def receipt_calculation(result) -> ReceiptCalculation:
     return ReceiptCalculation(OperationId=result.operation_id, Lines=line_calculations(calc),
                               MaxBonusPayment=_q(calc.max_payment), BonusSpent=_q(calc.spent),
                               BonusAccrued=_q(calc.accrued), Message=result.message, Card=card_info(result.card))
+
+
+def reservation_result(view, tz) -> ReservationResult:
+    from .service import card_info
+
+    return ReservationResult(OperationId=view.operation_id, Status=view.status, Amount=_q(view.amount),
+                             ExpiresAt=view.expires_at.astimezone(tz), Card=card_info(view.card))
+
+
+def cancel_result(view) -> CancelResult:
+    from .service import card_info
+
+    return CancelResult(OperationId=view.operation_id, Status=view.status, Card=card_info(view.card))
