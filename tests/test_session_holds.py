@@ -52,10 +52,11 @@ def test_reserve_then_confirm_less_releases_the_rest(soap, card, db):
         soap.service.RegisterOperation(Operation=op_dict(card, spent="40.01"))
     assert fault_code(e) == "Client.InsufficientBonus"
     # confirm with 45.00 spent of the 60.00 held: 15.00 come back
-    res = soap.service.RegisterOperation(Operation=op_dict(card, receipt_sum="300.00", spent="45.00", op_id=op_id))
-    assert (res.Status, res.Card.BonusBalance) == ("Applied", D("55.00"))
-    assert soap.service.RegisterOperation(
-        Operation=op_dict(card, receipt_sum="300.00", spent="45.00", op_id=op_id)).Status == "AlreadyApplied"
+    sale = op_dict(card, receipt_sum="300.00", spent="45.00", op_id=op_id)
+    res = soap.service.RegisterOperation(Operation=sale)
+    assert (res.Status, res.Card.BonusBalance, res.BonusSpent) == ("Applied", D("55.00"), D("45.00"))
+    again = soap.service.RegisterOperation(Operation=sale)
+    assert (again.Status, again.BonusSpent) == ("AlreadyApplied", D("45.00"))
     with pytest.raises(Fault) as e:
         soap.service.CancelOperation(OperationId=op_id)
     assert fault_code(e) == "Client.HoldAlreadyConfirmed"

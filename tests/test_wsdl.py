@@ -43,11 +43,11 @@ def test_wsdl_has_the_contract_names():
     assert sequence("Operation") == [
         "OperationId", "CardNumber", "KKM", "Store", "ReceiptNumber", "OperationTime", "Kind", "ReceiptSum",
         "BonusAccrued", "BonusSpent", "AccumulationDelta", "ReceiptCountDelta", "PromotionCode",
-        "OriginalOperationId"]
+        "OriginalOperationId", "Lines", "SpendCode"]
     assert sequence("CardInfo") == [
         "CardNumber", "Status", "Holder", "BonusBalance", "BonusPending", "NextExpiryDate", "NextExpiryAmount",
         "Accumulation", "AccumulationPending", "ReceiptCount", "ReceiptCountPending"]
-    assert sequence("OperationResult") == ["OperationId", "Status", "Card"]
+    assert sequence("OperationResult") == ["OperationId", "Status", "Card", "BonusAccrued", "BonusSpent", "Message"]
     assert sequence("OperationRecord") == [
         "OperationId", "Time", "Kind", "Source", "KKM", "ReceiptNumber", "Bonus", "Accumulation", "ReceiptCount"]
     assert sequence("GetCardOperations") == ["CardNumber", "DateFrom", "DateTo", "MaxRecords", "After"]

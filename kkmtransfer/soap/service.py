@@ -82,6 +82,21 @@ class CardInfo(ComplexModel):
     ]
 
 
+from .session import (  # noqa: E402 - the session's results carry the CardInfo above
+    CancelResult,
+    PositiveMoneyRequired,
+    Receipt,
+    ReceiptLines,
+    ReceiptCalculation,
+    ReservationResult,
+    cancel_result,
+    domain_lines,
+    receipt_calculation,
+    receipt_request,
+    reservation_result,
+)
+
+
 class Operation(ComplexModel):
     __namespace__ = NS
     _type_info = [
@@ -93,12 +108,14 @@ class Operation(ComplexModel):
         ("OperationTime", DateTime(min_occurs=1, nillable=False)),
         ("Kind", KindType),
         ("ReceiptSum", _required(NonNegativeMoney)),
-        ("BonusAccrued", _required(NonNegativeMoney)),
-        ("BonusSpent", _required(NonNegativeMoney)),
+        ("BonusAccrued", NonNegativeMoney),  # optional: with Lines the server calculates (Extensions A)
+        ("BonusSpent", NonNegativeMoney),
         ("AccumulationDelta", Money),
         ("ReceiptCountDelta", Integer32(min_occurs=0)),
         ("PromotionCode", OptText),
         ("OriginalOperationId", OptText),
+        ("Lines", ReceiptLines.customize(min_occurs=0)),
+        ("SpendCode", OptText),
     ]
 
 
@@ -108,6 +125,9 @@ class OperationResult(ComplexModel):
         ("OperationId", Text),
         ("Status", ApplyStatusType),
         ("Card", CardInfo.customize(min_occurs=1, nillable=False)),
+        ("BonusAccrued", Money),
+        ("BonusSpent", Money),
+        ("Message", OptText),
     ]
 
 
@@ -126,17 +146,6 @@ class OperationRecord(ComplexModel):
     ]
 
 
-from .session import (  # noqa: E402 - the session's results carry the CardInfo above
-    CancelResult,
-    PositiveMoneyRequired,
-    Receipt,
-    ReceiptCalculation,
-    ReservationResult,
-    cancel_result,
-    receipt_calculation,
-    receipt_request,
-    reservation_result,
-)
 
 
 def _q(value: D) -> D:
@@ -163,6 +172,7 @@ def operation_request(op: Operation) -> OperationRequest:
         receipt_sum=op.ReceiptSum, bonus_accrued=op.BonusAccrued, bonus_spent=op.BonusSpent,
         accumulation_delta=op.AccumulationDelta, receipt_count_delta=op.ReceiptCountDelta,
         promotion_code=op.PromotionCode, original_operation_id=op.OriginalOperationId,
+        lines=domain_lines(op.Lines), spend_code=op.SpendCode,
     )
 
 
@@ -211,7 +221,10 @@ class KKMTransfer(ServiceBase):
             svc.check_plausible_time(request)
             result: ApplyResult = svc.register_operation(request, actor=ctx.transport.req_env.get("REMOTE_USER"))
             return OperationResult(OperationId=result.operation_id, Status=result.status,
-                                   Card=card_info(result.card))
+                                   Card=card_info(result.card),
+                                   BonusAccrued=None if result.bonus_accrued is None else _q(result.bonus_accrued),
+                                   BonusSpent=None if result.bonus_spent is None else _q(result.bonus_spent),
+                                   Message=result.message)
 
         return _call(ctx, run)
 

@@ -62,7 +62,7 @@ class Receipt(ComplexModel):
         ("OperationTime", Time),
         ("Lines", ReceiptLines.customize(min_occurs=1, nillable=False)),
         ("PromotionCode", OptText),
-        ("BonusToSpend", NonNegativeMoney.customize(min_occurs=0)),
+        ("BonusToSpend", NonNegativeMoney),
     ]
 
 
