@@ -189,3 +189,20 @@ def test_partial_returns_never_exceed_and_add_up(total, qty_units, data):
         returned += q
         assert done <= total
     assert done == total
+
+
+def test_a_change_made_now_holds_in_a_change_planned_for_later_unless_it_sets_the_same():
+    from kkmtransfer.domain.program import fold
+
+    t0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+    later, now = t0 + timedelta(days=30), t0 + timedelta(days=1)
+    # made first: from `later` on, 9 %; made second: from `now` on, max payment 40 % and 6 %
+    versions = fold([(later, {"accrual_percent": D(9)}),
+                     (now, {"max_payment_percent": D(40), "accrual_percent": D(6)}),
+                     (now + timedelta(hours=1), {"groups": {"T": GroupRule(excluded=True)}})])
+    assert version_at(versions, now).accrual_percent == D(6)
+    at_later = version_at(versions, later)
+    assert (at_later.accrual_percent, at_later.max_payment_percent) == (D(9), D(40))
+    assert at_later.groups["T"].excluded
+    assert "T" not in version_at(fold([(t0, {"groups": {"T": GroupRule(excluded=True)}}),
+                                       (now, {"groups": {"T": None}})]), now).groups

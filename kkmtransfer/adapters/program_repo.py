@@ -8,7 +8,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from ..domain.model import ZERO, Role
-from ..domain.program import Program, ProgramVersion, ReceiptLine
+from ..domain.program import ProgramVersion, change_from_json, change_to_json, fold
 from .db import entries, holds, program_versions, promotions, receipt_lines
 
 
@@ -17,32 +17,20 @@ class ProgramRepository:
         self.conn = conn
 
     # -- the program ---------------------------------------------------------------------------
-    def versions(self) -> list[ProgramVersion]:
-        rows = self.conn.execute(select(program_versions).order_by(program_versions.c.valid_from,
-                                                                   program_versions.c.id)).mappings()
-        return [ProgramVersion(r["valid_from"], Program.from_json(r["body"]), r["created_at"]) for r in rows]
-
-    def version_rows(self):
-        return self.conn.execute(select(program_versions).order_by(program_versions.c.valid_from,
-                                                                   program_versions.c.id)).mappings().all()
+    def versions(self, until: datetime | None = None) -> list[ProgramVersion]:
+        """Every version (or those started by ``until``), each the program in force from its start."""
+        stmt = select(program_versions.c.valid_from, program_versions.c.body).order_by(
+            program_versions.c.valid_from, program_versions.c.id)
+        if until is not None:
+            stmt = stmt.where(program_versions.c.valid_from <= until)
+        return fold((r.valid_from, change_from_json(r.body)) for r in self.conn.execute(stmt))
 
     def version_at(self, when: datetime) -> ProgramVersion | None:
-        row = self.conn.execute(
-            select(program_versions).where(program_versions.c.valid_from <= when)
-            .order_by(program_versions.c.valid_from.desc(), program_versions.c.id.desc()).limit(1)).mappings().first()
-        return None if row is None else ProgramVersion(row["valid_from"], Program.from_json(row["body"]),
-                                                       row["created_at"])
+        versions = self.versions(until=when)
+        return versions[-1] if versions else None
 
-    def latest(self) -> ProgramVersion | None:
-        """The version made last (whatever its start): a change builds on it."""
-        row = self.conn.execute(select(program_versions).order_by(program_versions.c.valid_from.desc(),
-                                                                  program_versions.c.id.desc()).limit(1)
-                                ).mappings().first()
-        return None if row is None else ProgramVersion(row["valid_from"], Program.from_json(row["body"]),
-                                                       row["created_at"])
-
-    def insert_version(self, valid_from: datetime, program: Program, now: datetime, note: str | None) -> None:
-        self.conn.execute(insert(program_versions).values(valid_from=valid_from, body=program.to_json(),
+    def insert_change(self, valid_from: datetime, change: dict, now: datetime, note: str | None) -> None:
+        self.conn.execute(insert(program_versions).values(valid_from=valid_from, body=change_to_json(change),
                                                           note=note, created_at=now))
 
     def lock_program(self) -> None:

@@ -177,6 +177,66 @@ class Program:
         return lines
 
 
+# A change of the program: only what it changes. Keys: accrual_percent, max_payment_percent, tiers,
+# accrue_on_bonus_paid, rounding, groups ({name: GroupRule, or None to drop the group's own rule}).
+# The program in force at a time is the default Program with every change that started by then applied
+# in order of start, so a change made now also holds in a change planned for later, unless that planned
+# change sets the same value itself.
+CHANGE_KEYS = ("accrual_percent", "max_payment_percent", "tiers", "accrue_on_bonus_paid", "rounding", "groups")
+
+
+def apply_change(program: Program, change: Mapping) -> Program:
+    unknown = set(change) - set(CHANGE_KEYS)
+    if unknown:
+        raise ValidationError(f"unknown program settings: {sorted(unknown)}")
+    values = {k: v for k, v in change.items() if k != "groups"}
+    result = program.changed(**values)
+    for name, rule in (change.get("groups") or {}).items():
+        result = result.with_group(name, rule)
+    return result
+
+
+def change_to_json(change: Mapping) -> str:
+    def opt(v):
+        return None if v is None else str(v)
+
+    out = {}
+    for key, value in change.items():
+        if key == "tiers":
+            out[key] = [[str(a), str(p)] for a, p in value]
+        elif key == "groups":
+            out[key] = {name: None if r is None else {"accrual_percent": opt(r.accrual_percent),
+                                                      "max_payment_percent": opt(r.max_payment_percent),
+                                                      "excluded": r.excluded}
+                        for name, r in value.items()}
+        elif isinstance(value, Decimal):
+            out[key] = str(value)
+        else:
+            out[key] = value
+    return json.dumps(out, sort_keys=True)
+
+
+def change_from_json(text: str) -> dict:
+    raw = json.loads(text)
+
+    def opt(v):
+        return None if v is None else Decimal(v)
+
+    out = {}
+    for key, value in raw.items():
+        if key == "tiers":
+            out[key] = tuple((Decimal(a), Decimal(p)) for a, p in value)
+        elif key == "groups":
+            out[key] = {name: None if g is None else GroupRule(opt(g["accrual_percent"]), opt(g["max_payment_percent"]),
+                                                               bool(g["excluded"]))
+                        for name, g in value.items()}
+        elif key in ("accrual_percent", "max_payment_percent"):
+            out[key] = Decimal(value)
+        else:
+            out[key] = value
+    return out
+
+
 @dataclass(frozen=True)
 class ProgramVersion:
     valid_from: datetime | None  # UTC; None: the built-in default (in force since always)
@@ -184,16 +244,25 @@ class ProgramVersion:
     created_at: datetime | None = None
 
 
+def fold(changes: Iterable[tuple[datetime, Mapping]]) -> list[ProgramVersion]:
+    """The versions made by changes (start, change) in order of start (the order given breaks ties):
+    each the program in force from its start on."""
+    program = Program()
+    out = []
+    for start, change in sorted(changes, key=lambda c: c[0]):
+        program = apply_change(program, change)
+        out.append(ProgramVersion(start, program))
+    return out
+
+
 def version_at(versions: Iterable[ProgramVersion], when: datetime) -> Program:
-    """The program in force at ``when``: the latest version that started at or before it (the later
-    made one when two start at once); the default Program when none did."""
-    best = None
-    for v in versions:
+    """The program in force at ``when``: the latest version that started at or before it (of two that
+    start at once, the later in the list); the default Program when none did."""
+    best = Program()
+    for v in sorted(versions, key=lambda v: v.valid_from):
         if v.valid_from is not None and v.valid_from <= when:
-            key = (v.valid_from, v.created_at or v.valid_from)
-            if best is None or key >= best[0]:
-                best = (key, v.program)
-    return best[1] if best else Program()
+            best = v.program
+    return best
 
 
 # -- receipt lines ------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from ..domain.program import (
     Program,
     ProgramVersion,
     ReceiptLine,
+    apply_change,
     calculate,
     check_lines,
     percent,
@@ -105,15 +106,15 @@ class ProgramService:
             raise errors.ValidationError(f"--from {valid_from.isoformat()} is in the past")
         return start
 
-    def _change(self, valid_from, change, note: str) -> ProgramVersion:
+    def _change(self, valid_from, change: dict, note: str) -> ProgramVersion:
         now = self.billing.clock()
         start = self._start(valid_from, now)
         with UnitOfWork(self.engine, write=True) as uow:
             repo = ProgramRepository(uow.conn)
             repo.lock_program()
             base = repo.version_at(start)
-            program = change(base.program if base else Program())
-            repo.insert_version(start, program, now, note[:500])
+            program = apply_change(base.program if base else Program(), change)  # validates
+            repo.insert_change(start, change, now, note[:500])
             uow.commit()
         return ProgramVersion(start, program, now)
 
@@ -128,8 +129,8 @@ class ProgramService:
                       rounding=rounding)
         if all(v is None for v in values.values()):
             raise errors.ValidationError("nothing to change: give at least one option")
-        return self._change(valid_from, lambda p: p.changed(**values),
-                            "set " + ", ".join(f"{k}={v}" for k, v in values.items() if v is not None))
+        change = {k: v for k, v in values.items() if v is not None}
+        return self._change(valid_from, change, "set " + ", ".join(f"{k}={v}" for k, v in change.items()))
 
     def set_group(self, name: str, *, valid_from: datetime | None = None, accrual_percent=None,
                   max_payment_percent=None, excluded: bool = False, remove: bool = False) -> ProgramVersion:
@@ -145,7 +146,7 @@ class ProgramService:
             None if accrual_percent is None else percent(accrual_percent, "--accrual-percent"),
             None if max_payment_percent is None else percent(max_payment_percent, "--max-payment-percent"),
             excluded)
-        return self._change(valid_from, lambda p: p.with_group(name, rule),
+        return self._change(valid_from, {"groups": {name: rule}},
                             f"group {name}: " + ("removed" if rule is None else rule.describe()))
 
     def set_promotion_percent(self, code: str, value) -> None:
