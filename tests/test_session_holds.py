@@ -137,3 +137,31 @@ def test_release_by_hand(soap, card, db):
     assert svc.release_by_hand(op_id).status == "Cancelled"
     assert svc.list() == []
     assert soap.service.GetCardInfo(card).BonusBalance == D("100.00")
+
+
+def test_a_hold_confirmed_by_the_offline_journal_and_a_late_one_rejected(db, soap, card, tmp_path, clock):
+    """The confirmation arrives as the Sale with the hold's OperationId in a journal: still reserved, it
+    confirms; released and the balance no longer allows it, the row is a reject with that reason."""
+    from kkmtransfer.service_layer.journal import JournalImport
+
+    from .test_journal import journal, line
+
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    clock.set(now)
+    confirmed, late = new_id(), new_id()
+    reserve(soap, "30.00", confirmed)
+    reserve(soap, "60.00", late)
+    clock.set(now + timedelta(seconds=1000))
+    # `confirmed` is hung but not released yet; `late` is released by the task
+    HoldService(db).release_by_hand(late)
+    soap.service.RegisterOperation(Operation=op_dict(card, spent="50.00"))  # 70 - 50 = 20 left
+    path = journal(tmp_path, "hold.csv",
+                   line(number="1", when=now, card=card, spent="25.00", total="250.00", op_id=confirmed),
+                   line(number="2", when=now, card=card, spent="60.00", total="600.00", op_id=late))
+    summary = JournalImport(db).import_file(path)
+    assert (summary.applied, summary.rejected, summary.reasons) == (1, 1, {"Client.InsufficientBonus": 1})
+    # 30 held, 25 spent: 5 back -> 20 + 5
+    assert soap.service.GetCardInfo(card).BonusBalance == D("25.00")
+    with pytest.raises(Fault) as e:
+        soap.service.CancelOperation(OperationId=confirmed)
+    assert fault_code(e) == "Client.HoldAlreadyConfirmed"

@@ -151,3 +151,26 @@ def test_a_late_receipt_earns_by_the_rules_of_its_day(soap, card, db, clock):
     old = soap.service.RegisterOperation(Operation=sale(card, [line(1, "100.00")], when=now + timedelta(minutes=30)))
     new = soap.service.RegisterOperation(Operation=sale(card, [line(1, "100.00")], when=now + timedelta(days=7)))
     assert (old.BonusAccrued, new.BonusAccrued) == (D("5.00"), D("20.00"))
+
+
+def test_calculate_reserve_confirm_less_with_lines(soap, card, db):
+    soap.service.RegisterOperation(Operation=sale(card, [line(1, "2000.00")]))  # 100.00 accrued
+    lines = [line(1, "120.00", qty="2"), line(2, "80.00"), line(3, "60.00", group="TOBACCO")]
+    op_id = new_id()
+    calc = soap.service.CalculateReceipt(Receipt=dict(
+        OperationId=op_id, CardNumber=card, KKM="KKM-1", OperationTime=datetime.now(timezone.utc),
+        Lines=dict(ReceiptLine=lines), BonusToSpend=D("150.00")))
+    # maxima 60 + 40 + 0 = 100 (< 150 asked, = the balance): all of it
+    assert (calc.MaxBonusPayment, calc.BonusSpent) == (D("100.00"), D("100.00"))
+    preview = soap.service.CalculateReceipt(Receipt=dict(
+        OperationId=op_id, CardNumber=card, KKM="KKM-1", OperationTime=datetime.now(timezone.utc),
+        Lines=dict(ReceiptLine=lines), BonusToSpend=D("70.00")))
+    held = soap.service.ReserveBonus(OperationId=op_id, CardNumber=card, KKM="KKM-1", Amount=calc.BonusSpent)
+    assert held.Card.BonusBalance == D("0.00")
+    # the customer pays part by card after all: 70.00 by bonus
+    r = soap.service.RegisterOperation(Operation=sale(card, lines, op_id=op_id, BonusSpent=D("70.00")))
+    # 70 over maxima 60:40 -> 42 / 28; accrual 5 % of (120-42) + (80-28) = 130 -> 6.50
+    assert (r.Status, r.BonusSpent, r.BonusAccrued) == ("Applied", D("70.00"), D("6.50"))
+    assert r.Card.BonusBalance == D("100.00") - D("70.00") + D("6.50")
+    assert preview.BonusAccrued == r.BonusAccrued  # the register's preview and the applied sale agree
+    assert [x.BonusSpent for x in preview.Lines.LineCalculation] == [D("42.00"), D("28.00"), D("0.00")]
