@@ -165,3 +165,17 @@ def test_a_hold_confirmed_by_the_offline_journal_and_a_late_one_rejected(db, soa
     with pytest.raises(Fault) as e:
         soap.service.CancelOperation(OperationId=confirmed)
     assert fault_code(e) == "Client.HoldAlreadyConfirmed"
+
+
+def test_billing_disable_removes_holds_and_receipt_lines_too(soap, card, db):
+    from kkmtransfer.domain.program import ReceiptLine
+    from kkmtransfer.service_layer.billing_admin import BillingAdmin
+
+    from .helpers import request
+
+    reserve(soap, "10.00")
+    line = ReceiptLine.build(line_number=1, article="X", quantity=D(1), price=D("5.00"), sum=D("5.00"))
+    db.register_operation(request(card, receipt_sum="5.00", accrued=None, lines=[line]))
+    removed = BillingAdmin(db).disable()
+    assert removed["holds"] == 1 and removed["receipt_lines"] == 1 and removed["operations"] == 3
+    assert rows(db) == (0, 0, 0)

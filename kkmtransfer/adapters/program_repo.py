@@ -7,7 +7,7 @@ from decimal import Decimal
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from ..domain.model import ZERO, Role
+from ..domain.model import Role
 from ..domain.program import ProgramVersion, change_from_json, change_to_json, fold
 from .db import entries, holds, program_versions, promotions, receipt_lines
 
@@ -106,6 +106,3 @@ class ProgramRepository:
                    entries.c.role.in_([Role.HOLD.value, Role.RELEASE.value]))
             .group_by(entries.c.lot_id).order_by("first")).all()
         return [(r.lot_id, -r.amount) for r in rows if r.amount < 0]
-
-    def held_total(self, hold_operation_id: str) -> Decimal:
-        return sum((amount for _, amount in self.held_sources(hold_operation_id)), ZERO)
