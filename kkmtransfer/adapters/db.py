@@ -334,7 +334,7 @@ program_versions = Table(
 )
 
 # Holds (ReserveBonus): the register's OperationId; the bonuses are held by a ledger operation of kind
-# Hold (hold_operation_id, a server id that is not a GUID) whose entries take them from the card's lots
+# Hold (hold_operation_id, a server-derived id: adapters/server_ids) whose entries take them from the card's lots
 # and give them back on release. The confirming Sale has the register's OperationId.
 holds = Table(
     "holds",

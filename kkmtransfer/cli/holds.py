@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from . import _billing, domain_errors, main
+from . import _billing, actor, domain_errors, main
 
 
 def _service():
@@ -46,7 +46,7 @@ def holds_list(hung):
 def holds_release(operation_id):
     """Release hold OPERATION_ID by hand: its bonuses go back to the card. A sale confirming it later
     still applies when the balance allows."""
-    result = _service().release_by_hand(operation_id)
+    result = _service().release_by_hand(operation_id, actor=actor())
     if result.status == "AlreadyCancelled":
         click.echo(f"hold {result.operation_id} was already released; nothing changed")
     else:

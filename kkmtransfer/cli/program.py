@@ -6,7 +6,7 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
-from . import _billing, domain_errors, main
+from . import _billing, actor, domain_errors, main
 
 
 class IsoDateTime(click.ParamType):
@@ -102,7 +102,7 @@ def program_set(accrual_percent, max_payment_percent, tiers, no_tiers, accrue_on
     svc = _service()
     version = svc.set(valid_from=valid_from, accrual_percent=accrual_percent, max_payment_percent=max_payment_percent,
                       tiers=() if no_tiers else (tiers or None), accrue_on_bonus_paid=accrue_on_bonus_paid,
-                      rounding=rounding)
+                      rounding=rounding, actor=actor())
     _echo_version(version, svc.settings.tz, "set; in force")
 
 
@@ -118,7 +118,8 @@ def program_group(group, accrual_percent, max_payment_percent, excluded, remove,
     """Give goods group GROUP (ReceiptLine.Group) its own rule from --from on."""
     svc = _service()
     version = svc.set_group(group, valid_from=valid_from, accrual_percent=accrual_percent,
-                            max_payment_percent=max_payment_percent, excluded=excluded, remove=remove)
+                            max_payment_percent=max_payment_percent, excluded=excluded, remove=remove,
+                            actor=actor())
     _echo_version(version, svc.settings.tz, "set; in force")
 
 
@@ -131,5 +132,5 @@ def program_promotion(code, accrual_percent, clear):
     """Set promotion CODE's own accrual percent (receipts naming it in PromotionCode)."""
     if bool(accrual_percent) == clear:
         raise click.UsageError("give either --accrual-percent or --none")
-    _service().set_promotion_percent(code, None if clear else accrual_percent)
+    _service().set_promotion_percent(code, None if clear else accrual_percent, actor=actor())
     click.echo(f"promotion {code}: " + (f"accrual {accrual_percent}%" if accrual_percent else "no own percent"))

@@ -1,8 +1,8 @@
 """Holds: ReserveBonus, its confirmation by the Sale with the same OperationId, CancelOperation, and the
 release of hung holds (by the periodic task or by hand).
 
-A hold is bookkeeping on the same ledger, nothing beside it: an operation of kind Hold (with a server
-id, ``h-`` and 32 hex digits, which no register can send: registers send GUIDs) whose entries take the
+A hold is bookkeeping on the same ledger, nothing beside it: an operation of kind Hold (with an id the
+server derives from the installation's secret, which no register can send first) whose entries take the
 amount from the card's live lots, earliest expiry first, exactly as a spend does, so the balance every
 operation sees excludes it and the card's lock serialises it with every spend. Releasing gives the held
 amount back to the lots it came from (each with its own expiry; a lot that burnt meanwhile burns it
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ..adapters.program_repo import ProgramRepository
+from ..adapters.server_ids import check_own, namespace, server_id
 from ..domain import errors
 from ..domain.ledger import CardLedger
 from ..domain.model import (
@@ -34,6 +34,7 @@ from ..domain.model import (
     optional_text,
     required_text,
 )
+from . import audit
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ def _hash(card: str, kkm: str, amount) -> str:
     return hashlib.sha256(f"{card}|{kkm}|{amount}".encode()).hexdigest()
 
 
-def hold_operation_id() -> str:
-    return "h-" + uuid.uuid4().hex
+def hold_operation_id(conn, op_id: str) -> str:
+    """The ledger operation of the hold ``op_id``: an id derived from the installation's secret, which no
+    register can compute and send first (adapters/server_ids)."""
+    return server_id(namespace(conn), "hold", op_id)
 
 
 def release(repo, hold, now: datetime, ledger: CardLedger | None = None) -> CardLedger:
@@ -117,6 +120,15 @@ def mark_confirmed(repo, hold, now: datetime) -> None:
                                              "register" if hold["status"] == RESERVED else hold["settled_by"])
 
 
+def _check_kkm(repo, actor: str | None, kkm: str) -> None:
+    """A register user bound to KKM codes works only for them (as for RegisterOperation)."""
+    user = repo.get_user(actor) if actor else None
+    kkms = [k for k in ((user["kkms"] if user else None) or "").split(",") if k]
+    if kkms and kkm not in kkms:
+        raise errors.ValidationError(f"KKM {kkm!r} is not one of the registers user {user['name']} may post for "
+                                     f"({', '.join(kkms)})")
+
+
 class HoldService:
     def __init__(self, billing):
         self.billing = billing
@@ -142,7 +154,8 @@ class HoldService:
         return card
 
     # -- ReserveBonus ------------------------------------------------------------------------------
-    def reserve(self, operation_id, card_number, kkm, amount, spend_code=None) -> ReservationView:
+    def reserve(self, operation_id, card_number, kkm, amount, spend_code=None,
+                actor: str | None = None) -> ReservationView:
         op_id = canonical_guid(operation_id)
         number = required_text(card_number, "CardNumber", 32)
         kkm = required_text(kkm, "KKM")
@@ -152,7 +165,7 @@ class HoldService:
         if amount <= 0:
             raise errors.ValidationError(f"Amount: must be > 0, got {amount}")
         spend_code = optional_text(spend_code, "SpendCode")
-        return self._retrying(lambda: self._reserve(op_id, number, kkm, amount, spend_code))
+        return self._retrying(lambda: self._reserve(op_id, number, kkm, amount, spend_code, actor))
 
     def _existing(self, hold, content_hash: str, uow, now) -> ReservationView:
         if hold["content_hash"] != content_hash:
@@ -165,11 +178,12 @@ class HoldService:
         return ReservationView(hold["id"], "AlreadyReserved", hold["amount"], hold["expires_at"],
                                self.billing._view(uow.repo, card, now))
 
-    def _reserve(self, op_id, number, kkm, amount, spend_code) -> ReservationView:
+    def _reserve(self, op_id, number, kkm, amount, spend_code, actor=None) -> ReservationView:
         now = self.billing.clock()
         content_hash = _hash(number, kkm, amount)
         with UnitOfWork(self.engine, write=True) as uow:
             repo, prepo = uow.repo, ProgramRepository(uow.conn)
+            _check_kkm(repo, actor, kkm)
             card = self._card(repo, number, lock=True)
             hold = prepo.get_hold(op_id)
             if hold is not None:
@@ -180,12 +194,14 @@ class HoldService:
                 raise errors.CardBlocked(f"card {number} is blocked")
             ledger = CardLedger(repo.load_lots(number), now)
             ledger.spend(amount, role=Role.HOLD)
-            ledger_id = hold_operation_id()
+            ledger_id = hold_operation_id(uow.conn, op_id)
+            check_own(repo.get_operation(ledger_id), ledger_id, kind=Kind.HOLD.value)
             repo.insert_operation(
                 id=ledger_id, card_number=number, kind=Kind.HOLD.value, source=Source.ONLINE.value, kkm=kkm,
                 operation_time=now, business_date=now.astimezone(self.settings.tz).date(), content_hash=content_hash,
                 receipt_sum=ZERO, bonus_accrued=ZERO, bonus_spent=amount, accumulation_delta=ZERO,
-                receipt_count_delta=0, note=f"hold {op_id}", created_at=now)
+                receipt_count_delta=0, note=f"hold {op_id}", created_at=now,
+                **({"actor": actor[:255]} if actor else {}))
             repo.save_moves(number, ledger_id, ledger.moves, now)
             expires = now + timedelta(seconds=self.settings.hold_timeout)
             prepo.insert_hold(id=op_id, hold_operation_id=ledger_id, card_number=number, kkm=kkm, amount=amount,
@@ -196,21 +212,24 @@ class HoldService:
         return ReservationView(op_id, "Reserved", amount, expires, view)
 
     # -- CancelOperation and releases ----------------------------------------------------------------
-    def cancel(self, operation_id) -> CancelView:
+    def cancel(self, operation_id, actor: str | None = None) -> CancelView:
         op_id = canonical_guid(operation_id)
-        return self._retrying(lambda: self._settle(op_id, CANCELLED, "register"))
+        return self._retrying(lambda: self._settle(op_id, CANCELLED, "register", actor))
 
-    def release_by_hand(self, operation_id) -> CancelView:
+    def release_by_hand(self, operation_id, actor: str | None = None) -> CancelView:
         op_id = canonical_guid(operation_id, "ID")
-        return self._retrying(lambda: self._settle(op_id, RELEASED, "operator"))
+        return self._retrying(lambda: self._settle(op_id, RELEASED, "operator", actor, audited=True))
 
-    def _settle(self, op_id: str, status: str, by: str) -> CancelView:
+    def _settle(self, op_id: str, status: str, by: str, actor: str | None = None,
+                audited: bool = False) -> CancelView:
         now = self.billing.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             repo, prepo = uow.repo, ProgramRepository(uow.conn)
             hold = prepo.get_hold(op_id)
             if hold is None:
                 raise errors.HoldNotFound(f"no hold with OperationId {op_id}")
+            if not audited:  # a register cancels only its own registers' holds
+                _check_kkm(repo, actor, hold["kkm"])
             card = self._card(repo, hold["card_number"], lock=True)
             hold = prepo.get_hold(op_id)  # again, now that the card is ours
             if hold["status"] == CONFIRMED:
@@ -219,6 +238,8 @@ class HoldService:
                 return CancelView(op_id, "AlreadyCancelled", self.billing._view(repo, card, now))
             ledger = release(repo, hold, now)
             prepo.settle_hold(op_id, status, now, by)
+            if audited:
+                audit.record(uow.conn, actor, "holds.release", op_id, card=hold["card_number"], amount=hold["amount"])
             view = self.billing._view(repo, card, now, ledger)
             uow.commit()
         log.info("hold %s %s by %s", op_id, status, by)

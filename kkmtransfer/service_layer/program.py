@@ -29,6 +29,7 @@ from ..domain.program import (
     check_lines,
     percent,
 )
+from . import audit
 from .unit_of_work import UnitOfWork
 
 
@@ -106,7 +107,7 @@ class ProgramService:
             raise errors.ValidationError(f"--from {valid_from.isoformat()} is in the past")
         return start
 
-    def _change(self, valid_from, change: dict, note: str) -> ProgramVersion:
+    def _change(self, valid_from, change: dict, note: str, actor: str | None = None) -> ProgramVersion:
         now = self.billing.clock()
         start = self._start(valid_from, now)
         with UnitOfWork(self.engine, write=True) as uow:
@@ -115,11 +116,13 @@ class ProgramService:
             base = repo.version_at(start)
             program = apply_change(base.program if base else Program(), change)  # validates
             repo.insert_change(start, change, now, note[:500])
+            audit.record(uow.conn, actor, "program.change", start.isoformat(), change=note)
             uow.commit()
         return ProgramVersion(start, program, now)
 
     def set(self, *, valid_from: datetime | None = None, accrual_percent=None, max_payment_percent=None,
-            tiers=None, accrue_on_bonus_paid: bool | None = None, rounding: str | None = None) -> ProgramVersion:
+            tiers=None, accrue_on_bonus_paid: bool | None = None, rounding: str | None = None,
+            actor: str | None = None) -> ProgramVersion:
         """A new version from ``valid_from`` (default now; never in the past): the version in force then,
         with the values given changed. ``tiers``: [(accumulation, percent)] replaces the tiers."""
         values = dict(accrual_percent=None if accrual_percent is None else percent(accrual_percent, "--accrual-percent"),
@@ -130,10 +133,11 @@ class ProgramService:
         if all(v is None for v in values.values()):
             raise errors.ValidationError("nothing to change: give at least one option")
         change = {k: v for k, v in values.items() if v is not None}
-        return self._change(valid_from, change, "set " + ", ".join(f"{k}={v}" for k, v in change.items()))
+        return self._change(valid_from, change, "set " + ", ".join(f"{k}={v}" for k, v in change.items()), actor)
 
     def set_group(self, name: str, *, valid_from: datetime | None = None, accrual_percent=None,
-                  max_payment_percent=None, excluded: bool = False, remove: bool = False) -> ProgramVersion:
+                  max_payment_percent=None, excluded: bool = False, remove: bool = False,
+                  actor: str | None = None) -> ProgramVersion:
         name = required_text(name, "GROUP", 64)
         if remove and (excluded or accrual_percent is not None or max_payment_percent is not None):
             raise errors.ValidationError("--remove takes no other option")
@@ -147,13 +151,14 @@ class ProgramService:
             None if max_payment_percent is None else percent(max_payment_percent, "--max-payment-percent"),
             excluded)
         return self._change(valid_from, {"groups": {name: rule}},
-                            f"group {name}: " + ("removed" if rule is None else rule.describe()))
+                            f"group {name}: " + ("removed" if rule is None else rule.describe()), actor)
 
-    def set_promotion_percent(self, code: str, value) -> None:
+    def set_promotion_percent(self, code: str, value, actor: str | None = None) -> None:
         pct = None if value is None else percent(value, "--accrual-percent")
         with UnitOfWork(self.engine, write=True) as uow:
             if not ProgramRepository(uow.conn).set_promotion_percent(code, pct):
                 raise errors.ValidationError(f"unknown promotion {code}")
+            audit.record(uow.conn, actor, "program.promotion", code, accrual_percent=str(pct) if pct else "")
             uow.commit()
 
     # -- CalculateReceipt ------------------------------------------------------------------------

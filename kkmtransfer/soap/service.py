@@ -248,15 +248,17 @@ class KKMTransfer(ServiceBase):
         from ..service_layer.holds import HoldService
 
         svc = HoldService(ctx.app.billing)
-        return _call(ctx, lambda: reservation_result(svc.reserve(OperationId, CardNumber, KKM, Amount, SpendCode),
-                                                     svc.settings.tz))
+        actor = ctx.transport.req_env.get("REMOTE_USER")
+        return _call(ctx, lambda: reservation_result(
+            svc.reserve(OperationId, CardNumber, KKM, Amount, SpendCode, actor=actor), svc.settings.tz))
 
     @rpc(Text, _returns=CancelResult)
     def CancelOperation(ctx, OperationId):
         from ..service_layer.holds import HoldService
 
         svc = HoldService(ctx.app.billing)
-        return _call(ctx, lambda: cancel_result(svc.cancel(OperationId)))
+        actor = ctx.transport.req_env.get("REMOTE_USER")
+        return _call(ctx, lambda: cancel_result(svc.cancel(OperationId, actor=actor)))
 
 
 CONTRACT_FAULTS = {
