@@ -69,6 +69,7 @@ bench: install
 	../$(BIN)/python bench_nightly.py $(BENCH_NIGHTLY_ARGS) && \
 	../$(BIN)/python bench_journal.py $(BENCH_JOURNAL_ARGS) && \
 	../$(BIN)/python bench_actions.py $(BENCH_ACTIONS_ARGS) && \
+	../$(BIN)/python bench_session.py && \
 	echo "make bench: all benchmarks in $$(( $$(date +%s) - start )) s (load average now: $$(cut -d' ' -f1-3 /proc/loadavg))"
 
 clean:

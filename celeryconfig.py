@@ -2,7 +2,9 @@
 
 Broker and result backend: KKMTRANSFER_BROKER_URL (default redis://127.0.0.1:6379/0).
 Beat: the nightly regulation every day at 02:00 in the business time zone (KKMTRANSFER_TIMEZONE), and
-the journal inbox (KKMTRANSFER_INBOX_DIR) every KKMTRANSFER_INBOX_EVERY_SECONDS (default 60).
+the journal inbox (KKMTRANSFER_INBOX_DIR) every KKMTRANSFER_INBOX_EVERY_SECONDS (default 60), and the release
+of hung holds (ReserveBonus not confirmed within KKMTRANSFER_HOLD_TIMEOUT) every
+KKMTRANSFER_HOLD_RELEASE_EVERY_SECONDS (default 60).
 """
 import os
 
@@ -50,6 +52,11 @@ beat_schedule = {
     "import-inbox": {
         "task": "kkmtransfer.import_inbox",
         "schedule": float(os.environ.get("KKMTRANSFER_INBOX_EVERY_SECONDS") or 60),
+        "options": {"expires": 50},
+    },
+    "release-hung-holds": {
+        "task": "kkmtransfer.release_hung_holds",
+        "schedule": float(os.environ.get("KKMTRANSFER_HOLD_RELEASE_EVERY_SECONDS") or 60),
         "options": {"expires": 50},
     },
 }

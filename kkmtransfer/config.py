@@ -24,6 +24,7 @@
 | KKMTRANSFER_SPEND_CODE_LENGTH / _TTL_SECONDS / _SECRET | 6 digits / 300 s / empty: a key kept in the database |
 | KKMTRANSFER_SMS_PROVIDER        | stream-telecom / console; default: stream-telecom when _SMS_LOGIN is set |
 | KKMTRANSFER_SMS_URL / _LOGIN / _PASSWORD / _SENDER / _TEXT | the Stream Telecom HTTPS GET gateway |
+| KKMTRANSFER_HOLD_TIMEOUT        | 900: seconds after which an unconfirmed hold (ReserveBonus) is released |
 
 Celery's own settings (KKMTRANSFER_BROKER_URL, KKMTRANSFER_RESULT_BACKEND, KKMTRANSFER_INBOX_EVERY_SECONDS)
 are read by the top-level celeryconfig.py.
@@ -80,6 +81,7 @@ class Settings:
     sms_password: str | None = field(default=None, repr=False)
     sms_sender: str | None = None
     sms_text: str = DEFAULT_SMS_TEXT
+    hold_timeout: int = 900
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -89,6 +91,8 @@ class Settings:
             raise ConfigError(f"KKMTRANSFER_TIMEZONE: unknown time zone {self.timezone_name!r}") from exc
         if self.max_request_bytes <= 0:
             raise ConfigError("KKMTRANSFER_MAX_REQUEST_BYTES must be a positive number of bytes")
+        if self.hold_timeout <= 0:
+            raise ConfigError("KKMTRANSFER_HOLD_TIMEOUT must be a positive number of seconds")
         if self.nightly_batch <= 0:
             raise ConfigError("KKMTRANSFER_NIGHTLY_BATCH must be positive")
         for name in ("db_connect_timeout", "db_statement_timeout", "max_elements", "max_attributes",
@@ -180,4 +184,5 @@ class Settings:
             sms_password=env.get("KKMTRANSFER_SMS_PASSWORD") or None,
             sms_sender=env.get("KKMTRANSFER_SMS_SENDER") or None,
             sms_text=env.get("KKMTRANSFER_SMS_TEXT") or DEFAULT_SMS_TEXT,
+            hold_timeout=whole("KKMTRANSFER_HOLD_TIMEOUT", 900),
         )

@@ -88,3 +88,14 @@ def import_inbox() -> list[dict]:
                  rows=r.summary.rows if r.summary else 0, applied=r.summary.applied if r.summary else 0,
                  already=r.summary.already if r.summary else 0, rejected=r.summary.rejected if r.summary else 0)
             for r in process_inbox(b, b.settings.inbox_dir)]
+
+
+@app.task(name="kkmtransfer.release_hung_holds")
+def release_hung_holds() -> int:
+    """Release the holds (ReserveBonus) not confirmed within KKMTRANSFER_HOLD_TIMEOUT (beat: every minute)."""
+    from .service_layer.holds import HoldService
+
+    released = HoldService(billing()).release_hung()
+    if released:
+        log.info("released %d hung hold(s)", released)
+    return released

@@ -177,7 +177,10 @@ def gunicorn(database_url, tmp_path_factory):
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--workers", "4", "--threads", "4", "--bind", f"127.0.0.1:{port}",
-             "--graceful-timeout", "2", "kkmtransfer.wsgi:application"],
+             "--graceful-timeout", "2",
+             # the tests build all their clients (each reads the WSDL on a kept-alive connection) before
+             # they call at once: the default 2 s keep-alive would close those connections under the clients
+             "--keep-alive", "120", "kkmtransfer.wsgi:application"],
             env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/KKMTransfer"
     deadline = time.monotonic() + 30

@@ -36,7 +36,7 @@ def request(card: str, kind: str = "Sale", receipt_sum="100.00", accrued="0.00",
     return OperationRequest.build(
         operation_id=op_id or new_id(), card_number=card, kkm=extra.pop("kkm", "KKM-1"),
         operation_time=time or datetime.now(timezone.utc), kind=kind, receipt_sum=D(receipt_sum),
-        bonus_accrued=D(accrued), bonus_spent=D(spent), **extra)
+        bonus_accrued=None if accrued is None else D(accrued), bonus_spent=D(spent), **extra)
 
 
 def assert_invariants(billing) -> None:

@@ -33,7 +33,8 @@ def test_wsdl_has_the_contract_names():
     assert service.get("name") == "KKMTransfer" and len(service.findall("wsdl:port", NS)) == 1
     assert service.find("wsdl:port/soap:address", NS).get("location").endswith("/KKMTransfer")
     ops = {o.get("name") for o in doc.findall("wsdl:portType/wsdl:operation", NS)}
-    assert ops == {"GetCardInfo", "FindCardByPhone", "RegisterOperation", "GetCardOperations", "RequestSpendCode"}
+    assert ops == {"GetCardInfo", "FindCardByPhone", "RegisterOperation", "GetCardOperations", "CalculateReceipt",
+                   "ReserveBonus", "CancelOperation", "RequestSpendCode"}
 
     def sequence(type_name):
         [ct] = schema.xpath(f"xs:complexType[@name='{type_name}']", namespaces=NS)
@@ -42,11 +43,11 @@ def test_wsdl_has_the_contract_names():
     assert sequence("Operation") == [
         "OperationId", "CardNumber", "KKM", "Store", "ReceiptNumber", "OperationTime", "Kind", "ReceiptSum",
         "BonusAccrued", "BonusSpent", "AccumulationDelta", "ReceiptCountDelta", "PromotionCode",
-        "OriginalOperationId", "SpendCode"]
+        "OriginalOperationId", "Lines", "SpendCode"]
     assert sequence("CardInfo") == [
         "CardNumber", "Status", "Holder", "BonusBalance", "BonusPending", "NextExpiryDate", "NextExpiryAmount",
         "Accumulation", "AccumulationPending", "ReceiptCount", "ReceiptCountPending"]
-    assert sequence("OperationResult") == ["OperationId", "Status", "Card"]
+    assert sequence("OperationResult") == ["OperationId", "Status", "Card", "BonusAccrued", "BonusSpent", "Message"]
     assert sequence("OperationRecord") == [
         "OperationId", "Time", "Kind", "Source", "KKM", "ReceiptNumber", "Bonus", "Accumulation", "ReceiptCount"]
     assert sequence("GetCardOperations") == ["CardNumber", "DateFrom", "DateTo", "MaxRecords", "After"]

@@ -63,6 +63,26 @@ class Cents(TypeDecorator):
         return Decimal(int(value)).scaleb(-2).quantize(Decimal("0.01"))
 
 
+class Thousandths(TypeDecorator):
+    """A Decimal with three fraction digits (a quantity), stored as a whole number of thousandths."""
+
+    impl = BigInteger
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        scaled = Decimal(value).scaleb(3)
+        if scaled != scaled.to_integral_value():
+            raise ValueError(f"more than three fraction digits: {value}")
+        return int(scaled)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return Decimal(int(value)).scaleb(-3).quantize(Decimal("0.001"))
+
+
 class UTCDateTime(TypeDecorator):
     """An aware datetime, stored as naive UTC."""
 
@@ -125,6 +145,7 @@ promotions = Table(
     Column("until_date", Date()),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("closed_at", UTCDateTime()),
+    Column("accrual_percent", Cents()),  # the promotion's own accrual percent (receipts the server calculates)
 )
 
 # The nightly regulation's documents: one "WriteOff" ("Списание с дисконтных карт") and one "Accrual"
@@ -336,6 +357,57 @@ audit = Table(
     Column("action", String(64), nullable=False),
     Column("object", String(255)),
     Column("details", Text()),                           # JSON
+)
+
+
+# The bonus program, versioned: each change is a whole new version in force from valid_from on; a receipt
+# is calculated by the version in force at its OperationTime. ``body`` is the Program as JSON.
+program_versions = Table(
+    "program_versions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("valid_from", UTCDateTime(), nullable=False, index=True),
+    Column("body", Text(), nullable=False),
+    Column("note", String(500)),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# Holds (ReserveBonus): the register's OperationId; the bonuses are held by a ledger operation of kind
+# Hold (hold_operation_id, a server-derived id: adapters/server_ids) whose entries take them from the card's lots
+# and give them back on release. The confirming Sale has the register's OperationId.
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("hold_operation_id", String(36), ForeignKey("operations.id"), nullable=False),
+    Column("card_number", String(32), ForeignKey("cards.number"), nullable=False),
+    Column("kkm", String(64), nullable=False),
+    Column("amount", Cents(), nullable=False),
+    Column("spend_code", String(64)),
+    Column("content_hash", String(64), nullable=False),
+    Column("status", String(16), nullable=False),      # reserved / confirmed / cancelled / released
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("settled_at", UTCDateTime()),
+    Column("settled_by", String(64)),                  # register / task / operator
+    Index("ix_holds_status_expires", "status", "expires_at"),
+)
+
+# Lines of a receipt (a Sale's lines as reported, with what each was paid by bonus and earned), and of a
+# Return with lines (line_number names the original's line; quantity, sum and amounts are what returned).
+receipt_lines = Table(
+    "receipt_lines",
+    metadata,
+    Column("operation_id", String(36), ForeignKey("operations.id"), primary_key=True),
+    Column("line_number", Integer(), primary_key=True),
+    Column("article", String(64), nullable=False),
+    Column("group_name", String(64)),
+    Column("quantity", Thousandths(), nullable=False),
+    Column("price", Cents(), nullable=False),
+    Column("sum", Cents(), nullable=False),
+    Column("max_payment", Cents(), nullable=False),
+    Column("bonus_spent", Cents(), nullable=False),
+    Column("bonus_accrued", Cents(), nullable=False),
 )
 
 

@@ -28,3 +28,29 @@ def receipts_annul(operation_id, note):
         audit.record_now(billing.engine, actor(), "receipts.annul", operation_id, amount=amount,
                          card=result.card.number, operation=result.operation_id, note=note)
         click.echo(f"annulled {amount} bonus; card {result.card.number} balance now {result.card.balances.bonus}")
+
+
+@receipts.command("show")
+@click.argument("operation_id")
+@domain_errors
+def receipts_show(operation_id):
+    """Show receipt OPERATION_ID with its lines (what each was paid by bonus and earned) and its returns."""
+    from ..domain.model import canonical_guid
+    from ..service_layer.receipts import receipt
+
+    billing = _billing()
+    op, lines, returns = receipt(billing.engine, canonical_guid(operation_id))
+    tz = billing.settings.tz
+    click.echo(f"{op['kind']} {op['id']}  card {op['card_number']}  kkm {op['kkm'] or '-'}  "
+               f"{op['operation_time'].astimezone(tz).isoformat(timespec='seconds')}")
+    click.echo(f"sum {op['receipt_sum']}  accrued {op['bonus_accrued']}  spent {op['bonus_spent']}"
+               + (f"  original {op['original_operation_id']}" if op["original_operation_id"] else ""))
+    if lines:
+        click.echo("line\tarticle\tgroup\tquantity\tprice\tsum\tmax_payment\tspent\taccrued")
+        for x in lines:
+            click.echo(f"{x['line_number']}\t{x['article']}\t{x['group_name'] or ''}\t{x['quantity']}\t{x['price']}\t"
+                       f"{x['sum']}\t{x['max_payment']}\t{x['bonus_spent']}\t{x['bonus_accrued']}")
+    else:
+        click.echo("no lines (registered by amounts)")
+    for rid in returns:
+        click.echo(f"returned by {rid}")

@@ -40,3 +40,11 @@ class ReturnExceedsSale(DomainError):
 
 class AmbiguousPhone(DomainError):
     code = "Client.AmbiguousPhone"
+
+
+class HoldNotFound(DomainError):
+    code = "Client.HoldNotFound"
+
+
+class HoldAlreadyConfirmed(DomainError):
+    code = "Client.HoldAlreadyConfirmed"

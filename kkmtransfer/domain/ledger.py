@@ -89,7 +89,7 @@ class CardLedger:
         self.lots.append(lot)
         return lot
 
-    def spend(self, amount: Decimal) -> None:
+    def spend(self, amount: Decimal, role: Role = Role.SPEND) -> None:
         """Spend bonuses: never more than the balance, from live lots, earliest expiry first."""
         if amount <= 0:
             return
@@ -102,7 +102,7 @@ class CardLedger:
                 break
             if lot.remaining > 0 and lot.is_live(self.now):
                 take = min(lot.remaining, left)
-                self._move(lot, -take, Role.SPEND)
+                self._move(lot, -take, role)
                 left -= take
         assert left == 0, "balance check and draws disagree"
 
@@ -158,7 +158,7 @@ class CardLedger:
         if left > 0:
             self._move(self._bucket(measure, None, None), -left, Role.DEBT)
 
-    def refund(self, sources: Sequence[tuple[Lot, Decimal]], amount: Decimal) -> None:
+    def refund(self, sources: Sequence[tuple[Lot, Decimal]], amount: Decimal, role: Role = Role.REFUND) -> None:
         """Give spent bonuses back to the lots they came from (the last drawn first), each keeping its
         own expiry. ``sources`` are (lot, amount still refundable) in the order the sale drew them."""
         left = amount
@@ -167,7 +167,7 @@ class CardLedger:
                 break
             give = min(refundable, left)
             if give > 0:
-                self._move(lot, give, Role.REFUND)
+                self._move(lot, give, role)
                 self._burn_if_expired(lot, give)
                 left -= give
         if left > 0:  # the caller checks the limits; this would be a bug

@@ -36,6 +36,7 @@ class Kind(str, Enum):
     ANNULMENT = "Annulment"
     INITIAL_BALANCE = "InitialBalance"
     EXPIRY = "Expiry"
+    HOLD = "Hold"  # bonuses held by ReserveBonus until the sale confirms or the hold is released
 
 
 class Source(str, Enum):
@@ -61,6 +62,8 @@ class Role(str, Enum):
     TAKEBACK_DEFERRED = "takeback_pending"  # taken back from a lot that has not started yet
     DEBT = "debt"          # what a takeback could not find in any lot
     EXPIRY = "expiry"      # burnt: by the nightly regulation, or at once when moved into a burnt lot
+    HOLD = "hold"          # bonus held by a reservation (ReserveBonus)
+    RELEASE = "release"    # held bonus given back to the lot it was held from
 
 
 # Moves into lots that have not started: the card's books show them when the lot starts (the nightly
@@ -158,6 +161,12 @@ class OperationRequest:
     receipt_count_delta: int      # effective (default applied)
     promotion_code: str | None
     original_operation_id: str | None
+    # the receipt session (CONTRACT.md, Extensions A): lines (ReceiptLine of domain.program), whether the
+    # register gave BonusAccrued / BonusSpent (with lines the server calculates what is not given)
+    lines: tuple = ()
+    spend_code: str | None = None
+    accrued_given: bool = True
+    spent_given: bool = True
 
     @classmethod
     def build(
@@ -177,6 +186,8 @@ class OperationRequest:
         receipt_number=None,
         promotion_code=None,
         original_operation_id=None,
+        lines=None,
+        spend_code=None,
     ) -> "OperationRequest":
         kind_value = kind.value if isinstance(kind, Kind) else kind
         if kind_value not in (Kind.SALE.value, Kind.RETURN.value):
@@ -185,6 +196,12 @@ class OperationRequest:
         receipt_sum = money(receipt_sum, "ReceiptSum") if receipt_sum is not None else None
         if receipt_sum is None:
             raise ValidationError("ReceiptSum is required")
+        accrued_given, spent_given = bonus_accrued is not None, bonus_spent is not None
+        lines = tuple(lines or ())
+        if lines:
+            from .program import check_lines
+
+            check_lines(lines)
         bonus_accrued = money(ZERO if bonus_accrued is None else bonus_accrued, "BonusAccrued")
         bonus_spent = money(ZERO if bonus_spent is None else bonus_spent, "BonusSpent")
         if accumulation_delta is None:
@@ -219,6 +236,10 @@ class OperationRequest:
             receipt_count_delta=receipt_count_delta,
             promotion_code=optional_text(promotion_code, "PromotionCode"),
             original_operation_id=original,
+            lines=lines,
+            spend_code=optional_text(spend_code, "SpendCode"),
+            accrued_given=accrued_given,
+            spent_given=spent_given,
         )
 
     def content_hash(self) -> str:
@@ -241,6 +262,10 @@ class OperationRequest:
             "promo": self.promotion_code or "",
             "orig": self.original_operation_id or "",
         }
+        if self.lines:  # receipts without lines hash as they always did
+            payload["lines"] = [[x.line_number, x.article, x.group or "", str(x.quantity), str(x.price), str(x.sum)]
+                                for x in sorted(self.lines, key=lambda x: x.line_number)]
+            payload["given"] = [self.accrued_given, self.spent_given]
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
@@ -305,3 +330,6 @@ class ApplyResult:
     operation_id: str
     status: str  # "Applied" / "AlreadyApplied"
     card: CardView
+    bonus_accrued: Decimal | None = None  # what was applied (None: not told)
+    bonus_spent: Decimal | None = None
+    message: str | None = None

@@ -13,8 +13,8 @@ from typing import Iterable, Iterator
 from sqlalchemy import BigInteger, and_, case, delete, func, insert, or_, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 
-from ..adapters.db import (billing_state, cards, documents, entries, journal_keys, journal_rejects, lots,
-                           operations)
+from ..adapters.db import (billing_state, cards, documents, entries, holds, journal_keys, journal_rejects, lots,
+                           operations, receipt_lines)
 from ..adapters.server_ids import IdTaken, namespace, server_id
 from ..domain import errors
 from ..domain.ledger import CardLedger
@@ -129,11 +129,13 @@ class BillingAdmin:
         return len(openings)
 
     def disable(self) -> dict[str, int]:
-        """Delete every billing record: operations, lots, entries, documents, journal keys and rejects,
-        and the billing start. Cards, users and promotions stay."""
+        """Delete every billing record: operations (with their receipt lines and holds), lots, entries,
+        documents, journal keys and rejects, and the billing start. Cards, users, promotions and the bonus
+        program stay."""
         removed = {}
         with UnitOfWork(self.billing.engine, write=True) as uow:
-            for table in (entries, lots, operations, documents, journal_keys, journal_rejects, billing_state):
+            for table in (receipt_lines, holds, entries, lots, operations, documents, journal_keys, journal_rejects,
+                          billing_state):
                 removed[table.name] = uow.conn.execute(delete(table)).rowcount
             uow.commit()
         return removed

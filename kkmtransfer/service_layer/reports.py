@@ -27,6 +27,7 @@ ROLE_COLUMN = {
     Role.EXPIRY.value: "expired", "zeroing": "expired",
     Role.REFUND.value: "returned", Role.TAKEBACK.value: "returned", Role.TAKEBACK_DEFERRED.value: "returned",
     Role.DEBT.value: "returned",
+    Role.HOLD.value: "spent", Role.RELEASE.value: "spent",  # a hold and its release net to nothing
 }
 
 

@@ -28,7 +28,7 @@ from ..domain.model import (
     optional_text,
     required_text,
 )
-from . import audit, passwords
+from . import audit, holds, passwords, receipts
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,8 @@ class BillingService:
             raise errors.OperationConflict(
                 f"OperationId {request.operation_id} was already applied with different contents")
         view = self._view(repo, repo.get_card(existing["card_number"]), now) if with_view else None
-        return ApplyResult(request.operation_id, ALREADY_APPLIED, view)
+        return ApplyResult(request.operation_id, ALREADY_APPLIED, view, existing["bonus_accrued"],
+                           existing["bonus_spent"])
 
     def _register(self, request: OperationRequest, source: Source, actor: str | None = None,
                   spend_code: str | None = None) -> ApplyResult:
@@ -206,10 +207,21 @@ class BillingService:
 
         tz = self.settings.tz
         day = request.operation_time.astimezone(tz).date()
+        content_hash = request.content_hash()  # of what the register sent
+        line_rows = []
+        if request.lines and request.kind is Kind.RETURN:
+            request, line_rows = receipts.return_with_lines(repo, request)
         promotion = self._promotion(repo, request, day)
         rules = repo.card_rules(card)
+        hold = holds.confirming(repo, request)  # a Sale with a hold's OperationId confirms it
+        hold_moves = 0
         if request.kind is Kind.SALE:
-            ledger = CardLedger(lots if lots is not None else repo.load_lots(card["number"]), now)
+            held = holds.held_lot_ids(repo, hold)
+            ledger = CardLedger(repo.load_lots(card["number"], held) if held or lots is None else lots, now)
+            if hold is not None:
+                hold_moves = holds.confirm(repo, hold, request, ledger, now)
+            if request.lines:
+                request, line_rows = receipts.sale_with_lines(repo, request, ledger, tz)
             ledger.spend(request.bonus_spent)
             bonus_rule = promotion.rule if promotion else self.settings.rule("bonus")
             ledger.credit(Measure.BONUS, request.bonus_accrued, *bonus_rule.life(day, tz))
@@ -225,16 +237,21 @@ class BillingService:
             id=request.operation_id, card_number=card["number"], kind=request.kind.value,
             source=source.value, kkm=request.kkm, store=request.store,
             receipt_number=request.receipt_number, operation_time=request.operation_time,
-            business_date=day, content_hash=request.content_hash(), receipt_sum=request.receipt_sum,
+            business_date=day, content_hash=content_hash, receipt_sum=request.receipt_sum,
             bonus_accrued=self._taken_back(ledger) if request.kind is Kind.RETURN else request.bonus_accrued,
             bonus_spent=request.bonus_spent, accumulation_delta=request.accumulation_delta,
             receipt_count_delta=request.receipt_count_delta, promotion_code=request.promotion_code,
             original_operation_id=request.original_operation_id, created_at=now,
             **({"actor": actor[:255]} if actor else {}),
         )
-        repo.save_moves(card["number"], request.operation_id, ledger.moves, now)
+        if hold is not None:
+            repo.save_moves(card["number"], hold["hold_operation_id"], ledger.moves[:hold_moves], now)
+            holds.mark_confirmed(repo, hold, now)
+        repo.save_moves(card["number"], request.operation_id, ledger.moves[hold_moves:], now)
+        receipts.save_lines(repo, request.operation_id, line_rows)
         view = self._view(repo, card, now, ledger) if with_view else None
-        return ApplyResult(request.operation_id, APPLIED, view)
+        accrued = self._taken_back(ledger) if request.kind is Kind.RETURN else request.bonus_accrued
+        return ApplyResult(request.operation_id, APPLIED, view, accrued, request.bonus_spent)
 
     @staticmethod
     def _taken_back(ledger: CardLedger) -> Decimal:

@@ -89,6 +89,21 @@ class CardInfo(ComplexModel):
     ]
 
 
+from .session import (  # noqa: E402 - the session's results carry the CardInfo above
+    CancelResult,
+    PositiveMoneyRequired,
+    Receipt,
+    ReceiptLines,
+    ReceiptCalculation,
+    ReservationResult,
+    cancel_result,
+    domain_lines,
+    receipt_calculation,
+    receipt_request,
+    reservation_result,
+)
+
+
 class Operation(ComplexModel):
     __namespace__ = NS
     _type_info = [
@@ -100,12 +115,13 @@ class Operation(ComplexModel):
         ("OperationTime", DateTime(min_occurs=1, nillable=False)),
         ("Kind", KindType),
         ("ReceiptSum", _required(NonNegativeMoney)),
-        ("BonusAccrued", _required(NonNegativeMoney)),
-        ("BonusSpent", _required(NonNegativeMoney)),
+        ("BonusAccrued", NonNegativeMoney),  # optional: with Lines the server calculates (Extensions A)
+        ("BonusSpent", NonNegativeMoney),
         ("AccumulationDelta", Money),
         ("ReceiptCountDelta", Integer32(min_occurs=0)),
         ("PromotionCode", OptText),
         ("OriginalOperationId", OptText),
+        ("Lines", ReceiptLines.customize(min_occurs=0)),
         ("SpendCode", SpendCodeField),
     ]
 
@@ -116,6 +132,9 @@ class OperationResult(ComplexModel):
         ("OperationId", Text),
         ("Status", ApplyStatusType),
         ("Card", CardInfo.customize(min_occurs=1, nillable=False)),
+        ("BonusAccrued", Money),
+        ("BonusSpent", Money),
+        ("Message", OptText),
     ]
 
 
@@ -132,6 +151,8 @@ class OperationRecord(ComplexModel):
         ("Accumulation", MoneyRequired),
         ("ReceiptCount", Int),
     ]
+
+
 
 
 def _q(value: D) -> D:
@@ -158,6 +179,7 @@ def operation_request(op: Operation) -> OperationRequest:
         receipt_sum=op.ReceiptSum, bonus_accrued=op.BonusAccrued, bonus_spent=op.BonusSpent,
         accumulation_delta=op.AccumulationDelta, receipt_count_delta=op.ReceiptCountDelta,
         promotion_code=op.PromotionCode, original_operation_id=op.OriginalOperationId,
+        lines=domain_lines(op.Lines), spend_code=op.SpendCode,
     )
 
 
@@ -207,7 +229,10 @@ class KKMTransfer(ServiceBase):
             result: ApplyResult = svc.register_operation(request, actor=ctx.transport.req_env.get("REMOTE_USER"),
                                                          spend_code=Operation.SpendCode)
             return OperationResult(OperationId=result.operation_id, Status=result.status,
-                                   Card=card_info(result.card))
+                                   Card=card_info(result.card),
+                                   BonusAccrued=None if result.bonus_accrued is None else _q(result.bonus_accrued),
+                                   BonusSpent=None if result.bonus_spent is None else _q(result.bonus_spent),
+                                   Message=result.message)
 
         return _call(ctx, run)
 
@@ -219,6 +244,30 @@ class KKMTransfer(ServiceBase):
         return _call(ctx, lambda: [operation_record(v, tz) for v in
                                    svc.card_operations(CardNumber, DateFrom, DateTo, MaxRecords, After)])
 
+    @rpc(Receipt.customize(min_occurs=1, nillable=False), _returns=ReceiptCalculation)
+    def CalculateReceipt(ctx, Receipt):
+        from ..service_layer.program import ProgramService
+
+        svc = ProgramService(ctx.app.billing)
+        return _call(ctx, lambda: receipt_calculation(svc.calculate_receipt(receipt_request(Receipt))))
+
+    @rpc(Text, Text, Text, PositiveMoneyRequired, OptText, _returns=ReservationResult)
+    def ReserveBonus(ctx, OperationId, CardNumber, KKM, Amount, SpendCode):
+        from ..service_layer.holds import HoldService
+
+        svc = HoldService(ctx.app.billing)
+        actor = ctx.transport.req_env.get("REMOTE_USER")
+        return _call(ctx, lambda: reservation_result(
+            svc.reserve(OperationId, CardNumber, KKM, Amount, SpendCode, actor=actor), svc.settings.tz))
+
+    @rpc(Text, _returns=CancelResult)
+    def CancelOperation(ctx, OperationId):
+        from ..service_layer.holds import HoldService
+
+        svc = HoldService(ctx.app.billing)
+        actor = ctx.transport.req_env.get("REMOTE_USER")
+        return _call(ctx, lambda: cancel_result(svc.cancel(OperationId, actor=actor)))
+
     @rpc(Text, Text, _returns=SpendCodeResult)
     def RequestSpendCode(ctx, CardNumber, KKM):
         return _call(ctx, lambda: request_spend_code(ctx, CardNumber, KKM))
@@ -227,7 +276,7 @@ class KKMTransfer(ServiceBase):
 CONTRACT_FAULTS = {
     "Client.CardNotFound", "Client.CardBlocked", "Client.InsufficientBonus", "Client.OperationConflict",
     "Client.OriginalNotFound", "Client.ReturnExceedsSale", "Client.ValidationError", "Client.AmbiguousPhone",
-    "Server",
+    "Client.HoldNotFound", "Client.HoldAlreadyConfirmed", "Server",
 } | SPEND_CODE_FAULTS
 
 
