@@ -375,6 +375,27 @@ def test_throttling_is_thread_safe_and_exponential():
     assert t2.retry_after(None, "10.0.0.1") == 8
 
 
+def test_an_address_block_spares_users_who_logged_in_from_it_but_not_their_own_failures():
+    """A store's registers behind one NAT address keep working while something there guesses passwords."""
+    from kkmtransfer.soap.throttle import AuthThrottle
+
+    now = [0.0]
+    t = AuthThrottle(threshold=5, window=300, max_delay=300, clock=lambda: now[0])
+    t.success("kassa1", "10.0.0.1")
+    for i in range(7):
+        t.failure(f"guess{i}", "10.0.0.1")
+    assert t.retry_after("kassa1", "10.0.0.1") == 0          # known here: not stopped by the address
+    assert t.retry_after("kassa2", "10.0.0.1") == 4          # never logged in from there: blocked
+    assert t.retry_after("kassa1", "10.0.0.2") == 0
+    for _ in range(5):
+        t.failure("kassa1", "10.0.0.1")
+    assert t.retry_after("kassa1", "10.0.0.1") == 1          # its own failures still count
+    now[0] = 400.0                                           # the success is older than the window
+    for i in range(5):
+        t.failure(f"later{i}", "10.0.0.1")
+    assert t.retry_after("kassa1", "10.0.0.1") == 1          # no longer known there: the address block holds
+
+
 def test_new_passwords_are_at_least_12_characters(db):
     with pytest.raises(errors.ValidationError):
         db.add_user("kassa-short", "eleven-char")

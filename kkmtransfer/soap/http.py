@@ -208,7 +208,7 @@ class KKMTransferApp:
             log.info("request %s: 401 for %s", request_id, printable(user, 64) if creds else "(no credentials)")
             return _plain(start, "401 Unauthorized", "HTTP Basic credentials of a register user are required",
                           [("WWW-Authenticate", 'Basic realm="KKMTransfer", charset="UTF-8"')])
-        self.throttle.success(user)
+        self.throttle.success(user, address)
         environ["REMOTE_USER"] = user
 
         limit = self.settings.max_request_bytes
