@@ -40,7 +40,7 @@ def history_page(conn, card_number: str, offset: int, limit: int) -> list[dict]:
     stmt = (
         select(operations.c.id, operations.c.operation_time, operations.c.kind, operations.c.source,
                operations.c.kkm, operations.c.store, operations.c.receipt_number, operations.c.receipt_sum,
-               operations.c.original_operation_id, operations.c.note,
+               operations.c.original_operation_id, operations.c.note, operations.c.bonus_accrued.label("accrued"),
                net(Measure.BONUS, type_coerce(operations.c.bonus_accrued, BigInteger)).label("bonus"),
                net(Measure.ACCUMULATION, type_coerce(operations.c.accumulation_delta, BigInteger)).label("acc"),
                net(Measure.RECEIPT_COUNT, operations.c.receipt_count_delta * 100).label("cnt"))
@@ -54,7 +54,7 @@ def history_page(conn, card_number: str, offset: int, limit: int) -> list[dict]:
     )
     return [dict(id=r.id, time=r.operation_time, kind=r.kind, source=r.source, kkm=r.kkm, store=r.store,
                  receipt_number=r.receipt_number, receipt_sum=r.receipt_sum,
-                 original_operation_id=r.original_operation_id, note=r.note, bonus=_cents(r.bonus),
+                 original_operation_id=r.original_operation_id, note=r.note, accrued=r.accrued, bonus=_cents(r.bonus),
                  accumulation=_cents(r.acc), receipt_count=int(r.cnt) // 100)
             for r in conn.execute(stmt)]
 

@@ -125,7 +125,7 @@ def card_page(billing, number: str, page: int = 1, per_page: int = PAGE_SIZE) ->
         annulled = q.annulled_sales(uow.conn, [h["id"] for h in history if h["kind"] == Kind.SALE.value])
     for h in history:
         h["annulled"] = h["id"] in annulled
-        h["annullable"] = h["kind"] == Kind.SALE.value and not h["annulled"]
+        h["annullable"] = h["kind"] == Kind.SALE.value and not h["annulled"] and h["accrued"] > 0
     return CardPage(card=view, phone=row["phone"], expiry=expiry_schedule(ledger, billing.settings.tz),
                     history=history, page=page, pages=pages, operations=total)
 

@@ -41,5 +41,4 @@ def index():
         data = console.dashboard(billing_of(), first, last)
     chart = dict(labels=[f"{d.day:%d.%m}" for d in data.days],
                  series={t: [str(getattr(d, t)) for d in data.days] for t in TURNOVERS})
-    return render_template("dashboard.html", d=data, chart=chart, error=error,
-                           status=400 if error else 200), 400 if error else 200
+    return render_template("dashboard.html", d=data, chart=chart, error=error), 400 if error else 200

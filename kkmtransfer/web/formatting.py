@@ -50,7 +50,14 @@ def install(app, tz) -> None:
                                  source=lambda s: SOURCE_TITLES.get(s, s),
                                  measure=lambda m: MEASURE_TITLES.get(m, m),
                                  card_status=lambda s: STATUS_TITLES.get(getattr(s, "value", s), s),
-                                 document=lambda d: DOCUMENT_TITLES.get(d, d))
+                                 document=lambda d: DOCUMENT_TITLES.get(d, d), phone=phone)
+
+
+def phone(digits: str) -> str:
+    """'9161234567' -> '+7 916 123-45-67' (a stored phone has its 10 significant digits)."""
+    if not digits or len(digits) != 10 or not digits.isdigit():
+        return digits or ""
+    return f"+7 {digits[:3]} {digits[3:6]}-{digits[6:8]}-{digits[8:]}"
 
 
 def parse_day(text: str | None, default: date) -> date:
