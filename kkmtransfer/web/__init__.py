@@ -97,6 +97,26 @@ def create_app(billing, secret_key: str, *, config: dict | None = None) -> Flask
     return app
 
 
+MIN_SECRET = 32
+
+
+class ConsoleConfigError(RuntimeError):
+    """The console cannot start with these settings."""
+
+
+def secret_key_from_env(environ=None) -> str:
+    """KKMTRANSFER_SECRET_KEY: signs the session cookies; the same in every worker and across restarts."""
+    import os
+
+    env = os.environ if environ is None else environ
+    key = env.get("KKMTRANSFER_SECRET_KEY", "")
+    if len(key) < MIN_SECRET:
+        raise ConsoleConfigError(
+            f"KKMTRANSFER_SECRET_KEY must be set to a random string of at least {MIN_SECRET} characters "
+            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
+    return key
+
+
 def billing_of(app=None):
     from flask import current_app
 

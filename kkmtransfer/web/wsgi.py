@@ -13,25 +13,12 @@ import os
 from ..app import configure_logging, create_billing, require_schema
 
 
-class ConsoleConfigError(RuntimeError):
-    """The production console cannot start with these settings."""
-
-
-def secret_key_from_env(environ=None) -> str:
-    env = os.environ if environ is None else environ
-    key = env.get("KKMTRANSFER_SECRET_KEY", "")
-    if len(key) < 32:
-        raise ConsoleConfigError("KKMTRANSFER_SECRET_KEY must be set to a random string of at least 32 characters "
-                                 "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
-    return key
-
-
 def create_application(environ=None):
     """The console mounted at /admin, the root redirecting there."""
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
     from werkzeug.utils import redirect
 
-    from . import PREFIX, create_app
+    from . import PREFIX, create_app, secret_key_from_env
 
     env = os.environ if environ is None else environ
     key = secret_key_from_env(env)
