@@ -88,3 +88,6 @@ def import_inbox() -> list[dict]:
                  rows=r.summary.rows if r.summary else 0, applied=r.summary.applied if r.summary else 0,
                  already=r.summary.already if r.summary else 0, rejected=r.summary.rejected if r.summary else 0)
             for r in process_inbox(b, b.settings.inbox_dir)]
+
+
+from . import console_tasks  # noqa: E402,F401  (the web console's long jobs: bonus actions, retries)

@@ -125,3 +125,41 @@ def last_documents(conn, limit: int = 10) -> list[dict]:
 def pending_rejects(conn) -> int:
     return conn.execute(select(func.count()).select_from(journal_rejects)
                         .where(journal_rejects.c.status == "pending")).scalar_one()
+
+
+def actions_with_progress(conn, limit: int = 200, action_id: str | None = None) -> list[dict]:
+    """Actions, newest first, each with how many of its cards are in each state."""
+    from .db import action_cards, actions
+
+    stmt = select(actions).order_by(actions.c.created_at.desc()).limit(limit)
+    if action_id is not None:
+        stmt = stmt.where(actions.c.id == action_id)
+    rows = [dict(r) for r in conn.execute(stmt).mappings()]
+    if not rows:
+        return rows
+    states: dict[str, dict[str, int]] = {}
+    for aid, state, n in conn.execute(
+            select(action_cards.c.action_id, action_cards.c.state, func.count())
+            .where(action_cards.c.action_id.in_([r["id"] for r in rows]))
+            .group_by(action_cards.c.action_id, action_cards.c.state)):
+        states.setdefault(aid, {})[state] = int(n)
+    for r in rows:
+        r["states"] = states.get(r["id"], {})
+    return rows
+
+
+def rejects_page(conn, status: str, offset: int, limit: int) -> tuple[int, list[dict]]:
+    total = conn.execute(select(func.count()).select_from(journal_rejects)
+                         .where(journal_rejects.c.status == status)).scalar_one()
+    rows = [dict(r) for r in conn.execute(
+        select(journal_rejects).where(journal_rejects.c.status == status)
+        .order_by(journal_rejects.c.id).offset(offset).limit(limit)).mappings()]
+    return int(total), rows
+
+
+def dismiss_reject(conn, reject_id: int, now) -> bool:
+    from sqlalchemy import update
+
+    return conn.execute(update(journal_rejects).where(journal_rejects.c.id == reject_id,
+                                                      journal_rejects.c.status == "pending")
+                        .values(status="dismissed", updated_at=now)).rowcount > 0

@@ -161,3 +161,55 @@ def balances_rows(report) -> list[list]:
         return [line.card, line.measure, line.opening, *(getattr(line, t) for t in TURNOVERS), line.closing]
 
     return [cells(line) for line in report.lines] + [cells(t) for t in report.totals().values()]
+
+
+# -- bonus actions -------------------------------------------------------------------------------
+def action_progress(row: dict) -> dict:
+    """How far an action is: cards handled of its cards, in per cent, for its state."""
+    states = row.get("states", {})
+    total = row["cards"] or sum(states.values())
+    if row["status"] in ("cancelling", "cancelled"):
+        handled = states.get("cancelled", 0) + states.get("skipped", 0)
+    else:
+        handled = total - states.get("pending", 0)
+    return dict(total=total, handled=handled, percent=(100 * handled // total) if total else 100)
+
+
+def actions_list(billing, limit: int = 200) -> list[dict]:
+    with UnitOfWork(billing.engine) as uow:
+        rows = q.actions_with_progress(uow.conn, limit)
+    for r in rows:
+        r["progress"] = action_progress(r)
+    return rows
+
+
+def action(billing, action_id: str) -> dict | None:
+    with UnitOfWork(billing.engine) as uow:
+        rows = q.actions_with_progress(uow.conn, 1, action_id)
+    if not rows:
+        return None
+    rows[0]["progress"] = action_progress(rows[0])
+    return rows[0]
+
+
+# -- journal rejects -------------------------------------------------------------------------------
+REJECTS_PER_PAGE = 100
+
+
+def rejects(billing, page: int = 1, status: str = "pending") -> tuple[list[dict], int, int, int]:
+    """(rows, total, page, pages) of the journal rejects in ``status``, oldest first."""
+    with UnitOfWork(billing.engine) as uow:
+        total, _ = q.rejects_page(uow.conn, status, 0, 0)
+        pages = max(1, -(-total // REJECTS_PER_PAGE))
+        page = min(max(1, page), pages)
+        _, rows = q.rejects_page(uow.conn, status, (page - 1) * REJECTS_PER_PAGE, REJECTS_PER_PAGE)
+    return rows, total, page, pages
+
+
+def dismiss_reject(billing, reject_id: int) -> None:
+    """Give up on a journal reject: it leaves the pending list and `journal retry` no longer tries it.
+    The row stays, with status 'dismissed'."""
+    with UnitOfWork(billing.engine, write=True) as uow:
+        if not q.dismiss_reject(uow.conn, reject_id, billing.clock()):
+            raise errors.ValidationError(f"no pending reject #{reject_id}")
+        uow.commit()

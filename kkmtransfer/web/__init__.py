@@ -26,7 +26,16 @@ class _SessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
 
-def create_app(billing, secret_key: str, *, config: dict | None = None) -> Flask:
+def celery_dispatch(task_name: str, kwargs: dict) -> None:
+    """Send a long job to the Celery worker (the broker of KKMTRANSFER_BROKER_URL)."""
+    from ..tasks import app as celery_app
+
+    celery_app.send_task(task_name, kwargs=kwargs, retry=False)
+
+
+def create_app(billing, secret_key: str, *, config: dict | None = None, dispatch=None) -> Flask:
+    """The console on ``billing``. ``dispatch(task_name, kwargs)`` hands long work to the worker
+    (default: Celery); tests give one of their own."""
     if not secret_key or len(secret_key) < 16:
         raise ValueError("the console's secret key must be at least 16 characters long")
     app = Flask(__name__)
@@ -44,12 +53,15 @@ def create_app(billing, secret_key: str, *, config: dict | None = None) -> Flask
     app.config.update(config or {})
     app.session_interface = _SessionInterface()
     app.extensions["kkmtransfer.billing"] = billing
+    app.extensions["kkmtransfer.dispatch"] = dispatch or celery_dispatch
     csrf.init_app(app)
     formatting.install(app, billing.settings.tz)
 
-    from . import auth, cards, dashboard, reports
+    from . import actions, auth, cards, dashboard, journal, reports
 
     app.register_blueprint(auth.bp)
+    app.register_blueprint(actions.bp)
+    app.register_blueprint(journal.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(cards.bp)
     app.register_blueprint(reports.bp)

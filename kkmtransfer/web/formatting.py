@@ -15,6 +15,8 @@ SOURCE_TITLES = {"Online": "Касса онлайн", "Offline": "Журнал �
                  "BackOffice": "Бэк-офис"}
 MEASURE_TITLES = {"bonus": "Бонусы", "accumulation": "Накопление", "receipt_count": "Количество чеков"}
 STATUS_TITLES = {"Active": "Активна", "Blocked": "Заблокирована"}
+ACTION_STATUS_TITLES = {"running": "Выполняется", "done": "Завершена", "cancelling": "Отменяется",
+                        "cancelled": "Отменена"}
 DOCUMENT_TITLES = {"WriteOff": "Списание с дисконтных карт", "Accrual": "Начисление на дисконтные карты"}
 
 
@@ -50,7 +52,8 @@ def install(app, tz) -> None:
                                  source=lambda s: SOURCE_TITLES.get(s, s),
                                  measure=lambda m: MEASURE_TITLES.get(m, m),
                                  card_status=lambda s: STATUS_TITLES.get(getattr(s, "value", s), s),
-                                 document=lambda d: DOCUMENT_TITLES.get(d, d), phone=phone)
+                                 document=lambda d: DOCUMENT_TITLES.get(d, d), phone=phone,
+                                 action_status=lambda s: ACTION_STATUS_TITLES.get(s, s))
 
 
 def phone(digits: str) -> str:
