@@ -48,6 +48,19 @@ def browser():
         b.close()
 
 
+class BackgroundJobs:
+    """Stands for the Celery worker (tests/test_web_actions.py drives a real one): runs the job the
+    console hands over in a thread of its own, after the request has answered, as the worker would."""
+
+    def __init__(self, billing):
+        self.billing = billing
+
+    def __call__(self, name, kwargs):
+        from kkmtransfer.console_tasks import JOBS
+
+        threading.Timer(0.5, JOBS[name], args=(self.billing,), kwargs=kwargs).start()
+
+
 @pytest.fixture(scope="session")
 def site(engine, settings, clock):
     """SOAP at /KKMTransfer and the console at /admin on one threaded server; yields its base URL."""
@@ -56,7 +69,8 @@ def site(engine, settings, clock):
     from kkmtransfer.web import create_app, mount
 
     billing = BillingService(engine, settings, clock)
-    httpd = make_server("127.0.0.1", 0, mount(KKMTransferApp(billing, settings), create_app(billing, SECRET)))
+    console = create_app(billing, SECRET, dispatch=BackgroundJobs(billing))
+    httpd = make_server("127.0.0.1", 0, mount(KKMTransferApp(billing, settings), console))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}"
@@ -249,3 +263,54 @@ def test_a_viewer_sees_no_command_and_a_forged_post_is_refused(page, shop, site)
         return r.status; }""", [f"/admin/cards/{CARD}/block", token])
     assert status == 403
     assert shop["soap"].service.GetCardInfo(CARD).Status == "Active"
+
+
+def test_an_action_previewed_confirmed_followed_to_the_end_and_cancelled(page, shop):
+    soap = shop["soap"]
+    before = [soap.service.GetCardInfo(f"77700000{n:02d}").BonusBalance for n in (3, 4, 5)]
+    log_in(page)
+    page.get_by_role("link", name="Бонус-акции").click()
+    page.get_by_role("link", name="Начислить бонусы").click()
+    page.get_by_label("Диапазон номеров").check()
+    page.get_by_label("с", exact=True).fill("7770000003")
+    page.get_by_label("по", exact=True).fill("7770000005")
+    page.get_by_label("Сумма бонусов на карту").fill("25,00")
+    page.get_by_label("Примечание").fill("Открытие магазина")
+    page.get_by_role("button", name="Показать, что будет сделано").click()
+    assert page.locator("#preview-cards").inner_text() == "3"
+    assert money_text(page.locator("#preview-amount").inner_text()) == D("75.00")
+    shot(page, "action-preview")
+    assert [soap.service.GetCardInfo(f"77700000{n:02d}").BonusBalance for n in (3, 4, 5)] == before
+    page.get_by_role("button", name="Подтвердить и запустить").click()
+    page.wait_for_selector('#action-state[data-status="done"]', timeout=30000)  # the page refreshes itself
+    assert "3 из 3 (100%)" in page.locator("dd", has=page.locator("#action-progress")).inner_text().replace("\u00a0", " ")
+    after = [soap.service.GetCardInfo(f"77700000{n:02d}").BonusBalance for n in (3, 4, 5)]
+    assert after == [b + D("25.00") for b in before]
+    shot(page, "action")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Отменить акцию").click()
+    page.wait_for_selector('#action-state[data-status="cancelled"]', timeout=30000)
+    assert [soap.service.GetCardInfo(f"77700000{n:02d}").BonusBalance for n in (3, 4, 5)] == before
+    page.get_by_role("link", name="Все акции").click()
+    shot(page, "actions")
+    assert page.errors == []
+
+
+def test_a_journal_reject_dismissed_in_the_browser(page, shop, tmp_path):
+    from kkmtransfer.service_layer.journal import JournalImport
+
+    from .test_journal import journal, line
+
+    path = journal(tmp_path, "kkm07.csv", line(number="1", card="NOPE1", accrued="3.00"),
+                   line(number="2", card="NOPE2", accrued="4.00"))
+    assert JournalImport(shop["billing"]).import_file(path).rejected == 2
+    log_in(page)
+    page.get_by_role("link", name="Журналы касс").click()
+    assert page.locator("#rejects-total").inner_text() == "2"
+    shot(page, "journal")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#rejects tbody tr").first.get_by_role("button", name="Отклонить").click()
+    page.wait_for_selector(".flash.ok")
+    assert page.locator("#rejects-total").inner_text() == "1"
+    assert len(JournalImport(shop["billing"]).rejects()) == 1
+    assert page.errors == []

@@ -42,11 +42,13 @@ def index():
 @requires(Permission.READ)
 def show(action_id):
     row = console.action(billing_of(), action_id)
-    queued = request.args.get("queued") == "1"
+    queued = request.args.get("queued")  # "1": the action was handed to the worker; "cancel": its cancel
     if row is None and not queued:
         abort(404)
-    return render_template("action.html", a=row, action_id=action_id,
-                           refresh=row is None or row["status"] in ("running", "cancelling"))
+    waiting = row is None or row["status"] in ("running", "cancelling") or (
+        queued == "cancel" and row["status"] == "done")
+    return render_template("action.html", a=row, action_id=action_id, refresh=waiting,
+                           cancel_queued=queued == "cancel" and row is not None and row["status"] == "done")
 
 
 def _form_selection(form, files) -> tuple[dict, str]:
@@ -165,4 +167,5 @@ def cancel(action_id):
     elif dispatch(CANCEL_TASK, operator=g.operator.name, action_id=action_id):
         record_audit(billing_of(), g.operator.name, "actions.cancel", action_id, "queued")
         flash("Отмена акции запущена.", "ok")
+        return redirect(url_for("actions.show", action_id=action_id, queued="cancel"))
     return redirect(url_for("actions.show", action_id=action_id))
