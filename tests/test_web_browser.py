@@ -265,6 +265,17 @@ def test_a_viewer_sees_no_command_and_a_forged_post_is_refused(page, shop, site)
     assert shop["soap"].service.GetCardInfo(CARD).Status == "Active"
 
 
+def test_a_form_posted_from_the_browser_without_its_csrf_token_is_refused(page, shop):
+    log_in(page, "operator")
+    page.goto(f"/admin/cards/{CARD}")
+    status = page.evaluate("""async (url) => {
+        const r = await fetch(url, {method: 'POST', headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+                                    body: 'page=1'});
+        return r.status; }""", f"/admin/cards/{CARD}/block")
+    assert status == 400
+    assert shop["soap"].service.GetCardInfo(CARD).Status == "Active"
+
+
 def test_an_action_previewed_confirmed_followed_to_the_end_and_cancelled(page, shop):
     soap = shop["soap"]
     before = [soap.service.GetCardInfo(f"77700000{n:02d}").BonusBalance for n in (3, 4, 5)]

@@ -19,6 +19,9 @@ def install(app) -> None:
     def _load_operator():
         from . import billing_of
 
+        if request.endpoint == "static":  # the stylesheet, scripts and Chart.js: no database query
+            g.operator = None
+            return None
         g.operator = Operators(billing_of()).active(session.get("operator"))
         if g.operator is None and session.get("operator"):
             session.clear()  # disabled or removed since: the session is worth nothing
