@@ -325,3 +325,17 @@ def test_a_journal_reject_dismissed_in_the_browser(page, shop, tmp_path):
     assert page.locator("#rejects-total").inner_text() == "1"
     assert len(JournalImport(shop["billing"]).rejects()) == 1
     assert page.errors == []
+
+
+def test_every_sortable_table_downloads_as_csv(page, shop, tmp_path):
+    log_in(page)
+    page.goto(f"/admin/cards/{CARD}")
+    with page.expect_download() as got:
+        page.get_by_role("button", name="Скачать таблицу в CSV: Операции по карте", exact=False).click()
+    path = tmp_path / "history.csv"
+    got.value.save_as(path)
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    assert lines[0].split(";")[:3] == ["Время", "Операция", "Источник"]
+    assert len(lines) == 1 + page.locator("#history tbody tr").count()
+    sums = sorted(D(line.split(";")[5].replace(",", ".")) for line in lines[1:])
+    assert sums == sorted([*(D(s["ReceiptSum"]) for s in shop["sales"] if s["CardNumber"] == CARD), D("300.00")])

@@ -42,6 +42,45 @@
     });
   }
 
+  function csvCell(text) {
+    return /[";\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+  }
+
+  /* "CSV" under every sortable table: the rows shown, ';'-separated, numbers without the thousands
+     separator (so a spreadsheet reads "1234,56" as a number). */
+  function addCsvButton(table) {
+    var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+    var exported = heads.map(function (th) { return th.getAttribute("data-type") !== null; });
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "small csv";
+    button.textContent = "Скачать CSV";
+    button.setAttribute("aria-label", "Скачать таблицу в CSV" + (table.caption ? ": " + table.caption.textContent.trim() : ""));
+    button.addEventListener("click", function () {
+      var lines = [heads.filter(function (_, i) { return exported[i]; })
+                        .map(function (th) { return csvCell(th.textContent.trim()); }).join(";")];
+      Array.prototype.forEach.call(table.tBodies[0].rows, function (row) {
+        var cells = [];
+        heads.forEach(function (th, i) {
+          if (!exported[i] || !row.cells[i]) return;
+          var text = row.cells[i].textContent.replace(/\s+/g, " ").trim();
+          if (th.getAttribute("data-type") === "number") text = text.replace(/[\s\u00a0]/g, "");
+          cells.push(csvCell(text));
+        });
+        lines.push(cells.join(";"));
+      });
+      var blob = new Blob(["\ufeff" + lines.join("\n") + "\n"], { type: "text/csv;charset=utf-8" });
+      var link = document.createElement("a");
+      link.href = URL.createObjectURL(blob);
+      link.download = (table.id || "table") + ".csv";
+      document.body.appendChild(link);
+      link.click();
+      setTimeout(function () { URL.revokeObjectURL(link.href); link.remove(); }, 1000);
+    });
+    var holder = table.parentElement.classList.contains("scroll") ? table.parentElement : table;
+    holder.insertAdjacentElement("afterend", button);
+  }
+
   function drawTurnovers() {
     var canvas = document.getElementById("turnovers-chart");
     var source = document.getElementById("turnovers-data");
@@ -66,7 +105,10 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), makeSortable);
+    Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+      addCsvButton(table);  // reads the header's text before the sort buttons wrap it
+      makeSortable(table);
+    });
     document.addEventListener("click", function (event) {
       var button = event.target.closest("button[data-confirm]");
       if (button && !window.confirm(button.getAttribute("data-confirm"))) event.preventDefault();
