@@ -330,3 +330,17 @@ def test_the_vendored_chart_library_is_the_pinned_file():
     assert "MIT" in (static / "chart-4.6.1.LICENSE.txt").read_text()
     template = (static.parent / "templates" / "dashboard.html").read_text()
     assert "chart-4.6.1.umd.min.js" in template and "http" not in template
+
+
+def test_the_operations_journal_with_the_clis_filters(as_viewer, db):
+    _history(db)
+    from kkmtransfer.service_layer.reports import Reports
+
+    every = list(Reports(db).operations())
+    html = as_viewer.get("/reports/operations").get_data(as_text=True)
+    assert html.count("<tr><td data-sort=") == len(every)
+    sales = as_viewer.get("/reports/operations", query_string={"card": CARD, "kind": "Sale"}).get_data(as_text=True)
+    want = [r for r in every if r["card"] == CARD and r["kind"] == "Sale"]
+    assert sales.count("<tr><td data-sort=") == len(want) == 4
+    assert as_viewer.get("/reports/operations", query_string={"from": "31.12.2026", "to": "01.01.2026"}
+                         ).status_code == 400

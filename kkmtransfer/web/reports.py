@@ -65,3 +65,32 @@ def balances_csv():
     name = f"balances_{first:%Y-%m-%d}_{last:%Y-%m-%d}{'_' + card if card else ''}.csv"
     return Response(out.getvalue().encode("utf-8"), mimetype="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+OPERATIONS_PER_PAGE = 100
+
+
+@bp.route("/operations")
+@requires(Permission.READ)
+def operations():
+    """The journal of operations with the CLI's filters (`kkmtransfer report operations`), oldest first."""
+    from itertools import islice
+
+    args = request.args
+    filters = {k: (args.get(k) or "").strip() or None for k in ("card", "kkm", "kind", "source")}
+    try:
+        first = parse_day(args.get("from"), None)
+        last = parse_day(args.get("to"), None)
+        if first and last and last < first:
+            raise errors.ValidationError(f"начало периода {first:%d.%m.%Y} позже конца {last:%d.%m.%Y}")
+        page = max(1, int(args.get("page", "1") or 1))
+    except (errors.DomainError, ValueError) as exc:
+        return render_template("operations.html", error=getattr(exc, "message", str(exc)), rows=[], args=args,
+                               page=1, more=False), 400
+    start = (page - 1) * OPERATIONS_PER_PAGE
+    found = Reports(billing_of()).operations(filters["card"], filters["kkm"], filters["kind"], filters["source"],
+                                             first, last, start + OPERATIONS_PER_PAGE + 1)
+    rows = list(islice(found, start, start + OPERATIONS_PER_PAGE + 1))
+    more = len(rows) > OPERATIONS_PER_PAGE
+    return render_template("operations.html", rows=rows[:OPERATIONS_PER_PAGE], args=args, page=page, more=more,
+                           first=first, last=last)
