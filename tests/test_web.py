@@ -344,3 +344,29 @@ def test_the_operations_journal_with_the_clis_filters(as_viewer, db):
     assert sales.count("<tr><td data-sort=") == len(want) == 4
     assert as_viewer.get("/reports/operations", query_string={"from": "31.12.2026", "to": "01.01.2026"}
                          ).status_code == 400
+
+
+def test_an_admin_manages_operators_and_an_operator_may_not(console, db, caplog):
+    caplog.set_level(logging.INFO, "kkmtransfer.audit")
+    op = console.test_client()
+    login(op, "operator", PASSWORDS["operator"])
+    assert op.get("/operators/").status_code == 403
+    r = post_form(op, "/", "/operators/", name="mallory", role="admin", password="mallory-pw", password2="mallory-pw")
+    assert r.status_code == 403 and Operators(db).get("mallory") is None
+    assert audit_lines(caplog, operator="operator", command="operators.add", outcome="refused")
+
+    admin = console.test_client()
+    login(admin, "admin", PASSWORDS["admin"])
+    assert "Операторы" in admin.get("/").get_data(as_text=True)
+    mismatch = post_form(admin, "/operators/", "/operators/", name="olga", role="viewer", password="olga-pass-1",
+                         password2="olga-pass-2")
+    assert mismatch.status_code == 302 and Operators(db).get("olga") is None
+    post_form(admin, "/operators/", "/operators/", name="olga", role="viewer", password="olga-pass-1",
+              password2="olga-pass-1")
+    assert Operators(db).get("olga").role.value == "viewer"
+    assert login(console.test_client(), "olga", "olga-pass-1").status_code == 302
+    post_form(admin, "/operators/", "/operators/olga/disable")
+    assert login(console.test_client(), "olga", "olga-pass-1").status_code == 401
+    assert audit_lines(caplog, operator="admin", command="operators.disable", outcome="done")
+    post_form(admin, "/operators/", "/operators/admin/disable")  # not oneself
+    assert not Operators(db).get("admin").disabled

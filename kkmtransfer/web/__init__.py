@@ -57,11 +57,12 @@ def create_app(billing, secret_key: str, *, config: dict | None = None, dispatch
     csrf.init_app(app)
     formatting.install(app, billing.settings.tz)
 
-    from . import actions, auth, cards, dashboard, journal, reports
+    from . import actions, auth, cards, dashboard, journal, operators, reports
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(journal.bp)
+    app.register_blueprint(operators.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(cards.bp)
     app.register_blueprint(reports.bp)

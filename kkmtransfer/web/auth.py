@@ -33,7 +33,7 @@ def install(app) -> None:
     @app.context_processor
     def _operator_context():
         op = getattr(g, "operator", None)
-        return dict(operator=op, role_title=ROLE_TITLES.get(op.role) if op else "",
+        return dict(operator=op, role_title=ROLE_TITLES.get(op.role) if op else "", role_titles=ROLE_TITLES,
                     can=lambda permission: op is not None and allows(op.role, Permission(permission)))
 
 
