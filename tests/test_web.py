@@ -147,6 +147,11 @@ def test_a_viewer_reads_but_an_operators_command_is_refused_403_and_audited(as_v
     assert db.card_info(CARD).status is CardStatus.ACTIVE
     refused = audit_lines(caplog, operator="viewer", command="cards.block", outcome="refused")
     assert refused and f"target=number={CARD}" in refused[0]
+    from kkmtransfer.service_layer import audit
+
+    [row] = [r for r in audit.rows(db.engine, actor="viewer") if r.action == "cards.block"]
+    assert row.object == f"number={CARD}" and row.details["outcome"] == "refused"
+    assert row.details["via"] == "console"
 
 
 def test_a_form_posted_without_its_csrf_token_is_refused(as_operator, db, caplog):
@@ -161,6 +166,10 @@ def test_a_form_posted_without_its_csrf_token_is_refused(as_operator, db, caplog
     # and the same form with its token goes through
     assert post_form(as_operator, f"/cards/{CARD}", f"/cards/{CARD}/block").status_code == 302
     assert db.card_info(CARD).status is CardStatus.BLOCKED
+    from kkmtransfer.service_layer import audit
+
+    actions = [(r.action, r.object) for r in audit.rows(db.engine, actor="operator")]
+    assert ("cards.block", CARD) in actions  # recorded by the use case, with the operator as the actor
 
 
 def test_logging_out_needs_the_token_too(as_operator):

@@ -175,7 +175,9 @@ def test_journal_rejects_are_listed_dismissed_and_retried(app, db, tmp_path, cap
     page = op.get("/journal/").get_data(as_text=True)
     assert 'id="rejects-total">2<' in page and "k1.csv:2" in page and "CardNotFound" in page
     ids = sorted(r["id"] for r in JournalImport(db).rejects())
-    r = op.post(f"/journal/{ids[1]}/dismiss", data={"csrf_token": csrf_of(page)})
+    assert op.post(f"/journal/{ids[1]}/dismiss", data={"csrf_token": csrf_of(page)}).status_code == 302
+    assert len(JournalImport(db).rejects()) == 2  # no reason, no dismissal
+    r = op.post(f"/journal/{ids[1]}/dismiss", data={"csrf_token": csrf_of(page), "reason": "карта выдана по ошибке"})
     assert r.status_code == 302
     assert [r["id"] for r in JournalImport(db).rejects()] == [ids[0]]
     db.add_card_range(1, 1, "NEW", 0, None)
@@ -187,6 +189,10 @@ def test_journal_rejects_are_listed_dismissed_and_retried(app, db, tmp_path, cap
         states = dict(conn.execute(select(journal_rejects.c.id, journal_rejects.c.status)).all())
     assert states == {ids[0]: "resolved", ids[1]: "dismissed"}
     assert audit_lines(caplog, operator="operator", command="journal.dismiss", outcome="done")
+    from kkmtransfer.service_layer import audit
+
+    assert [r.details["detail"] for r in audit.rows(db.engine, actor="operator") if r.action == "journal.dismiss"
+            and r.details["outcome"] == "done"] == ["карта выдана по ошибке"]
     viewer = client(app, "viewer")
     assert viewer.post("/journal/retry", data={"csrf_token": csrf_of(viewer.get("/journal/").get_data(
         as_text=True))}).status_code == 403

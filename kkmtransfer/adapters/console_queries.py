@@ -155,11 +155,3 @@ def rejects_page(conn, status: str, offset: int, limit: int) -> tuple[int, list[
         select(journal_rejects).where(journal_rejects.c.status == status)
         .order_by(journal_rejects.c.id).offset(offset).limit(limit)).mappings()]
     return int(total), rows
-
-
-def dismiss_reject(conn, reject_id: int, now) -> bool:
-    from sqlalchemy import update
-
-    return conn.execute(update(journal_rejects).where(journal_rejects.c.id == reject_id,
-                                                      journal_rejects.c.status == "pending")
-                        .values(status="dismissed", updated_at=now)).rowcount > 0

@@ -204,12 +204,3 @@ def rejects(billing, page: int = 1, status: str = "pending") -> tuple[list[dict]
         page = min(max(1, page), pages)
         _, rows = q.rejects_page(uow.conn, status, (page - 1) * REJECTS_PER_PAGE, REJECTS_PER_PAGE)
     return rows, total, page, pages
-
-
-def dismiss_reject(billing, reject_id: int) -> None:
-    """Give up on a journal reject: it leaves the pending list and `journal retry` no longer tries it.
-    The row stays, with status 'dismissed'."""
-    with UnitOfWork(billing.engine, write=True) as uow:
-        if not q.dismiss_reject(uow.conn, reject_id, billing.clock()):
-            raise errors.ValidationError(f"no pending reject #{reject_id}")
-        uow.commit()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..adapters.operator_repository import OperatorRepository
 from ..domain import errors
@@ -55,14 +55,22 @@ def _operator(row) -> Operator:
 
 def record_audit(billing, operator: str | None, command: str, target: str = "", outcome: str = "done",
                  detail: str = "") -> None:
-    """THE one place the web console records what an operator did or was refused.
+    """THE one place the web console records what an operator did or was refused, in the audit trail
+    (service_layer/audit.py, table ``audit``): actor = the operator's name ("anonymous" before a login),
+    action = the command (the same names as the CLI's: cards.block, receipts.annul, actions.credit, ...),
+    object = its target, details = {"via": "console", "outcome": done / queued / failed / refused, ...}.
+    Changes whose use case records its own row with the actor (card block/unblock) do not come here.
+    A line also goes to the ``kkmtransfer.audit`` logger. If the row cannot be written (the database is
+    down), the line says so and the request goes on: a refusal stays a refusal."""
+    from . import audit
 
-    Every change made from the console and every refused command comes through here with the
-    operator's name. Until the project's audit trail (service_layer/audit.py, table ``audit``) is on
-    main, this writes one structured line to the ``kkmtransfer.audit`` logger; then it writes there.
-    """
     audit_log.info("operator=%s command=%s target=%s outcome=%s detail=%s",
                    operator or "-", command, target or "-", outcome, detail or "-")
+    try:
+        audit.record_now(billing.engine, operator or "anonymous", command, target or None, via="console",
+                         outcome=outcome, detail=detail or None)
+    except SQLAlchemyError as exc:
+        audit_log.error("audit row not written (operator=%s command=%s): %s", operator or "-", command, exc)
 
 
 class Operators:

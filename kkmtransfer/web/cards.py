@@ -51,8 +51,9 @@ def show(number):
 
 
 def _command(number: str, command: str, run):
-    """Run a command on a card; ``run(billing)`` answers (what the audit records, what the operator
-    reads). A refusal of the service layer is shown as one line, never a traceback."""
+    """Run a command on a card; ``run(billing)`` answers (what the audit records — None when the use
+    case recorded its own row —, what the operator reads). A refusal of the service layer is shown as
+    one line, never a traceback."""
     billing = billing_of()
     try:
         detail, message = run(billing)
@@ -60,7 +61,8 @@ def _command(number: str, command: str, run):
         record_audit(billing, g.operator.name, command, number, "failed", f"{exc.code}: {exc.message}")
         flash(f"Не выполнено: {exc.message}", "error")
     else:
-        record_audit(billing, g.operator.name, command, number, "done", detail)
+        if detail is not None:
+            record_audit(billing, g.operator.name, command, number, "done", detail)
         flash(message, "ok")
     return redirect(url_for("cards.show", number=number, page=request.form.get("page") or None))
 
@@ -69,8 +71,8 @@ def _command(number: str, command: str, run):
 @requires(Permission.BLOCK_CARD, "cards.block")
 def block(number):
     def run(billing):
-        billing.set_card_status(number, CardStatus.BLOCKED)
-        return "blocked", "Карта заблокирована."
+        billing.set_card_status(number, CardStatus.BLOCKED, actor=g.operator.name)  # audited by the use case
+        return None, "Карта заблокирована."
 
     return _command(number, "cards.block", run)
 
@@ -79,8 +81,8 @@ def block(number):
 @requires(Permission.BLOCK_CARD, "cards.unblock")
 def unblock(number):
     def run(billing):
-        billing.set_card_status(number, CardStatus.ACTIVE)
-        return "unblocked", "Карта разблокирована."
+        billing.set_card_status(number, CardStatus.ACTIVE, actor=g.operator.name)  # audited by the use case
+        return None, "Карта разблокирована."
 
     return _command(number, "cards.unblock", run)
 

@@ -39,12 +39,16 @@ def retry():
 @bp.route("/<int:reject_id>/dismiss", methods=["POST"])
 @requires(Permission.RESOLVE_REJECT, "journal.dismiss")
 def dismiss(reject_id):
+    """Close a pending reject by hand, with its reason (`kkmtransfer journal rejects dismiss ID --reason`)."""
+    from ..service_layer.journal import JournalImport
+
+    reason = (request.form.get("reason") or "").strip()
     try:
-        console.dismiss_reject(billing_of(), reject_id)
+        JournalImport(billing_of()).dismiss(reject_id, reason, actor=g.operator.name)
     except errors.DomainError as exc:
-        record_audit(billing_of(), g.operator.name, "journal.dismiss", f"reject #{reject_id}", "failed", exc.message)
+        record_audit(billing_of(), g.operator.name, "journal.dismiss", str(reject_id), "failed", exc.message)
         flash(f"Не выполнено: {exc.message}", "error")
     else:
-        record_audit(billing_of(), g.operator.name, "journal.dismiss", f"reject #{reject_id}", "done")
-        flash(f"Строка #{reject_id} отклонена окончательно.", "ok")
+        record_audit(billing_of(), g.operator.name, "journal.dismiss", str(reject_id), "done", reason)
+        flash(f"Строка #{reject_id} отклонена окончательно: {reason}", "ok")
     return redirect(url_for("journal.index", page=request.form.get("page") or None))
