@@ -9,7 +9,7 @@ PORT   ?= 8080
 .PHONY: help install run test wsdl bench worker beat clean
 
 help:
-	@echo "make run    - install, create the demo SQLite database and serve SOAP on $(HOST):$(PORT)"
+	@echo "make run    - install, create the demo SQLite database, serve SOAP and the console (/admin/) on $(HOST):$(PORT)"
 	@echo "make test   - install and run the whole test suite (SQLite, PostgreSQL, Redis)"
 	@echo "make wsdl   - regenerate wsdl/KKMTransfer.wsdl from the service definition"
 	@echo "make worker - run a Celery worker (broker: KKMTRANSFER_BROKER_URL, default local Redis)"
@@ -30,7 +30,8 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/kkmtransfer demo
-	$(BIN)/kkmtransfer serve --host $(HOST) --port $(PORT)
+	@test -s var/secret_key || (umask 077 && $(BIN)/python -c "import secrets; print(secrets.token_urlsafe(48))" > var/secret_key)
+	KKMTRANSFER_SECRET_KEY="$$(cat var/secret_key)" $(BIN)/kkmtransfer serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -70,6 +71,7 @@ bench: install
 	../$(BIN)/python bench_journal.py $(BENCH_JOURNAL_ARGS) && \
 	../$(BIN)/python bench_actions.py $(BENCH_ACTIONS_ARGS) && \
 	../$(BIN)/python bench_session.py && \
+	../$(BIN)/python bench_console.py && \
 	echo "make bench: all benchmarks in $$(( $$(date +%s) - start )) s (load average now: $$(cut -d' ' -f1-3 /proc/loadavg))"
 
 clean:

@@ -99,3 +99,4 @@ def release_hung_holds() -> int:
     if released:
         log.info("released %d hung hold(s)", released)
     return released
+from . import console_tasks  # noqa: E402,F401  (the web console's long jobs: bonus actions, retries)

@@ -408,6 +408,25 @@ receipt_lines = Table(
     Column("max_payment", Cents(), nullable=False),
     Column("bonus_spent", Cents(), nullable=False),
     Column("bonus_accrued", Cents(), nullable=False),
+# Back-office operators of the web console (separate from the registers' users) and the login throttle,
+# kept per name whether or not an operator of that name exists.
+operators = Table(
+    "operators",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),          # viewer / operator / admin
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("disabled", Boolean(), nullable=False, server_default=text("false")),
+)
+
+login_throttle = Table(
+    "login_throttle",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("failures", Integer(), nullable=False),
+    Column("locked_until", UTCDateTime()),
+    Column("updated_at", UTCDateTime(), nullable=False),
 )
 
 

@@ -10,6 +10,7 @@ DEMO_PASSWORD = "kassa1-demo-pass"
 DEMO_PREFIX = "777"
 DEMO_FIRST, DEMO_LAST, DEMO_WIDTH = 1, 10, 7
 DEMO_PHONE = "+7 (916) 123-45-67"
+DEMO_OPERATOR, DEMO_OPERATOR_PASSWORD = "admin", "admin-demo"
 
 
 def _not_demo_data(url: str) -> list[str]:
@@ -48,9 +49,11 @@ def _not_demo_data(url: str) -> list[str]:
 @main.command()
 @domain_errors
 def demo():
-    """Migrate the database and create demo cards and a demo register user (what `make run` uses).
-    Refuses a database that holds anything but demo data (the demo password is published)."""
+    """Migrate the database and create demo cards, a demo register user and a demo console operator (what
+    `make run` uses). Refuses a database that holds anything but demo data (the demo passwords are
+    published)."""
     from ..adapters.migrate import upgrade
+    from ..service_layer.operators import Operators
 
     url = _settings().database_url
     found = _not_demo_data(url) if _sqlite_file_or_server(url) else []
@@ -66,6 +69,8 @@ def demo():
     last = f"{DEMO_PREFIX}{DEMO_LAST:0{DEMO_WIDTH}d}"
     click.echo(f"demo cards: {first} .. {last} ({len(result.created)} new); {first} has phone {DEMO_PHONE}")
     click.echo(f"demo register user: {DEMO_USER} / password: {DEMO_PASSWORD}")
+    Operators(billing).add(DEMO_OPERATOR, "admin", DEMO_OPERATOR_PASSWORD)
+    click.echo(f"demo console operator: {DEMO_OPERATOR} / password: {DEMO_OPERATOR_PASSWORD} (admin)")
 
 
 def _sqlite_file_or_server(url: str) -> bool:

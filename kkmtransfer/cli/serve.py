@@ -14,10 +14,13 @@ from . import _billing, main
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def serve(host, port, log_level):
-    """Serve the SOAP endpoint /KKMTransfer (WSDL at /KKMTransfer?wsdl) for local use.
+    """Serve the SOAP endpoint /KKMTransfer (WSDL at /KKMTransfer?wsdl) and the web console /admin/ for
+    local use.
 
     A threaded server from the standard library; in production run gunicorn with
-    kkmtransfer.wsgi:application (see docs/operations.md).
+    kkmtransfer.wsgi:application and, as its own app, kkmtransfer.web.wsgi:application (see
+    docs/operations.md). The console's sessions are signed with KKMTRANSFER_SECRET_KEY (`make run` keeps
+    one in var/secret_key); without it a random key is used and sessions end with the server.
     """
     from ..app import configure_logging
     from ..logging import LogContext
@@ -26,9 +29,10 @@ def serve(host, port, log_level):
 
     configure_logging(log_level.upper())
     billing = _billing()
-    server = make_server(host, port, LogContext(KKMTransferApp(billing, billing.settings)))
+    server = make_server(host, port, _with_console(LogContext(KKMTransferApp(billing, billing.settings)), billing))
     real_port = server.server_address[1]
     click.echo(f"KKMTransfer on http://{host}:{real_port}/KKMTransfer (WSDL: ?wsdl); Ctrl+C stops", err=True)
+    click.echo(f"web console on http://{host}:{real_port}/admin/", err=True)
     sys.stderr.flush()
     try:
         server.serve_forever()
@@ -36,3 +40,17 @@ def serve(host, port, log_level):
         pass
     finally:
         server.server_close()
+
+
+def _with_console(soap_app, billing):
+    """The web console mounted at /admin beside SOAP."""
+    import secrets
+
+    from ..web import ConsoleConfigError, create_app, mount, secret_key_from_env
+
+    try:
+        key = secret_key_from_env()
+    except ConsoleConfigError:
+        key = secrets.token_urlsafe(48)
+        click.echo("KKMTRANSFER_SECRET_KEY is not set: the console's sessions end when this server stops", err=True)
+    return mount(soap_app, create_app(billing, key))
