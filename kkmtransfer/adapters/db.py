@@ -408,6 +408,9 @@ receipt_lines = Table(
     Column("max_payment", Cents(), nullable=False),
     Column("bonus_spent", Cents(), nullable=False),
     Column("bonus_accrued", Cents(), nullable=False),
+)
+
+
 # Back-office operators of the web console (separate from the registers' users) and the login throttle,
 # kept per name whether or not an operator of that name exists.
 operators = Table(
