@@ -279,3 +279,29 @@ def test_concurrent_spends_with_one_code_apply_once(soap, card, fake, spend_serv
         t.join(60)
     assert Counter(results) == {"Applied": 1, "Client.SpendCodeInvalid/used": n - 1}, results
     assert balance(soap) == D("90.00")
+
+
+def test_a_hold_needs_the_code_and_its_confirmation_does_not(soap, card, fake, db):
+    """ReserveBonus spends: it needs the code like a Sale; the Sale that confirms the hold needs none."""
+    hold_id = new_id()
+    with pytest.raises(Fault) as exc:
+        soap.service.ReserveBonus(OperationId=hold_id, CardNumber=CARD, KKM="KKM-1", Amount=D("30.00"))
+    assert code_of(exc) == "Client.SpendCodeRequired"
+    assert balance(soap) == D("100.00")
+
+    soap.service.RequestSpendCode(CardNumber=CARD, KKM="KKM-1")
+    code = fake.codes_sent()[-1]
+    with pytest.raises(Fault) as exc:
+        soap.service.ReserveBonus(OperationId=hold_id, CardNumber=CARD, KKM="KKM-1", Amount=D("30.00"),
+                                  SpendCode=wrong(code))
+    assert code_of(exc) == "Client.SpendCodeInvalid"
+    held = soap.service.ReserveBonus(OperationId=hold_id, CardNumber=CARD, KKM="KKM-1", Amount=D("30.00"),
+                                     SpendCode=code)
+    assert held.Status == "Reserved" and held.Card.BonusBalance == D("70.00")
+    with pytest.raises(Fault) as exc:  # the code paid for that hold: not for another spend
+        spend(soap, code)
+    assert code_of(exc) == "Client.SpendCodeInvalid"
+
+    confirmed = soap.service.RegisterOperation(Operation=op_dict(CARD, receipt_sum="50.00", spent="20.00",
+                                                                 op_id=hold_id))
+    assert confirmed.Status == "Applied" and confirmed.Card.BonusBalance == D("80.00")

@@ -181,7 +181,9 @@ class HoldService:
     def _reserve(self, op_id, number, kkm, amount, spend_code, actor=None) -> ReservationView:
         now = self.billing.clock()
         content_hash = _hash(number, kkm, amount)
-        with UnitOfWork(self.engine, write=True) as uow:
+        from .spend_codes import keeping_rejections
+
+        with UnitOfWork(self.engine, write=True) as uow, keeping_rejections(uow):
             repo, prepo = uow.repo, ProgramRepository(uow.conn)
             _check_kkm(repo, actor, kkm)
             card = self._card(repo, number, lock=True)
@@ -192,6 +194,10 @@ class HoldService:
                 raise errors.OperationConflict(f"OperationId {op_id} was already applied as an operation")
             if card["status"] != CardStatus.ACTIVE.value:
                 raise errors.CardBlocked(f"card {number} is blocked")
+            # the SMS code (KKMTRANSFER_SPEND_CODE) is checked and used up here, before the first write; the
+            # sale that confirms the hold needs none
+            self.billing.spend_codes.check_spend(uow.conn, card, spend_code=spend_code, operation_id=op_id,
+                                                 kkm=kkm, who=actor, now=now)
             ledger = CardLedger(repo.load_lots(number), now)
             ledger.spend(amount, role=Role.HOLD)
             ledger_id = hold_operation_id(uow.conn, op_id)
@@ -205,7 +211,7 @@ class HoldService:
             repo.save_moves(number, ledger_id, ledger.moves, now)
             expires = now + timedelta(seconds=self.settings.hold_timeout)
             prepo.insert_hold(id=op_id, hold_operation_id=ledger_id, card_number=number, kkm=kkm, amount=amount,
-                              spend_code=None,  # a code is never stored in clear (checked at confirmation)
+                              spend_code=None,  # a code is never stored in clear (it was checked above)
                               content_hash=content_hash, status=RESERVED, created_at=now,
                               expires_at=expires)
             view = self.billing._view(repo, card, now, ledger)

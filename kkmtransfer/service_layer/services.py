@@ -200,7 +200,8 @@ class BillingService:
             raise errors.CardNotFound(f"card {request.card_number} not found")
         if card["status"] != CardStatus.ACTIVE.value:
             raise errors.CardBlocked(f"card {request.card_number} is blocked")
-        if source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0:
+        if (source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0
+                and holds.confirming(repo, request) is None):  # a hold's confirmation: checked at ReserveBonus
             # before any write: a rejected code's record is committed alone (see spend_codes.keep_rejection)
             self.spend_codes.check_spend(repo.conn, card, spend_code=spend_code, operation_id=request.operation_id,
                                          kkm=request.kkm, who=actor, now=now)
