@@ -24,6 +24,7 @@ class Measure(str, Enum):
     BONUS = "bonus"
     ACCUMULATION = "accumulation"
     RECEIPT_COUNT = "receipt_count"
+    CERTIFICATE = "certificate"  # a gift certificate's money (its account is cert:<number>)
 
 
 class Kind(str, Enum):
@@ -61,6 +62,7 @@ class Role(str, Enum):
     TAKEBACK_DEFERRED = "takeback_pending"  # taken back from a lot that has not started yet
     DEBT = "debt"          # what a takeback could not find in any lot
     EXPIRY = "expiry"      # burnt: by the nightly regulation, or at once when moved into a burnt lot
+    FORFEIT = "forfeit"    # the rest of a single-use gift certificate, lost when it is redeemed
 
 
 # Moves into lots that have not started: the card's books show them when the lot starts (the nightly
