@@ -121,8 +121,6 @@ class CertificateService:
             if cert.pin_hash and cert.state is not State.ISSUED:
                 if cert.blocked:
                     return CertificateView(cert.number, "Blocked", cert.kind, cert.nominal, ZERO, cert.valid_until)
-                if not pin:
-                    raise CertificatePinInvalid(f"certificate {number} has a PIN: give Pin to read its balance")
                 self._check_pin(uow, repo, cert, pin)
             view = self._view(repo, cert, now)
             uow.commit()
@@ -130,6 +128,8 @@ class CertificateService:
 
     def _check_pin(self, uow, repo: CertificateRepository, cert: Certificate, pin: str | None) -> None:
         """Wrong: count it (lock at the limit), commit just that, raise. Right: reset the count."""
+        if not pin:  # not a guess: nothing counted
+            raise CertificatePinInvalid(f"certificate {cert.number} has a PIN: Pin is required")
         if verify_pin(pin, cert.pin_hash):
             if cert.pin_failures:
                 repo.update_certificate(cert.number, pin_failures=0)
