@@ -52,6 +52,7 @@ bench: install
 	cd bench && ../$(BIN)/python bench_nightly.py
 	cd bench && ../$(BIN)/python bench_journal.py
 	cd bench && ../$(BIN)/python bench_actions.py
+	cd bench && ../$(BIN)/python bench_certificates.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info .pytest_cache

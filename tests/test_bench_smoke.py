@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
     ("bench_actions.py", ["--cards", "300", "--batch", "50"]),
     ("bench_journal.py", ["--rows", "600", "--small", "200", "--cards", "100"]),
     ("bench_nightly.py", ["--lots", "2000", "--cards", "200", "--background", "1000"]),
+    ("bench_certificates.py", ["--certificates", "1000", "--pins", "20"]),
 ])
 def test_benchmark_runs(pg_admin, script, args):
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=BENCH, capture_output=True, text=True,

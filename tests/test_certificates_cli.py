@@ -114,3 +114,22 @@ def test_report_certificates_table_and_csv(db, database_url, tmp_path):
     # the balances report of discount cards does not list the certificates
     assert all(line.measure != "certificate" for line in Reports(db).balances(
         datetime(2020, 1, 1).date(), datetime(2099, 1, 1).date()).lines)
+
+
+def test_add_range_in_sql_makes_the_same_numbers_as_python(db):
+    """The range is made in the database (generate_series / a recursive CTE): numbers wider than --width
+    are not cut, existing ones are skipped, every certificate has its account."""
+    svc = CertificateService(db)
+    assert svc.add_range(98, 101, D("10.00"), prefix="GC", width=2).created == ["GC98", "GC99", "GC100", "GC101"]
+    result = svc.add_range(95, 105, D("20.00"), prefix="GC", width=2, valid_days=7)
+    assert result.skipped == ["GC100", "GC101", "GC98", "GC99"]
+    assert result.created == ["GC95", "GC96", "GC97", "GC102", "GC103", "GC104", "GC105"]
+    with db.engine.connect() as conn:
+        got = dict(conn.execute(select(certificates.c.number, certificates.c.account)).all())
+        nominal = dict(conn.execute(select(certificates.c.number, certificates.c.nominal)).all())
+        valid = dict(conn.execute(select(certificates.c.number, certificates.c.valid_days)).all())
+        account_rows = set(conn.execute(select(cards.c.number).where(cards.c.status == "Certificate")).scalars())
+    assert got == {n: f"cert:{n}" for n in got} and set(got.values()) == account_rows and len(got) == 11
+    assert nominal["GC99"] == D("10.00") and nominal["GC102"] == D("20.00")
+    assert valid["GC99"] is None and valid["GC103"] == 7
+    assert svc.show("GC104")[0].status == "Issued"

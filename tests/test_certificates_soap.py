@@ -11,8 +11,10 @@ import pytest
 from sqlalchemy import func, select
 from zeep.exceptions import Fault
 
-from kkmtransfer.adapters.db import certificates, entries, lots, operations
+from kkmtransfer.adapters.db import entries, lots, operations
+from kkmtransfer.domain import errors
 from kkmtransfer.domain.certificates import CertKind
+from kkmtransfer.domain.model import CardStatus
 from kkmtransfer.service_layer.certificates import CertificateService
 from kkmtransfer.service_layer.reports import Reports
 
@@ -220,8 +222,8 @@ def test_certificate_accounts_are_not_cards(soap, certs, db):
     assert fault_of(soap.service.RegisterOperation, Operation=op_dict("cert:1")) == "Client.CardNotFound"
     assert fault_of(soap.service.GetCardOperations, "cert:1", datetime(2020, 1, 1).date(),
                     datetime(2099, 1, 1).date()) == "Client.CardNotFound"
-    with pytest.raises(Exception):
-        db.set_card_status("cert:1", __import__("kkmtransfer.domain.model", fromlist=["CardStatus"]).CardStatus.BLOCKED)
+    with pytest.raises(errors.CardNotFound):
+        db.set_card_status("cert:1", CardStatus.BLOCKED)
     assert Reports(db).verify() == []
 
 
@@ -234,6 +236,8 @@ def test_30_concurrent_redemptions_never_exceed_the_balance(db, gunicorn):
     client.service.RegisterCertificateOperation(Operation=cop("1", "Sell", "100.00"))
     amounts = [D("7.00") + D("0.20") * i for i in range(30)]
     clients = [zeep_client(gunicorn) for _ in amounts]
+    for c in clients:  # no stale keep-alive connection from the WSDL fetch (gunicorn closes idle ones after 2 s)
+        c.transport.session.close()
     barrier = threading.Barrier(len(amounts))
     results: list[object] = [None] * len(amounts)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import BigInteger, and_, case, func, insert, select, type_coerce, update
+from sqlalchemy import BigInteger, Boolean, Date, and_, bindparam, case, func, insert, select, text, type_coerce, update
 from sqlalchemy.engine import Connection
 
 from ..domain.certificates import ACCOUNT_STATUS, Certificate, CertKind, State, account_key
 from ..domain.model import Measure, Role
-from .db import cards, certificates, entries, lots, operations
+from .db import Cents, UTCDateTime, cards, certificates, entries, lots, operations
 from .repository import Repository, _cents
 
 CHUNK = 5000
@@ -40,22 +40,6 @@ class CertificateRepository(Repository):
         row = self.conn.execute(select(certificates).where(certificates.c.account == account)).mappings().first()
         return None if row is None else _certificate(row)
 
-    def existing_numbers(self, numbers: list[str]) -> set[str]:
-        found: set[str] = set()
-        for i in range(0, len(numbers), 500):
-            chunk = numbers[i:i + 500]
-            found.update(self.conn.execute(select(certificates.c.number)
-                                           .where(certificates.c.number.in_(chunk))).scalars())
-        return found
-
-    def taken_accounts(self, numbers: list[str]) -> set[str]:
-        """Account keys already used by a row of ``cards`` that is not a certificate's."""
-        found: set[str] = set()
-        for i in range(0, len(numbers), 500):
-            keys = [account_key(n) for n in numbers[i:i + 500]]
-            found.update(self.conn.execute(select(cards.c.number).where(cards.c.number.in_(keys))).scalars())
-        return found
-
     def insert_certificates(self, rows: list[dict], now: datetime) -> None:
         """The account rows and the certificates, in chunks (one multi-row INSERT each)."""
         for i in range(0, len(rows), CHUNK):
@@ -65,6 +49,51 @@ class CertificateRepository(Repository):
                      accumulation_delay_days=0, accumulation_lifetime_days=None, count_delay_days=0,
                      count_lifetime_days=None) for r in chunk])
             self.conn.execute(insert(certificates), chunk)
+
+    def numbers_between(self, first: str, last: str) -> set[str]:
+        """Certificate numbers in the text range first..last (one query through the primary key)."""
+        return set(self.conn.execute(select(certificates.c.number)
+                                     .where(certificates.c.number.between(first, last))).scalars())
+
+    def accounts_between(self, first: str, last: str) -> set[str]:
+        """Rows of ``cards`` in the account key range of first..last that are not certificates' accounts."""
+        return set(self.conn.execute(select(cards.c.number).where(
+            cards.c.number.between(account_key(first), account_key(last)),
+            cards.c.status != ACCOUNT_STATUS)).scalars())
+
+    def insert_range(self, first: int, last: int, prefix: str, width: int, kind: str, nominal: Decimal,
+                     valid_days: int | None, valid_until, now: datetime) -> None:
+        """The account rows and the certificates PREFIX + N (N zero-padded to ``width``, never cut) for
+        first <= N <= last that do not exist yet, by two INSERT ... SELECT over a number series made
+        in the database (generate_series on PostgreSQL, a recursive CTE on SQLite)."""
+        postgres = self.conn.dialect.name == "postgresql"
+        if postgres:
+            series = "WITH s(n) AS (SELECT generate_series(:first, :last))"
+            fmt = "(CASE WHEN length(n::text) >= :w THEN n::text ELSE lpad(n::text, :w, '0') END)"
+        else:
+            series = "WITH RECURSIVE s(n) AS (SELECT :first UNION ALL SELECT n + 1 FROM s WHERE n < :last)"
+            fmt = ("(CASE WHEN length(CAST(n AS TEXT)) >= :w THEN CAST(n AS TEXT) "
+                   "ELSE substr(:zeros || CAST(n AS TEXT), -:w) END)")
+        number = f"(:p || {fmt})"
+        missing = f"NOT EXISTS (SELECT 1 FROM certificates c WHERE c.number = {number})"
+        params = dict(first=first, last=last, w=width, zeros="0" * width, p=prefix, acc=account_key(""),
+                      now=now, kind=kind, nominal=nominal, valid_days=valid_days, valid_until=valid_until,
+                      status=ACCOUNT_STATUS, state=State.ISSUED.value, no=False)
+        if postgres:
+            del params["zeros"]
+        types = [bindparam("now", type_=UTCDateTime()), bindparam("nominal", type_=Cents()),
+                 bindparam("valid_until", type_=Date()), bindparam("no", type_=Boolean())]
+        accounts = text(
+            f"{series} INSERT INTO cards (number, status, created_at, accumulation_delay_days, count_delay_days) "
+            f"SELECT :acc || {number}, :status, :now, 0, 0 FROM s WHERE {missing}")
+        certs = text(
+            f"{series} INSERT INTO certificates (number, account, kind, nominal, state, blocked, valid_days, "
+            f"valid_until, pin_failures, created_at) SELECT {number}, :acc || {number}, :kind, :nominal, :state, "
+            f":no, :valid_days, :valid_until, 0, :now FROM s WHERE {missing}")
+        self.conn.execute(accounts.bindparams(*[t for t in types if t.key == "now"]),
+                          {k: v for k, v in params.items() if k in ("first", "last", "w", "zeros", "p", "acc",
+                                                                    "status", "now")})
+        self.conn.execute(certs.bindparams(*types), {k: v for k, v in params.items() if k != "status"})
 
     def update_certificate(self, number: str, **values) -> int:
         return self.conn.execute(update(certificates).where(certificates.c.number == number)

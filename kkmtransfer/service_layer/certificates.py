@@ -278,22 +278,27 @@ class CertificateService:
         if with_pin and pins_sink is None:
             raise errors.ValidationError("PINs are generated only with a file to write them to (--pins-out)")
         numbers = numbers_of_range(first, last, prefix, width)
+        low, high = min(numbers), max(numbers)  # as text: the range's numbers all lie between these
         with UnitOfWork(self.engine, write=True) as uow:
             repo = CertificateRepository(uow.conn)
-            existing = repo.existing_numbers(numbers)
+            wanted = set(numbers)
+            existing = repo.numbers_between(low, high) & wanted
             new = [n for n in numbers if n not in existing] if existing else numbers
-            taken = repo.taken_accounts(new)
+            taken = {a for a in repo.accounts_between(low, high) if a[len(account_key("")):] in wanted}
             if taken:
                 raise errors.ValidationError(f"{len(taken)} account key(s) are used by cards, e.g. {min(taken)}")
-            pins = [(n, new_pin()) for n in new] if with_pin else []
-            hashes = {n: hash_pin(p) for n, p in pins}
-            repo.insert_certificates([
-                dict(number=n, account=account_key(n), kind=kind.value, nominal=nominal, state=State.ISSUED.value,
-                     blocked=False, block_reason=None, valid_days=valid_days, valid_until=until, expires_at=None,
-                     pin_hash=hashes.get(n), pin_failures=0, sale_operation_id=None, created_at=now, sold_at=None)
-                for n in new], now)
-            if pins:
-                pins_sink(pins)
+            if with_pin:  # one hash per certificate: rows from here
+                pins = [(n, new_pin()) for n in new]
+                hashes = {n: hash_pin(p) for n, p in pins}
+                repo.insert_certificates([
+                    dict(number=n, account=account_key(n), kind=kind.value, nominal=nominal,
+                         state=State.ISSUED.value, blocked=False, block_reason=None, valid_days=valid_days,
+                         valid_until=until, expires_at=None, pin_hash=hashes[n], pin_failures=0,
+                         sale_operation_id=None, created_at=now, sold_at=None) for n in new], now)
+                if pins:
+                    pins_sink(pins)
+            elif new:
+                repo.insert_range(first, last, prefix, width, kind.value, nominal, valid_days, until, now)
             uow.commit()
         return RangeResult(created=new, skipped=sorted(existing))
 
