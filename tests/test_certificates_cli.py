@@ -5,9 +5,11 @@ import csv
 from datetime import datetime, timezone
 from decimal import Decimal as D
 
+import pytest
 from sqlalchemy import func, select
 
 from kkmtransfer.adapters.db import cards, certificates
+from kkmtransfer.domain import errors
 from kkmtransfer.domain.certificates import CertificateOperationRequest, CertKind, verify_pin
 from kkmtransfer.service_layer.certificates import CertificateService
 from kkmtransfer.service_layer.reports import Reports
@@ -133,3 +135,24 @@ def test_add_range_in_sql_makes_the_same_numbers_as_python(db):
     assert nominal["GC99"] == D("10.00") and nominal["GC102"] == D("20.00")
     assert valid["GC99"] is None and valid["GC103"] == 7
     assert svc.show("GC104")[0].status == "Issued"
+
+
+def test_certificate_accounts_stay_out_of_card_exports_actions_and_billing_disable(db, tmp_path):
+    from kkmtransfer.service_layer.actions import Actions, Selection
+    from kkmtransfer.service_layer.billing_admin import BillingAdmin
+
+    svc = CertificateService(db)
+    db.add_card_range(1, 2, "", 0, None)                 # cards "1", "2"
+    svc.add_range(1, 2, D("100.00"), valid_days=30)      # certificates "1", "2": accounts cert:1, cert:2
+    svc.register(cert_op("1", "Sell", "100.00"))
+    assert [row[0] for row in BillingAdmin(db).balances()] == ["1", "2"]
+    report = Actions(db).credit("5.00", Selection(first="0", last="z"), note="all")
+    assert report.cards == 2                             # the two cards, no certificate account
+    with pytest.raises(errors.CardNotFound):             # a list naming an account: it is no card
+        Actions(db).credit("5.00", Selection(numbers=("1", "cert:1")), note="list")
+    removed = BillingAdmin(db).disable()
+    assert removed["certificate sales"] == 1
+    view, cert = svc.show("1")
+    assert (view.status, view.balance, view.valid_until, cert.valid_days) == ("Issued", D("0.00"), None, 30)
+    assert Reports(db).verify() == []
+    assert svc.register(cert_op("1", "Sell", "100.00")).certificate.balance == D("100.00")

@@ -37,7 +37,8 @@ class Repository:
         found: set[str] = set()
         for i in range(0, len(numbers), 500):
             chunk = numbers[i:i + 500]
-            found.update(self.conn.execute(select(cards.c.number).where(cards.c.number.in_(chunk))).scalars())
+            found.update(self.conn.execute(select(cards.c.number).where(
+                cards.c.number.in_(chunk), cards.c.status != CERTIFICATE_ACCOUNT)).scalars())
         return found
 
     def insert_cards(self, rows: list[dict]) -> None:

@@ -323,7 +323,8 @@ class BillingService:
             raise errors.ValidationError("at most 1,000,000 cards at a time")
         numbers = [f"{prefix}{n:0{width}d}" for n in range(first, last + 1)]
         if prefix.startswith(ACCOUNT_PREFIX):
-            raise errors.ValidationError(f"card numbers must not start with {ACCOUNT_PREFIX!r} (gift certificates' accounts)")
+            raise errors.ValidationError(
+                f"card numbers must not start with {ACCOUNT_PREFIX!r} (gift certificates' accounts)")
         if any(len(n) > 32 for n in numbers):
             raise errors.ValidationError("card numbers are at most 32 characters")
         now = self.clock()
