@@ -265,3 +265,10 @@ def test_30_concurrent_redemptions_never_exceed_the_balance(db, gunicorn):
         n = conn.execute(select(func.count()).select_from(operations)
                          .where(operations.c.kind == "CertificateRedeem")).scalar_one()
     assert n == Counter(results)["Applied"] > 0
+
+
+def test_an_operation_time_far_in_the_future_is_refused(soap, certs, db):
+    certs.add_range(1, 1, D("100.00"))
+    far = datetime.now(timezone.utc) + timedelta(hours=db.settings.max_future_hours + 1)
+    assert fault_of(register, soap, number="1", kind="Sell", amount="100.00", time=far) == "Client.ValidationError"
+    assert soap.service.GetCertificateInfo("1").Status == "Issued"

@@ -86,6 +86,7 @@ class CertificateReport:
 
 class CertificateService:
     def __init__(self, billing):
+        self.billing = billing
         self.engine = billing.engine
         self.settings = billing.settings
         self.clock = billing.clock

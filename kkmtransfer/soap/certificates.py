@@ -89,6 +89,8 @@ def certificate_request(op: CertificateOperation) -> CertificateOperationRequest
 
 
 def register(svc, op: CertificateOperation) -> CertificateOperationResult:
-    result = svc.register(certificate_request(op))
+    request = certificate_request(op)
+    svc.billing.check_plausible_time(request)  # online only, as for cards: at most N hours ahead
+    result = svc.register(request)
     return CertificateOperationResult(OperationId=result.operation_id, Status=result.status,
                                       Certificate=certificate_info(result.certificate))
