@@ -205,7 +205,8 @@ class CertificateService:
             changes = dict(state=State.ACTIVE.value, valid_until=valid_until, expires_at=expires_at,
                            sale_operation_id=request.operation_id, sold_at=now)
         elif request.kind is CertOpKind.REDEEM:
-            if cert.pin_hash:
+            # a journal row records what the till did: no PIN travels in the file (docs/offline-format.md)
+            if cert.pin_hash and source is Source.ONLINE:
                 self._check_pin(uow, repo, cert, request.pin)
             ledger = CertificateLedger(repo.load_lots(account), now)
             ledger.redeem(request.amount, cert.kind is CertKind.SINGLE_USE)
