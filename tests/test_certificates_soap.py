@@ -272,3 +272,15 @@ def test_an_operation_time_far_in_the_future_is_refused(soap, certs, db):
     far = datetime.now(timezone.utc) + timedelta(hours=db.settings.max_future_hours + 1)
     assert fault_of(register, soap, number="1", kind="Sell", amount="100.00", time=far) == "Client.ValidationError"
     assert soap.service.GetCertificateInfo("1").Status == "Issued"
+
+
+def test_a_register_user_bound_to_its_kkm_posts_certificate_operations_only_for_it(db, server, certs):
+    db.add_user("kassa-9", "kassa-9-password-12", kkms=["KKM-9"])
+    client = zeep_client(server, "kassa-9", "kassa-9-password-12")
+    certs.add_range(1, 1, D("100.00"))
+    assert fault_of(register, client, number="1", kind="Sell", amount="100.00") == "Client.ValidationError"
+    ok = client.service.RegisterCertificateOperation(Operation=dict(cop("1", "Sell", "100.00"), KKM="KKM-9"))
+    assert ok.Status == "Applied"
+    with db.engine.connect() as conn:
+        assert conn.execute(select(operations.c.actor).where(
+            operations.c.id == ok.OperationId)).scalar_one() == "kassa-9"

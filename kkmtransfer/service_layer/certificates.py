@@ -41,7 +41,8 @@ from ..domain.certificates import (
 from ..domain.ledger import day_bounds
 from ..domain.model import ZERO, Source, money
 from ..domain.rules import LifeRule
-from .services import ALREADY_APPLIED, APPLIED
+from . import audit
+from .services import ALREADY_APPLIED, APPLIED, BillingService
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -148,11 +149,15 @@ class CertificateService:
                                     f"({MAX_PIN_FAILURES - failures} attempt(s) left before it is blocked)")
 
     # -- registering ---------------------------------------------------------------------------
-    def register(self, request: CertificateOperationRequest, source: Source = Source.ONLINE) -> CertificateResult:
+    def register(self, request: CertificateOperationRequest, source: Source = Source.ONLINE,
+                 actor: str | None = None) -> CertificateResult:
+        """``actor``: the register user; one bound to KKM codes or a store posts only for them."""
         for attempt in (1, 2):
             try:
                 with UnitOfWork(self.engine, write=True) as uow:
-                    result = self.apply(uow, request, source, self.clock())
+                    if actor is not None:
+                        BillingService._check_scope(uow.repo.get_user(actor), request)
+                    result = self.apply(uow, request, source, self.clock(), actor)
                     uow.commit()
                 return result
             except IntegrityError:
@@ -171,7 +176,8 @@ class CertificateService:
         cert = repo.certificate_of_account(existing["card_number"])
         return CertificateResult(request.operation_id, ALREADY_APPLIED, self._view(repo, cert, now))
 
-    def apply(self, uow, request: CertificateOperationRequest, source: Source, now: datetime) -> CertificateResult:
+    def apply(self, uow, request: CertificateOperationRequest, source: Source, now: datetime,
+              actor: str | None = None) -> CertificateResult:
         repo = CertificateRepository(uow.conn)
         existing = repo.get_operation(request.operation_id)
         if existing is not None:
@@ -254,7 +260,7 @@ class CertificateService:
             operation_time=request.operation_time, business_date=request.operation_time.astimezone(tz).date(),
             content_hash=request.content_hash(), receipt_sum=request.amount, bonus_accrued=ZERO, bonus_spent=ZERO,
             accumulation_delta=ZERO, receipt_count_delta=0, original_operation_id=request.original_operation_id,
-            created_at=now)
+            created_at=now, **({"actor": actor[:255]} if actor else {}))
         repo.save_moves(account, request.operation_id, ledger.moves, now)
         if changes:
             repo.update_certificate(cert.number, **changes)
@@ -264,7 +270,8 @@ class CertificateService:
     # -- back office -----------------------------------------------------------------------------
     def add_range(self, first: int, last: int, nominal, kind: CertKind = CertKind.MULTI_USE, prefix: str = "",
                   width: int = 0, valid_days: int | None = None, until: date | None = None, with_pin: bool = False,
-                  pins_sink: Callable[[list[tuple[str, str]]], None] | None = None) -> RangeResult:
+                  pins_sink: Callable[[list[tuple[str, str]]], None] | None = None,
+                  actor: str | None = None) -> RangeResult:
         """Group input of printed certificates (state Issued). With PINs, ``pins_sink`` gets every new
         certificate's PIN once, before the transaction commits (if it fails, nothing is created)."""
         nominal = money(nominal, "--nominal")
@@ -301,6 +308,9 @@ class CertificateService:
                     pins_sink(pins)
             elif new:
                 repo.insert_range(first, last, prefix, width, kind.value, nominal, valid_days, until, now)
+            if new:
+                audit.record(uow.conn, actor, "certificates.add-range", f"{new[0]}..{new[-1]}", created=len(new),
+                             nominal=str(nominal), kind=kind.value, pins=with_pin)
             uow.commit()
         return RangeResult(created=new, skipped=sorted(existing))
 
@@ -308,7 +318,7 @@ class CertificateService:
         with UnitOfWork(self.engine) as uow:
             return CertificateRepository(uow.conn).count_between(first, last or first)
 
-    def set_blocked(self, first: str, last: str | None, blocked: bool) -> int:
+    def set_blocked(self, first: str, last: str | None, blocked: bool, actor: str | None = None) -> int:
         """Block or unblock one certificate or the range first..last (as text). Unblocking also clears
         the count of wrong PINs. Returns how many changed."""
         first = certificate_number(first, "NUMBER")
@@ -326,6 +336,8 @@ class CertificateService:
                 changed = repo.update_certificate(first, **values)
             else:
                 changed = repo.update_between(first, last, (certificates.c.blocked != blocked,), **values)
+            audit.record(uow.conn, actor, "certificates.block" if blocked else "certificates.unblock",
+                         first if last is None else f"{first}..{last}", changed=changed)
             uow.commit()
         return changed
 

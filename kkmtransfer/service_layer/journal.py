@@ -143,7 +143,7 @@ class JournalImport:
             sp = uow.conn.begin_nested() if savepoint else None
             try:
                 if isinstance(row.request, CertificateOperationRequest):  # a gift certificate's operation
-                    result = self.certificates.apply(uow, row.request, Source.OFFLINE, now)
+                    result = self.certificates.apply(uow, row.request, Source.OFFLINE, now, actor)
                 else:
                     result = self.billing.apply(uow.repo, row.request, Source.OFFLINE, now, with_view=False,
                                                 actor=actor)

@@ -221,7 +221,7 @@ class KKMTransfer(ServiceBase):
          _returns=cert_soap.CertificateOperationResult)
     def RegisterCertificateOperation(ctx, Operation):
         svc = ctx.app.certificates
-        return _call(ctx, lambda: cert_soap.register(svc, Operation))
+        return _call(ctx, lambda: cert_soap.register(svc, Operation, ctx.transport.req_env.get("REMOTE_USER")))
 
 
 CONTRACT_FAULTS = {

@@ -1,7 +1,7 @@
 """Gift certificates: their attributes; their money lives in the ledger (lots of the measure certificate).
 
 Revision ID: 0010
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-29
 """
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 from kkmtransfer.adapters.db import Cents, UTCDateTime
 
 revision = "0010"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
