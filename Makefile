@@ -72,6 +72,7 @@ bench: install
 	../$(BIN)/python bench_actions.py $(BENCH_ACTIONS_ARGS) && \
 	../$(BIN)/python bench_session.py && \
 	../$(BIN)/python bench_console.py && \
+	../$(BIN)/python bench_certificates.py && \
 	echo "make bench: all benchmarks in $$(( $$(date +%s) - start )) s (load average now: $$(cut -d' ' -f1-3 /proc/loadavg))"
 
 clean:

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
     ("bench_nightly.py", ["--lots", "2000", "--cards", "200", "--background", "1000"]),
     ("bench_session.py", ["--calls", "5", "--lines", "20"]),
     ("bench_console.py", ["--operations", "300", "--cards", "100", "--runs", "2"]),
+    ("bench_certificates.py", ["--certificates", "1000", "--pins", "20"]),
 ])
 def test_benchmark_runs(pg_admin, script, args):
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=BENCH, capture_output=True, text=True,

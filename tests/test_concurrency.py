@@ -21,6 +21,8 @@ pytestmark = pytest.mark.slow
 def hammer(url: str, operations_to_send: list[dict]) -> list[object]:
     """Send each operation from its own thread, all released at once; returns Status or fault code."""
     clients = [zeep_client(url, USER, PASSWORD) for _ in operations_to_send]
+    for c in clients:  # no stale keep-alive connection from the WSDL fetch (gunicorn closes idle ones after 2 s)
+        c.transport.session.close()
     barrier = threading.Barrier(len(operations_to_send))
     results: list[object] = [None] * len(operations_to_send)
 

@@ -34,7 +34,8 @@ def test_wsdl_has_the_contract_names():
     assert service.find("wsdl:port/soap:address", NS).get("location").endswith("/KKMTransfer")
     ops = {o.get("name") for o in doc.findall("wsdl:portType/wsdl:operation", NS)}
     assert ops == {"GetCardInfo", "FindCardByPhone", "RegisterOperation", "GetCardOperations", "CalculateReceipt",
-                   "ReserveBonus", "CancelOperation", "RequestSpendCode"}
+                   "ReserveBonus", "CancelOperation", "RequestSpendCode", "GetCertificateInfo",
+                   "RegisterCertificateOperation"}
 
     def sequence(type_name):
         [ct] = schema.xpath(f"xs:complexType[@name='{type_name}']", namespaces=NS)
@@ -55,6 +56,13 @@ def test_wsdl_has_the_contract_names():
     assert sequence("RegisterOperationResponse") == ["RegisterOperationResult"]
     assert sequence("RequestSpendCode") == ["CardNumber", "KKM"]
     assert sequence("SpendCodeResult") == ["CardNumber", "ExpiresAt", "MaskedPhone"]
+    # Extensions C: gift certificates
+    assert sequence("CertificateInfo") == ["Number", "Status", "Kind", "Nominal", "Balance", "ValidUntil"]
+    assert sequence("CertificateOperation") == ["OperationId", "Number", "Pin", "KKM", "Store", "ReceiptNumber",
+                                                "OperationTime", "Kind", "Amount", "OriginalOperationId"]
+    assert sequence("CertificateOperationResult") == ["OperationId", "Status", "Certificate"]
+    assert sequence("GetCertificateInfo") == ["Number", "Pin"]
+    assert sequence("RegisterCertificateOperation") == ["Operation"]
 
 
 def test_the_wsdl_address_is_the_one_each_client_used(server):

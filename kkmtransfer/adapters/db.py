@@ -433,6 +433,31 @@ login_throttle = Table(
 )
 
 
+# Gift certificates. Each one's money is on a ledger account of its own: a row of ``cards`` numbered
+# ``cert:<number>`` with status "Certificate" (no card path uses it), holding lots of the measure
+# "certificate" (see kkmtransfer/domain/certificates.py and docs/operations.md).
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("number", String(27), primary_key=True),
+    Column("account", String(32), ForeignKey("cards.number"), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),             # SingleUse / MultiUse
+    Column("nominal", Cents(), nullable=False),
+    Column("state", String(16), nullable=False),            # Issued / Active / Redeemed / Expired
+    Column("blocked", Boolean(), nullable=False, server_default=text("false")),
+    Column("block_reason", String(64)),
+    Column("valid_days", Integer()),                        # validity counted from the sale
+    Column("valid_until", Date()),                          # last valid day (fixed at issue or at sale)
+    Column("expires_at", UTCDateTime()),                    # when its lot burns (set at sale)
+    Column("pin_hash", String(255)),
+    Column("pin_failures", Integer(), nullable=False, server_default="0"),
+    Column("sale_operation_id", String(36)),                # the Sell in force
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("sold_at", UTCDateTime()),
+    Index("ix_certificates_state", "state"),
+)
+
+
 def make_engine(url: str, **kwargs) -> Engine:
     """An engine for the URL; SQLite gets a busy timeout, WAL and BEGIN IMMEDIATE for writers."""
     parsed = make_url(url)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..domain import errors
+from ..domain.certificates import CertificateOperationRequest
 from ..domain.model import OperationRequest
 from .server_ids import server_id
 
@@ -31,6 +32,7 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 _EARLIEST = datetime(1900, 1, 1, tzinfo=timezone.utc)
 _LATEST = datetime(9998, 12, 31, tzinfo=timezone.utc)
 ENCODINGS = ("utf-8-sig", "cp1251")  # registers write cp1251
+CERTIFICATE_KIND_PREFIX = "Certificate"  # CertificateSell, CertificateRedeem, CertificateRefund, CertificateReturnSale
 
 
 class JournalFileError(ValueError):
@@ -41,7 +43,7 @@ class JournalFileError(ValueError):
 class JournalRow:
     line_no: int
     raw: str                       # the row in the canonical column order, for the rejects table
-    request: OperationRequest | None = None
+    request: OperationRequest | CertificateOperationRequest | None = None
     journal_key: tuple[str, str, datetime] | None = None  # (KKM, TransactionNumber, time) when id was made
     error: errors.DomainError | None = None
 
@@ -99,13 +101,17 @@ def parse_row(values: dict[str, str], line_no: int, ns: uuid.UUID) -> JournalRow
             key_time = when.astimezone(timezone.utc)
             op_id = server_id(ns, "journal", kkm, number, key_time.isoformat())
             row.journal_key = (kkm, number, key_time)
+        kind = values["Kind"].strip()
+        if kind.startswith(CERTIFICATE_KIND_PREFIX):
+            row.request = _certificate_request(values, op_id, kkm, when, kind)
+            return row
         count = values["ReceiptCountDelta"].strip()
         if count and not _INTEGER.fullmatch(count):
             raise errors.ValidationError(f"ReceiptCountDelta: not a whole number (digits 0-9): {count!r}")
         count_value = int(count) if count else None
         row.request = OperationRequest.build(
             operation_id=op_id, card_number=values["CardNumber"], kkm=kkm, operation_time=when,
-            kind=values["Kind"].strip(), receipt_sum=_decimal(values, "ReceiptSum"),
+            kind=kind, receipt_sum=_decimal(values, "ReceiptSum"),
             bonus_accrued=_decimal(values, "BonusAccrued"), bonus_spent=_decimal(values, "BonusSpent"),
             accumulation_delta=_decimal(values, "AccumulationDelta"), receipt_count_delta=count_value,
             receipt_number=values["ReceiptNumber"], promotion_code=values["PromotionCode"],
@@ -117,6 +123,21 @@ def parse_row(values: dict[str, str], line_no: int, ns: uuid.UUID) -> JournalRow
         row.request, row.journal_key = None, None
         row.error = errors.ValidationError(f"the row cannot be read: {type(exc).__name__}: {exc}")
     return row
+
+
+def _certificate_request(values: dict[str, str], op_id: str, kkm: str, when: datetime,
+                         kind: str) -> CertificateOperationRequest:
+    """A gift-certificate row (Kind CertificateSell / CertificateRedeem / CertificateRefund /
+    CertificateReturnSale): CardNumber holds the certificate's number, ReceiptSum its Amount; the bonus,
+    accumulation, count and promotion columns stay empty."""
+    filled = [c for c in ("BonusAccrued", "BonusSpent", "AccumulationDelta", "ReceiptCountDelta", "PromotionCode")
+              if values[c].strip()]
+    if filled:
+        raise errors.ValidationError(f"{', '.join(filled)}: must be empty on a certificate row ({kind})")
+    return CertificateOperationRequest.build(
+        operation_id=op_id, number=values["CardNumber"], kkm=kkm, operation_time=when,
+        kind=kind[len(CERTIFICATE_KIND_PREFIX):], amount=_decimal(values, "ReceiptSum"),
+        receipt_number=values["ReceiptNumber"], original_operation_id=values["OriginalOperationId"].strip() or None)
 
 
 def parse_raw(raw: str, line_no: int, ns: uuid.UUID) -> JournalRow:

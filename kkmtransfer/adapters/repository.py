@@ -13,6 +13,9 @@ from ..domain.model import DEFERRED_ROLES, ZERO, Kind, Lot, Measure, OperationVi
 from ..domain.rules import CardRules, LifeRule, Promotion
 from .db import cards, entries, lots, operations, promotions, users
 
+# a gift certificate's account row in cards (kkmtransfer/domain/certificates.py): no card path sees it
+from ..domain.certificates import ACCOUNT_STATUS as CERTIFICATE_ACCOUNT  # noqa: E402
+
 
 class Repository:
     def __init__(self, conn: Connection):
@@ -20,7 +23,8 @@ class Repository:
 
     # -- cards -------------------------------------------------------------------------------
     def get_card(self, number: str, *, lock: bool = False):
-        stmt = select(cards).where(cards.c.number == number)
+        """A discount card (a gift certificate's account row, status "Certificate", is not one)."""
+        stmt = select(cards).where(cards.c.number == number, cards.c.status != CERTIFICATE_ACCOUNT)
         if lock:
             stmt = stmt.with_for_update()
         return self.conn.execute(stmt).mappings().first()
@@ -69,7 +73,8 @@ class Repository:
         found: set[str] = set()
         for i in range(0, len(numbers), 500):
             chunk = numbers[i:i + 500]
-            found.update(self.conn.execute(select(cards.c.number).where(cards.c.number.in_(chunk))).scalars())
+            found.update(self.conn.execute(select(cards.c.number).where(
+                cards.c.number.in_(chunk), cards.c.status != CERTIFICATE_ACCOUNT)).scalars())
         return found
 
     def insert_cards(self, rows: list[dict]) -> None:
@@ -77,10 +82,12 @@ class Repository:
             self.conn.execute(insert(cards), rows)
 
     def update_card(self, number: str, **values) -> int:
-        return self.conn.execute(update(cards).where(cards.c.number == number).values(**values)).rowcount
+        return self.conn.execute(update(cards).where(cards.c.number == number, cards.c.status != CERTIFICATE_ACCOUNT)
+                                 .values(**values)).rowcount
 
     def update_cards_between(self, first: str, last: str, **values) -> int:
-        return self.conn.execute(update(cards).where(cards.c.number.between(first, last)).values(**values)).rowcount
+        return self.conn.execute(update(cards).where(cards.c.number.between(first, last),
+                                                     cards.c.status != CERTIFICATE_ACCOUNT).values(**values)).rowcount
 
     def update_cards_where(self, condition, **values) -> int:
         return self.conn.execute(update(cards).where(condition).values(**values)).rowcount
@@ -369,7 +376,8 @@ class BatchRepository(Repository):
         self._lots: dict[str, list[Lot]] = {}
         for i in range(0, len(numbers), 500):
             chunk = numbers[i:i + 500]
-            stmt = select(cards).where(cards.c.number.in_(chunk)).order_by(cards.c.number).with_for_update()
+            stmt = (select(cards).where(cards.c.number.in_(chunk), cards.c.status != CERTIFICATE_ACCOUNT)
+                    .order_by(cards.c.number).with_for_update())
             self._cards.update({r["number"]: r for r in conn.execute(stmt).mappings()})
             self._lots.update(self._lots_of([n for n in chunk if n in self._cards]))
         ids = sorted(set(operation_ids))

@@ -202,6 +202,6 @@ def _safe_url(url: str) -> str:
 
 from . import (  # noqa: E402,F401  (each module adds its commands to main)
     db, serve, users, cards, promotions, nightly, journal, billing, export, actions, receipts, report, ledger, demo,
-    config, sms, operators,
+    config, sms, operators, certificates,
     program, holds,
 )

@@ -24,6 +24,7 @@ class Measure(str, Enum):
     BONUS = "bonus"
     ACCUMULATION = "accumulation"
     RECEIPT_COUNT = "receipt_count"
+    CERTIFICATE = "certificate"  # a gift certificate's money (its account is cert:<number>)
 
 
 class Kind(str, Enum):
@@ -64,6 +65,7 @@ class Role(str, Enum):
     EXPIRY = "expiry"      # burnt: by the nightly regulation, or at once when moved into a burnt lot
     HOLD = "hold"          # bonus held by a reservation (ReserveBonus)
     RELEASE = "release"    # held bonus given back to the lot it was held from
+    FORFEIT = "forfeit"    # the rest of a single-use gift certificate, lost when it is redeemed
 
 
 # Moves into lots that have not started: the card's books show them when the lot starts (the nightly

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..adapters.server_ids import IdTaken, engine_namespace, server_id
 from ..adapters.db import action_cards, actions, cards, entries, is_postgresql, lots, operations
+from ..adapters.repository import CERTIFICATE_ACCOUNT
 from ..domain import errors
 from ..domain.ledger import CardLedger
 from ..domain.model import ZERO, CardStatus, Kind, Measure, Role, Source, money
@@ -87,9 +88,10 @@ class Selection:
     def condition(self):
         if self.all_active:
             return cards.c.status == CardStatus.ACTIVE.value
+        not_certificate = cards.c.status != CERTIFICATE_ACCOUNT  # gift certificates' accounts are no cards
         if self.numbers is not None:
-            return cards.c.number.in_(bindparam("numbers", expanding=True))
-        return range_condition(self.first, self.last)
+            return and_(cards.c.number.in_(bindparam("numbers", expanding=True)), not_certificate)
+        return and_(range_condition(self.first, self.last), not_certificate)
 
 
 class Actions:

@@ -10,11 +10,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from sqlalchemy import BigInteger, and_, case, delete, func, insert, or_, select, type_coerce
+from sqlalchemy import BigInteger, and_, case, delete, func, insert, or_, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 
-from ..adapters.db import (billing_state, cards, documents, entries, holds, journal_keys, journal_rejects, lots,
-                           operations, receipt_lines)
+from ..adapters.db import (billing_state, cards, certificates, documents, entries, holds, journal_keys,
+                           journal_rejects, lots, operations, receipt_lines)
+from ..adapters.repository import CERTIFICATE_ACCOUNT
 from ..adapters.server_ids import IdTaken, namespace, server_id
 from ..domain import errors
 from ..domain.ledger import CardLedger
@@ -130,13 +131,19 @@ class BillingAdmin:
 
     def disable(self) -> dict[str, int]:
         """Delete every billing record: operations (with their receipt lines and holds), lots, entries,
-        documents, journal keys and rejects, and the billing start. Cards, users, promotions and the bonus
-        program stay."""
+        documents, journal keys and rejects, and the billing start. Cards, users, promotions, the bonus
+        program and gift certificates (back to Issued) stay."""
         removed = {}
         with UnitOfWork(self.billing.engine, write=True) as uow:
             for table in (receipt_lines, holds, entries, lots, operations, documents, journal_keys, journal_rejects,
                           billing_state):
                 removed[table.name] = uow.conn.execute(delete(table)).rowcount
+            # gift certificates stay, as printed: Issued, unsold (their sales were billing records)
+            removed["certificate sales"] = uow.conn.execute(
+                update(certificates).where(certificates.c.state != "Issued").values(
+                    state="Issued", expires_at=None, sale_operation_id=None, sold_at=None,
+                    valid_until=case((certificates.c.valid_days.is_not(None), None),
+                                     else_=certificates.c.valid_until))).rowcount
             uow.commit()
         return removed
 
@@ -160,6 +167,7 @@ class BillingAdmin:
                 .where(lots.c.remaining != 0).group_by(lots.c.card_number).subquery())
         stmt = (select(cards.c.number, cards.c.status, sums.c.b, sums.c.bp, sums.c.a, sums.c.ap, sums.c.c, sums.c.cp)
                 .select_from(cards.outerjoin(sums, sums.c.card_number == cards.c.number))
+                .where(cards.c.status != CERTIFICATE_ACCOUNT)  # gift certificates' accounts are no cards
                 .order_by(cards.c.number))
         wanted = None if numbers is None else list(dict.fromkeys(n.strip() for n in numbers if n.strip()))
         with self.billing.engine.connect() as conn:

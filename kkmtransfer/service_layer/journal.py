@@ -24,7 +24,8 @@ from ..adapters.repository import BatchRepository
 from ..adapters.server_ids import engine_namespace
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
 from ..domain import errors
-from ..domain.model import Source
+from ..domain.certificates import CertificateOperationRequest
+from ..domain.model import OperationRequest, Source
 from .services import ALREADY_APPLIED
 from .unit_of_work import UnitOfWork
 
@@ -64,7 +65,10 @@ class ImportSummary:
 
 class JournalImport:
     def __init__(self, billing, batch: int = 500, progress: Callable[[int], None] | None = None):
+        from .certificates import CertificateService
+
         self.billing = billing
+        self.certificates = CertificateService(billing)
         self.batch = batch
         self.progress = progress or (lambda n: None)
 
@@ -106,7 +110,8 @@ class JournalImport:
             uow.keys, uow.key_set = [], self._known_keys(uow.conn, rows)
             if not savepoints:  # read what the batch needs at once, write it at the end
                 good = [r.request for r in rows if r.request is not None]
-                uow.repo = BatchRepository(uow.conn, [q.card_number for q in good], [q.operation_id for q in good])
+                uow.repo = BatchRepository(uow.conn, [q.card_number for q in good if isinstance(q, OperationRequest)],
+                                           [q.operation_id for q in good])
             has_rejects = uow.conn.execute(
                 select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
             for row in rows:
@@ -137,8 +142,11 @@ class JournalImport:
         for attempt in (1, 2):
             sp = uow.conn.begin_nested() if savepoint else None
             try:
-                result = self.billing.apply(uow.repo, row.request, Source.OFFLINE, now, with_view=False,
-                                           actor=actor)
+                if isinstance(row.request, CertificateOperationRequest):  # a gift certificate's operation
+                    result = self.certificates.apply(uow, row.request, Source.OFFLINE, now, actor)
+                else:
+                    result = self.billing.apply(uow.repo, row.request, Source.OFFLINE, now, with_view=False,
+                                                actor=actor)
                 if row.journal_key is not None:
                     self._remember_key(uow, row, now, new=result.status != ALREADY_APPLIED)
                 if sp is not None:

@@ -87,6 +87,7 @@ class Reports:
         stmt = (select(entries.c.card_number, entries.c.measure, *columns)
                 .select_from(entries.join(operations, operations.c.id == entries.c.operation_id)
                              .join(lots, lots.c.id == entries.c.lot_id))
+                .where(entries.c.measure != Measure.CERTIFICATE.value)  # `report certificates` has them
                 .group_by(entries.c.card_number, entries.c.measure)
                 .order_by(entries.c.card_number, entries.c.measure))
         if card:
@@ -179,6 +180,10 @@ class Reports:
                         problems.append(f"operation {op['id']} ({op['kind']}, card {op['card_number']}): "
                                         f"{measure} moved {got}, reported {want}")
             problems.extend(_misbooked(uow.conn))
+            # gift certificates: their state agrees with their account, each operation moved its Amount
+            from ..adapters.certificate_repo import CertificateRepository
+
+            problems.extend(CertificateRepository(uow.conn).verify(self.billing.clock()))
         return problems
 
 

@@ -28,6 +28,7 @@ from ..domain.model import (
     optional_text,
     required_text,
 )
+from ..domain.certificates import ACCOUNT_PREFIX
 from . import audit, holds, passwords, receipts
 from .unit_of_work import UnitOfWork
 
@@ -361,6 +362,9 @@ class BillingService:
         if last - first >= 1_000_000:
             raise errors.ValidationError("at most 1,000,000 cards at a time")
         numbers = [f"{prefix}{n:0{width}d}" for n in range(first, last + 1)]
+        if prefix.startswith(ACCOUNT_PREFIX):
+            raise errors.ValidationError(
+                f"card numbers must not start with {ACCOUNT_PREFIX!r} (gift certificates' accounts)")
         if any(len(n) > 32 for n in numbers):
             raise errors.ValidationError("card numbers are at most 32 characters")
         now = self.clock()

@@ -23,6 +23,7 @@ from spyne.server.wsgi import WsgiApplication
 from ..domain import errors
 from ..domain.model import ApplyResult, CardView, OperationRequest, OperationView
 from .spend_code import SPEND_CODE_FAULTS, SpendCodeField, SpendCodeResult, request_spend_code
+from . import certificates as cert_soap
 
 NS = "urn:kkmtransfer:1"
 SERVICE_NAME = "KKMTransfer"
@@ -271,13 +272,24 @@ class KKMTransfer(ServiceBase):
     @rpc(Text, Text, _returns=SpendCodeResult)
     def RequestSpendCode(ctx, CardNumber, KKM):
         return _call(ctx, lambda: request_spend_code(ctx, CardNumber, KKM))
+    # -- gift certificates (contract, Extensions C; types in certificates.py) --------------------
+    @rpc(Text, OptText, _returns=cert_soap.CertificateInfo)
+    def GetCertificateInfo(ctx, Number, Pin):
+        svc = ctx.app.certificates
+        return _call(ctx, lambda: cert_soap.certificate_info(svc.info(Number, Pin)))
+
+    @rpc(cert_soap.CertificateOperation.customize(min_occurs=1, nillable=False),
+         _returns=cert_soap.CertificateOperationResult)
+    def RegisterCertificateOperation(ctx, Operation):
+        svc = ctx.app.certificates
+        return _call(ctx, lambda: cert_soap.register(svc, Operation, ctx.transport.req_env.get("REMOTE_USER")))
 
 
 CONTRACT_FAULTS = {
     "Client.CardNotFound", "Client.CardBlocked", "Client.InsufficientBonus", "Client.OperationConflict",
     "Client.OriginalNotFound", "Client.ReturnExceedsSale", "Client.ValidationError", "Client.AmbiguousPhone",
     "Client.HoldNotFound", "Client.HoldAlreadyConfirmed", "Server",
-} | SPEND_CODE_FAULTS
+} | SPEND_CODE_FAULTS | cert_soap.CONTRACT_FAULTS
 
 
 def _client_error(what: str, exc: Exception) -> Fault:
@@ -462,4 +474,7 @@ def make_soap_app(billing) -> KKMWsgiApplication:
         out_protocol=Soap11(),
     )
     app.billing = billing
+    from ..service_layer.certificates import CertificateService
+
+    app.certificates = CertificateService(billing) if billing is not None else None
     return KKMWsgiApplication(app)
