@@ -57,6 +57,8 @@ class Repository:
             return None, [], None
         first = rows[0]._mapping
         card = {c.name: first[f"c_{c.name}"] for c in cards.c}
+        if card["status"] == CERTIFICATE_ACCOUNT:  # a gift certificate's account is no card
+            return None, [], None
         existing = None
         if "o_id" in first and first["o_id"] is not None:
             existing = {c.name: first[f"o_{c.name}"] for c in operations.c}
