@@ -19,6 +19,7 @@ from spyne.model.primitive import Date, DateTime, Decimal, Integer32, Unicode
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
+from .. import metrics
 from ..domain import errors
 from ..domain.model import ApplyResult, CardView, OperationRequest, OperationView
 
@@ -197,6 +198,8 @@ class KKMTransfer(ServiceBase):
             request = operation_request(Operation)
             svc.check_plausible_time(request)
             result: ApplyResult = svc.register_operation(request, actor=ctx.transport.req_env.get("REMOTE_USER"))
+            if result.status == "Applied":
+                metrics.record_applied(request.kind, "online")
             return OperationResult(OperationId=result.operation_id, Status=result.status,
                                    Card=card_info(result.card))
 
@@ -388,6 +391,7 @@ class KKMWsgiApplication(WsgiApplication):
                 log.error("request %s: server fault %s: %s", request_id, code, getattr(error, "faultstring", ""))
                 error.faultcode = "Server"
                 error.faultstring = f"Internal server error; request id {request_id}"
+        p_ctx.transport.req_env["kkmtransfer.fault"] = getattr(error, "faultcode", "Server")  # for the metrics
         return super().handle_error(p_ctx, others, error, start_response)
 
 
