@@ -18,3 +18,23 @@ logconfig_dict = gunicorn_logconfig_dict()
 accesslog = "-"
 # the request id is the X-Request-Id header the application answers with
 access_log_format = 'access %(h)s "%(r)s" %(s)s %(B)s %(M)sms req=%({x-request-id}o)s user=%(u)s'
+
+
+# -- Prometheus metrics (GET /metrics) over every worker --------------------------------------------------
+# Set PROMETHEUS_MULTIPROC_DIR to a directory only this service writes (e.g. /run/kkmtransfer/metrics, a
+# tmpfs): each worker keeps its counters in files there and /metrics sums them. Stale files of a previous
+# run are removed at start; a dead worker's live gauges are folded away (its counters are kept).
+def on_starting(server):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):
+            if name.endswith(".db"):
+                os.remove(os.path.join(path, name))
+
+
+def child_exit(server, worker):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -200,3 +200,45 @@ def gunicorn(database_url, tmp_path_factory):
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+METRICS_USER, METRICS_PASSWORD = "prom", "scrape-secret-1"
+
+
+@pytest.fixture(scope="session")
+def gunicorn_metrics(database_url, tmp_path_factory):
+    """gunicorn with contrib/gunicorn.conf.py (its multiprocess hooks), 2 workers of 2 threads, metrics in a
+    PROMETHEUS_MULTIPROC_DIR of its own and Basic auth on /metrics. Yields (base URL, that directory)."""
+    from pathlib import Path
+
+    port = free_port()
+    work = tmp_path_factory.mktemp("gunicorn-metrics")
+    multiproc = work / "prometheus"
+    log = work / "gunicorn.log"
+    conf = Path(__file__).resolve().parent.parent / "contrib" / "gunicorn.conf.py"
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url, PROMETHEUS_MULTIPROC_DIR=str(multiproc),
+               KKMTRANSFER_METRICS_USER=METRICS_USER, KKMTRANSFER_METRICS_PASSWORD=METRICS_PASSWORD)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", str(conf), "--workers", "2", "--threads", "2",
+             "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--access-logfile", "/dev/null",
+             "kkmtransfer.wsgi:application"],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(base + "/KKMTransfer?wsdl", timeout=10).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    yield base, multiproc
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()

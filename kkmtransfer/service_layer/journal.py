@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from .. import metrics
 from ..adapters.db import journal_keys, journal_rejects
 from ..adapters.repository import BatchRepository
 from ..adapters.server_ids import engine_namespace
@@ -87,6 +88,7 @@ class JournalImport:
         if pending:
             self._apply_batch(pending, path.name, summary)
         log.info("journal %s: %s", path.name, summary)
+        metrics.record_journal(summary.applied, summary.already, summary.rejected)
         return summary
 
     @staticmethod
@@ -114,6 +116,7 @@ class JournalImport:
                                            [q.operation_id for q in good])
             has_rejects = uow.conn.execute(
                 select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
+            applied_kinds: dict = {}
             for row in rows:
                 summary.rows += 1
                 outcome = self._apply_row(uow, row, now, savepoints, actor=file_name)
@@ -126,6 +129,8 @@ class JournalImport:
                     summary.already += 1
                 else:
                     summary.applied += 1
+                    kind = getattr(row.request, "kind", "unknown")
+                    applied_kinds[kind] = applied_kinds.get(kind, 0) + 1
                 if has_rejects:
                     self._resolve(uow.conn, row.row_key, now)
             if not savepoints:
@@ -133,6 +138,8 @@ class JournalImport:
             if uow.keys:
                 uow.conn.execute(insert(journal_keys), uow.keys)
             uow.commit()
+        for kind, count in applied_kinds.items():
+            metrics.record_applied(kind, "journal", count)
         return summary
 
     def _apply_row(self, uow, row: JournalRow, now, savepoint: bool = True, actor: str | None = None):

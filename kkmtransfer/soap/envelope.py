@@ -59,8 +59,9 @@ def _ns(tag) -> str | None:
     return etree.QName(tag).namespace
 
 
-def inspect_envelope(body: bytes, max_elements: int, max_attributes: int) -> None:
-    """Raise ``SoapFault`` for what must not reach spyne; return quietly for a plausible request."""
+def inspect_envelope(body: bytes, max_elements: int, max_attributes: int) -> str:
+    """Raise ``SoapFault`` for what must not reach spyne; for a plausible request return the operation
+    element's local name."""
     if not body.strip():
         raise SoapFault("Client.ValidationError", "the request body is empty: a SOAP 1.1 Envelope is required")
     try:
@@ -114,3 +115,4 @@ def inspect_envelope(body: bytes, max_elements: int, max_attributes: int) -> Non
             raise SoapFault("Client.ValidationError",
                             f"{_local(el.tag)[:64]}: must be in the namespace {NS} "
                             f"(elementFormDefault=qualified), got {_ns(el.tag) or 'no namespace'}")
+    return _local(ops[0].tag)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import io
 import logging
 import re
@@ -16,6 +17,7 @@ from urllib.parse import quote
 from lxml import etree
 
 from .echo import ECHO_PATH, echo_app
+from .. import metrics
 from .envelope import SoapFault, fault_envelope, inspect_envelope
 from .service import make_soap_app
 from .throttle import AuthThrottle
@@ -27,6 +29,7 @@ SOAP_ADDRESS = "{http://schemas.xmlsoap.org/wsdl/soap/}address"
 log = logging.getLogger("kkmtransfer.http")
 
 ENDPOINT = "/KKMTransfer"
+HEALTH, METRICS = "/health", "/metrics"
 
 # a Host header: a DNS name, an IPv4 address or a bracketed IPv6 address, and an optional port
 _HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
@@ -159,30 +162,77 @@ class KKMTransferApp:
         log.error("request %s: not serving calls yet: %s", request_id, self._schema_error)
         return False
 
+    # -- health and metrics (for operators, not registers) ----------------------------------------------
+    def _operations(self, environ, start, path, method):
+        if method not in ("GET", "HEAD"):
+            return _plain(start, "405 Method Not Allowed", f"Use GET for {path}", [("Allow", "GET, HEAD")])
+        if path == HEALTH:
+            from .health import serve
+
+            return serve(start, self.billing.engine, self.settings.database_url)
+        user, password = metrics.metrics_credentials()
+        if user:
+            creds = basic_credentials(environ)
+            if creds is None or not (hmac.compare_digest(creds[0].encode(), user.encode())
+                                     and hmac.compare_digest(creds[1].encode(), password.encode())):
+                return _plain(start, "401 Unauthorized", "HTTP Basic credentials for /metrics are required",
+                              [("WWW-Authenticate", 'Basic realm="kkmtransfer metrics", charset="UTF-8"')])
+        body, content_type = metrics.render(self.billing.engine)
+        start("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                         ("Cache-Control", "no-store")])
+        return [body]
+
     # -- one request ---------------------------------------------------------------------------------
     def __call__(self, environ, start_response):
         request_id = uuid.uuid4().hex[:16]
         environ["kkmtransfer.request_id"] = request_id
 
+        answered = []
+
         def start(status, headers, exc_info=None):
+            answered[:] = [status]
             return start_response(status, [*headers, ("X-Request-Id", request_id)], exc_info)
 
+        began = time.perf_counter()
         try:
             return list(self._serve(environ, start, request_id))
         except Exception:  # noqa: BLE001 - whatever failed, the answer is a SOAP fault
             log.exception("request %s (user %s): unexpected error", request_id,
                           printable(environ.get("REMOTE_USER", "-")))
             return _fault(start, "Server", f"Internal server error; request id {request_id}", sys.exc_info())
+        finally:
+            self._count(environ, answered, time.perf_counter() - began)
+
+    @staticmethod
+    def _count(environ, answered, seconds: float) -> None:
+        """One request of the SOAP endpoint in the metrics: its operation and its fault code."""
+        if "kkmtransfer.endpoint" not in environ:
+            return  # /health, /metrics, 404s
+        try:
+            code = answered[0].split(" ", 1)[0] if answered else "500"
+            if code == "200":
+                fault = "none"
+            elif code == "500":
+                fault = environ.get("kkmtransfer.fault") or "Server"
+            else:
+                fault = f"http_{code}"
+            metrics.record_request(environ.get("kkmtransfer.operation", "none"), fault, seconds)
+        except Exception:  # noqa: BLE001 - metrics never break an answer
+            log.exception("metrics: the request could not be counted")
 
     def _serve(self, environ, start, request_id):
         path = environ.get("PATH_INFO", "") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path.rstrip("/") in (HEALTH, METRICS):
+            return self._operations(environ, start, path.rstrip("/"), method)
         if self.echo is not None and path.rstrip("/") == ECHO_PATH:
             return self.echo(environ, start)
         if path.rstrip("/") != ENDPOINT:
             return _plain(start, "404 Not Found", f"Not found. The SOAP endpoint is {ENDPOINT}")
-        method = environ.get("REQUEST_METHOD", "GET")
+        environ["kkmtransfer.endpoint"] = True
         query = environ.get("QUERY_STRING", "")
         if method == "GET" and query.lower() in ("wsdl", "wsdl="):
+            environ["kkmtransfer.operation"] = "wsdl"
             return self._wsdl(environ, start)
         if method != "POST":
             return _plain(start, "405 Method Not Allowed", "Use POST for SOAP calls, GET ?wsdl for the WSDL",
@@ -195,6 +245,7 @@ class KKMTransferApp:
         if wait > 0:
             log.warning("request %s: 429 for user %s from %s: too many failed logins", request_id,
                         printable(user, 64), printable(address, 64))
+            metrics.record_throttled()
             return _plain(start, "429 Too Many Requests",
                           "Too many failed logins; try again later", [("Retry-After", str(int(wait) + 1))])
         try:
@@ -228,8 +279,10 @@ class KKMTransferApp:
             return _plain(start, "413 Payload Too Large", f"The request body is over the limit of {limit} bytes")
 
         try:
-            inspect_envelope(body, self.settings.max_elements, self.settings.max_attributes)
+            operation = inspect_envelope(body, self.settings.max_elements, self.settings.max_attributes)
+            environ["kkmtransfer.operation"] = metrics.operation_label(operation)
         except SoapFault as fault:
+            environ["kkmtransfer.fault"] = fault.code
             log.info("request %s (user %s): %s: %s", request_id, printable(user, 64), fault.code,
                      printable(fault.string, 200))
             return _fault(start, fault.code, fault.string)

@@ -20,6 +20,7 @@ from spyne.model.primitive import Date, DateTime, Decimal, Integer32, Unicode
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
+from .. import metrics
 from ..domain import errors
 from ..domain.model import ApplyResult, CardView, OperationRequest, OperationView
 from .spend_code import SPEND_CODE_FAULTS, SpendCodeField, SpendCodeResult, request_spend_code
@@ -229,6 +230,8 @@ class KKMTransfer(ServiceBase):
             svc.check_plausible_time(request)
             result: ApplyResult = svc.register_operation(request, actor=ctx.transport.req_env.get("REMOTE_USER"),
                                                          spend_code=Operation.SpendCode)
+            if result.status == "Applied":
+                metrics.record_applied(request.kind, "online")
             return OperationResult(OperationId=result.operation_id, Status=result.status,
                                    Card=card_info(result.card),
                                    BonusAccrued=None if result.bonus_accrued is None else _q(result.bonus_accrued),
@@ -462,6 +465,7 @@ class KKMWsgiApplication(WsgiApplication):
                 log.error("request %s: server fault %s: %s", request_id, code, getattr(error, "faultstring", ""))
                 error.faultcode = "Server"
                 error.faultstring = f"Internal server error; request id {request_id}"
+        p_ctx.transport.req_env["kkmtransfer.fault"] = getattr(error, "faultcode", "Server")  # for the metrics
         return super().handle_error(p_ctx, others, error, start_response)
 
 
