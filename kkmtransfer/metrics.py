@@ -102,14 +102,18 @@ class DatabaseCollector:
     def collect(self):
         from sqlalchemy import func, select
 
-        from .adapters.db import documents, journal_rejects
+        from .adapters.db import documents, holds, journal_rejects
         from .adapters.regulation import DONE
+        from .service_layer.holds import RESERVED
 
         up = GaugeMetricFamily("kkmtransfer_database_up", "1 when the database answered this scrape")
         try:
             with self.engine.connect() as conn:
                 pending = conn.execute(select(func.count()).select_from(journal_rejects)
                                        .where(journal_rejects.c.status == "pending")).scalar()
+                open_holds, held = conn.execute(
+                    select(func.count(), func.coalesce(func.sum(holds.c.amount), 0))
+                    .where(holds.c.status == RESERVED)).one()
                 last = {}
                 for kind in ("WriteOff", "Accrual"):
                     row = conn.execute(
@@ -129,6 +133,12 @@ class DatabaseCollector:
                               "Offline journal rows rejected and still pending (neither resolved nor dismissed)")
         g.add_metric([], pending or 0)
         yield g
+        h = GaugeMetricFamily("kkmtransfer_holds_open", "Holds (ReserveBonus) neither confirmed, cancelled nor released")
+        h.add_metric([], open_holds or 0)
+        yield h
+        h = GaugeMetricFamily("kkmtransfer_holds_open_bonus", "Bonus held by the open holds")
+        h.add_metric([], float(held or 0))
+        yield h
         success = GaugeMetricFamily("kkmtransfer_nightly_last_success_timestamp_seconds",
                                     "When the last completed nightly document of each kind was completed (Unix time)",
                                     labels=["document"])

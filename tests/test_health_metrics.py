@@ -231,6 +231,29 @@ def test_metrics_read_rejects_and_the_nightly_from_the_database(db, gunicorn_met
         datetime(2026, 11, 21, tzinfo=timezone.utc).timestamp()
 
 
+def test_metrics_count_the_open_holds_from_the_database(db, gunicorn_metrics):
+    from decimal import Decimal
+
+    from kkmtransfer.service_layer.holds import HoldService
+
+    from .helpers import new_id, request
+
+    base, _ = gunicorn_metrics
+    db.add_card_range(1, 1, "H", 0, None)
+    db.register_operation(request("H1", receipt_sum="500.00", accrued="50.00"))
+    holds = HoldService(db)
+    first, second = new_id(), new_id()
+    holds.reserve(first, "H1", "KKM-1", Decimal("12.50"))
+    holds.reserve(second, "H1", "KKM-1", Decimal("7.50"))
+    samples = scrape(base)
+    assert value(samples, "kkmtransfer_holds_open") == 2
+    assert value(samples, "kkmtransfer_holds_open_bonus") == 20.0
+    holds.cancel(second)
+    samples = scrape(base)
+    assert value(samples, "kkmtransfer_holds_open") == 1
+    assert value(samples, "kkmtransfer_holds_open_bonus") == 12.5
+
+
 def test_metrics_need_the_configured_basic_auth_and_health_needs_none(gunicorn_metrics):
     base, _ = gunicorn_metrics
     for auth in (None, (METRICS_USER, "wrong"), ("someone", METRICS_PASSWORD)):
