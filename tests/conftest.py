@@ -8,6 +8,7 @@ skipped, except with CI=true, where they fail.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -168,38 +169,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def running_gunicorn(args: list[str], env: dict, log, ready_url: str, timeout: float = 30):
+    """``python -m gunicorn ARGS`` with its output in ``log``; yields once ``ready_url`` answers 200 (a
+    loaded machine may answer late), fails the test with the log if it does not start, stops it after."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(ready_url, timeout=10).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture(scope="session")
 def gunicorn(database_url, tmp_path_factory):
     """`gunicorn kkmtransfer.wsgi:application` with 4 worker processes of 4 threads, on the test database."""
     port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
     env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", "4", "--threads", "4", "--bind", f"127.0.0.1:{port}",
+    url = f"http://127.0.0.1:{port}/KKMTransfer"
+    with running_gunicorn(["--workers", "4", "--threads", "4", "--bind", f"127.0.0.1:{port}",
              "--graceful-timeout", "2",
              # the tests build all their clients (each reads the WSDL on a kept-alive connection) before
              # they call at once: the default 2 s keep-alive would close those connections under the clients
-             "--keep-alive", "120", "kkmtransfer.wsgi:application"],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/KKMTransfer"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(url + "?wsdl", timeout=10).status_code == 200:
-                break
-        except requests.RequestException:  # a loaded machine may answer late
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+             "--keep-alive", "120", "kkmtransfer.wsgi:application"], env, log, url + "?wsdl"):
+        yield url
 
 
 METRICS_USER, METRICS_PASSWORD = "prom", "scrape-secret-1"
@@ -218,27 +228,8 @@ def gunicorn_metrics(database_url, tmp_path_factory):
     conf = Path(__file__).resolve().parent.parent / "contrib" / "gunicorn.conf.py"
     env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url, PROMETHEUS_MULTIPROC_DIR=str(multiproc),
                KKMTRANSFER_METRICS_USER=METRICS_USER, KKMTRANSFER_METRICS_PASSWORD=METRICS_PASSWORD)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(conf), "--workers", "2", "--threads", "2",
-             "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--access-logfile", "/dev/null",
-             "kkmtransfer.wsgi:application"],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(base + "/KKMTransfer?wsdl", timeout=10).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    yield base, multiproc
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_gunicorn(["-c", str(conf), "--workers", "2", "--threads", "2",
+             "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2", "--access-logfile", "/dev/null",
+             "kkmtransfer.wsgi:application"], env, log, base + "/KKMTransfer?wsdl"):
+        yield base, multiproc

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections import Counter
 from decimal import Decimal as D
 
 import pytest
 import requests
 
-from .conftest import PASSWORD, USER, free_port, zeep_client
+from .conftest import PASSWORD, USER, free_port, running_gunicorn, zeep_client
 from .fake_sms_gateway import FakeGateway
 from .helpers import op_dict
 from .test_concurrency import hammer
@@ -35,28 +32,10 @@ def spend_gunicorn(database_url, gateway, tmp_path_factory):
     env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url, KKMTRANSFER_SPEND_CODE="all",
                KKMTRANSFER_SMS_LOGIN="chain", KKMTRANSFER_SMS_PASSWORD="pw-gunicorn", KKMTRANSFER_SMS_SENDER="Apteka",
                KKMTRANSFER_SMS_URL=gateway.url)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", "3", "--threads", "4", "--bind", f"127.0.0.1:{port}",
-             "--graceful-timeout", "2", "kkmtransfer.wsgi:application"], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/KKMTransfer"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(url + "?wsdl", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"gunicorn did not start:\n{log.read_text()}")
-        time.sleep(0.3)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_gunicorn(["--workers", "3", "--threads", "4", "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "2",
+                           "kkmtransfer.wsgi:application"], env, log, url + "?wsdl", timeout=60):
+        yield url
     assert "pw-gunicorn" not in log.read_text()
 
 
