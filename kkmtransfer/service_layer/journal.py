@@ -112,8 +112,9 @@ class JournalImport:
             uow.keys, uow.key_set = [], self._known_keys(uow.conn, rows)
             if not savepoints:  # read what the batch needs at once, write it at the end
                 good = [r.request for r in rows if r.request is not None]
-                uow.repo = BatchRepository(uow.conn, [q.card_number for q in good if isinstance(q, OperationRequest)],
-                                           [q.operation_id for q in good])
+                uow.repo = BatchRepository(uow.conn, [
+                    (q.card_number if isinstance(q, OperationRequest) else None, q.operation_id,
+                     getattr(q, "original_operation_id", None)) for q in good])
             has_rejects = uow.conn.execute(
                 select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
             applied_kinds: dict = {}
