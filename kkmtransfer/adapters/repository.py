@@ -1,6 +1,7 @@
 """SQL access for the ledger: every query the service layer needs, on one open connection."""
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Iterable
@@ -576,20 +577,32 @@ _ADD_TO_LOTS = text("UPDATE lots SET remaining = lots.remaining + d.delta "
                     "WHERE lots.id = d.lot_id")
 
 
-def _copy_text(value) -> str:
-    """One value in COPY's text format (after the column type's bind processing)."""
-    if value is None:
-        return "\\N"
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, (int, Decimal)):
-        return str(value)
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    return (str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _copy_text(value: str) -> str:
+    """Text in COPY's text format: backslash, tab and line breaks escaped."""
+    if _COPY_SPECIAL.search(value) is None:
+        return value
+    return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], value)
+
+
+def _copy_converter(col, dialect):
+    """value -> its COPY text (never called with None), chosen once per column from its type."""
+    proc = col.type.bind_processor(dialect)
+    python = getattr(col.type, "impl_instance", col.type)
+    try:
+        kind = python.python_type
+    except NotImplementedError:
+        kind = str
+    if kind is bool:
+        return lambda v: "t" if v else "f"
+    if kind in (datetime, date):
+        return (lambda v: proc(v).isoformat()) if proc else (lambda v: v.isoformat())
+    if kind in (int, Decimal, float):
+        return (lambda v: str(proc(v))) if proc else str
+    return (lambda v: _copy_text(str(proc(v)))) if proc else (lambda v: _copy_text(str(v)))
 
 
 def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
@@ -605,24 +618,15 @@ def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
     present = set().union(*rows)
     names = [c.name for c in table.c
              if c.name in present or (c.default is not None and getattr(c.default, "is_scalar", False))]
-    dialect = conn.dialect
-    procs = []
-    for name in names:
-        col = table.c[name]
-        default = col.default.arg if col.default is not None and col.default.is_scalar else None
-        procs.append((name, col.type.bind_processor(dialect), default))
-    buf = io.StringIO()
-    write = buf.write
+    convs = [(name, _copy_converter(table.c[name], conn.dialect),
+              table.c[name].default.arg if table.c[name].default is not None
+              and getattr(table.c[name].default, "is_scalar", False) else None) for name in names]
+    lines = []
     for r in rows:
-        out = []
-        for name, proc, default in procs:
-            value = r.get(name, default)
-            if proc is not None and value is not None:
-                value = proc(value)
-            out.append(_copy_text(value))
-        write("\t".join(out))
-        write("\n")
-    buf.seek(0)
+        lines.append("\t".join(["\\N" if (v := r.get(name, default)) is None else conv(v)
+                                 for name, conv, default in convs]))
+    lines.append("")
+    buf = io.StringIO("\n".join(lines))
     statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
     cursor = conn.connection.driver_connection.cursor()
     try:
