@@ -111,6 +111,7 @@ def main() -> None:
         big, small = Path(tmp) / "big.csv", Path(tmp) / "small.csv"
         write_journal(big, args.rows, args.cards)
         write_journal(small, args.small, args.cards)
+        load_before = os.getloadavg()
         print(f"journal import benchmark: {args.rows:,} rows ({big.stat().st_size / 2**20:.0f} MiB) over "
               f"{args.cards:,} cards, PostgreSQL")
         with temp_database("kkmbench_journal") as url:
@@ -138,6 +139,12 @@ def main() -> None:
              f"{t_many / t_copy:.1f}x", ""),
         ]
         print(table(rows, ("what", "seconds", "rows/s", "time vs COPY", "peak RSS")))
+        print(f"import {args.rows / t_big:,.0f} rows/s = {t_copy / t_big:.4f} of the bare COPY's rate; "
+              f"again (all duplicates) {args.rows / t_again:,.0f} rows/s = {t_copy / t_again:.4f} of it; "
+              f"target 20,000 rows/s")
+        load_after = os.getloadavg()
+        print("load average (1, 5, 15 min): before " + ", ".join(f"{x:.2f}" for x in load_before)
+              + "; after " + ", ".join(f"{x:.2f}" for x in load_after) + f" ({os.cpu_count()} CPUs)")
         print(f"memory: peak RSS {rss_big / 1024:.0f} MiB for {args.rows:,} rows vs {rss_small / 1024:.0f} MiB "
               f"for {args.small:,} rows (ratio {rss_big / rss_small:.2f}: flat when close to 1)")
 

@@ -1,7 +1,8 @@
 """SQL access for the ledger: every query the service layer needs, on one open connection."""
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Iterable
 
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Connection
 from ..domain.ledger import Move
 from ..domain.model import DEFERRED_ROLES, ZERO, Kind, Lot, Measure, OperationView, Role
 from ..domain.rules import CardRules, LifeRule, Promotion
-from .db import cards, entries, lots, operations, promotions, users
+from .db import cards, entries, holds, lots, operations, promotions, users
 
 # a gift certificate's account row in cards (kkmtransfer/domain/certificates.py): no card path sees it
 from ..domain.certificates import ACCOUNT_STATUS as CERTIFICATE_ACCOUNT  # noqa: E402
@@ -114,6 +115,13 @@ class Repository:
 
     def update_promotion(self, code: str, **values) -> int:
         return self.conn.execute(update(promotions).where(promotions.c.code == code).values(**values)).rowcount
+
+    # -- holds -------------------------------------------------------------------------------
+    def get_hold(self, hold_id: str):
+        """The hold (ReserveBonus) made under this OperationId, or None."""
+        from .program_repo import ProgramRepository
+
+        return ProgramRepository(self.conn).get_hold(hold_id)
 
     # -- users -------------------------------------------------------------------------------
     def get_user(self, name: str):
@@ -366,33 +374,60 @@ def _cents(raw) -> Decimal:
 
 class BatchRepository(Repository):
     """A repository for applying many operations in one transaction with few round trips (the journal
-    import): the cards, their lots, the operations and the promotions the batch needs are read at once
-    (the cards locked, in number order), kept in memory as the operations change them, and written at
-    ``flush()``. What it does not hold (the history of a sale being returned) is read from the database
-    after a flush."""
+    import): the operations, cards, lots, holds and promotions the batch needs are read at once, kept in
+    memory as the operations change them, and written at ``flush()``. What it does not hold (the history
+    of a sale being returned) is read from the database after a flush.
 
-    def __init__(self, conn: Connection, numbers: Iterable[str], operation_ids: Iterable[str]):
+    ``requests`` are (card number, operation id, original operation id or None) of the batch's rows. The
+    operations are read first (one set-based statement): a row whose id exists already is a duplicate
+    (AlreadyApplied or OperationConflict), so its card is neither locked nor read. The other rows' cards
+    are locked in number order and read with their lots in one statement each. On PostgreSQL every read
+    takes the batch's keys as arrays (``= ANY``) and ``flush()`` writes with COPY; on SQLite (one writer
+    at a time) the same reads go in chunks of 500 and the writes as multi-row INSERTs."""
+
+    def __init__(self, conn: Connection, requests: Iterable[tuple[str, str, str | None]]):
         super().__init__(conn)
-        numbers = sorted(set(numbers))
-        self._cards = {}
-        self._lots: dict[str, list[Lot]] = {}
-        for i in range(0, len(numbers), 500):
-            chunk = numbers[i:i + 500]
-            stmt = (select(cards).where(cards.c.number.in_(chunk), cards.c.status != CERTIFICATE_ACCOUNT)
-                    .order_by(cards.c.number).with_for_update())
-            self._cards.update({r["number"]: r for r in conn.execute(stmt).mappings()})
-            self._lots.update(self._lots_of([n for n in chunk if n in self._cards]))
-        ids = sorted(set(operation_ids))
+        requests = list(requests)
+        self._pg = conn.dialect.name == "postgresql"
+        ids = sorted({op_id for _, op_id, _ in requests})
+        originals = sorted({orig for _, _, orig in requests if orig} - set(ids))
         self._looked_up = set(ids)  # ids read at the start: those not found do not exist (yet)
-        self._ops = {}
-        for i in range(0, len(ids), 500):
-            stmt = select(operations).where(operations.c.id.in_(ids[i:i + 500]))
-            self._ops.update({r["id"]: r for r in conn.execute(stmt).mappings()})
+        self._ops = {r["id"]: r for r in self._read(_OPS_BY_IDS, operations, operations.c.id, ids + originals)}
+        numbers = sorted({number for number, op_id, _ in requests if number and op_id not in self._ops})
+        self._cards = {r["number"]: r for r in self._read(
+            _CARDS_LOCKED, cards, cards.c.number, numbers,
+            lambda stmt: stmt.where(cards.c.status != CERTIFICATE_ACCOUNT).order_by(cards.c.number).with_for_update())}
+        self._lots: dict[str, list[Lot]] = {n: [] for n in self._cards}
+        held = sorted(self._cards)
+        if self._pg:
+            for r in self.conn.execute(_LOTS_OF_CARDS, {"numbers": held}):
+                self._lots[r.card_number].append(_lot(r))
+        else:
+            for i in range(0, len(held), 500):
+                self._lots.update(self._lots_of(held[i:i + 500]))
+        # holds are made under their card's lock, so what is read now stays true for the batch's cards
+        fresh = [op_id for number, op_id, _ in requests if op_id not in self._ops]
+        self._hold_ids = set(fresh)
+        self._holds = {r["id"]: r for r in self._read(_HOLDS_BY_IDS, holds, holds.c.id, sorted(set(fresh)))}
         self._promotions: dict[str, Promotion | None] = {}
         self._new_ops: list[dict] = []
         self._new_lots: list[tuple[str, str, Lot]] = []
+        self._new_lot_keys: set[int] = set()
         self._entries: list[tuple[str, Lot, str, Move]] = []
         self._deltas: dict[int, Decimal] = {}
+
+    def _read(self, pg_stmt, table, key, values: list, shape=None) -> list:
+        """Rows of ``table`` whose ``key`` is one of ``values``: one statement on PostgreSQL, chunks of
+        500 on SQLite."""
+        if not values:
+            return []
+        if self._pg:
+            return list(self.conn.execute(pg_stmt, {"keys": values}).mappings())
+        found = []
+        for i in range(0, len(values), 500):
+            stmt = select(table).where(key.in_(values[i:i + 500]))
+            found.extend(self.conn.execute(shape(stmt) if shape else stmt).mappings())
+        return found
 
     def get_card(self, number: str, *, lock: bool = False):
         if number in self._cards:
@@ -415,6 +450,11 @@ class BatchRepository(Repository):
         self.flush()
         return super().get_operation(operation_id)
 
+    def get_hold(self, hold_id: str):
+        if hold_id in self._hold_ids:
+            return self._holds.get(hold_id)
+        return super().get_hold(hold_id)
+
     def get_promotion(self, code: str) -> Promotion | None:
         if code not in self._promotions:
             self._promotions[code] = super().get_promotion(code)
@@ -435,37 +475,67 @@ class BatchRepository(Repository):
     def save_moves(self, card_number: str, operation_id: str, moves: list[Move], now: datetime) -> None:
         cached = self._lots.get(card_number)
         for m in moves:
-            if m.lot.id is None and all(m.lot is not lot for _, _, lot in self._new_lots):
-                self._new_lots.append((card_number, operation_id, m.lot))
-                if cached is not None:
-                    cached.append(m.lot)
-            elif m.lot.id is not None:
+            if m.lot.id is None:
+                if id(m.lot) not in self._new_lot_keys:
+                    self._new_lot_keys.add(id(m.lot))
+                    self._new_lots.append((card_number, operation_id, m.lot))
+                    if cached is not None:
+                        cached.append(m.lot)
+            else:
                 self._deltas[m.lot.id] = self._deltas.get(m.lot.id, ZERO) + m.amount
             self._entries.append((operation_id, m.lot, card_number, m))
         self._now = now
 
     def flush(self) -> None:
         """Write what the batch did so far: operations, new lots, entries, lots' new remaining."""
+        if self._pg:
+            self._flush_copy()
+        else:
+            self._flush_inserts()
+        self._new_ops, self._new_lots, self._entries, self._deltas = [], [], [], {}
+        self._new_lot_keys = set()
+
+    def _new_lot_rows(self) -> list[dict]:
+        return [dict(card_number=card, measure=lot.measure.value, remaining=lot.remaining,
+                     available_from=lot.available_from, expires_at=lot.expires_at, created_at=self._now,
+                     origin_operation_id=op_id, exclusive=lot.exclusive) for card, op_id, lot in self._new_lots]
+
+    def _entry_rows(self) -> list[dict]:
+        return [dict(operation_id=op_id, lot_id=lot.id, card_number=card, measure=lot.measure.value,
+                     role=m.role.value, amount=m.amount) for op_id, lot, card, m in self._entries]
+
+    def _flush_inserts(self) -> None:
         if self._new_ops:
             for i in range(0, len(self._new_ops), 1000):
                 self.conn.execute(insert(operations), self._new_ops[i:i + 1000])
         if self._new_lots:
-            ids = self.conn.execute(
-                insert(lots).returning(lots.c.id, sort_by_parameter_order=True),
-                [dict(card_number=card, measure=lot.measure.value, remaining=lot.remaining,
-                      available_from=lot.available_from, expires_at=lot.expires_at, created_at=self._now,
-                      origin_operation_id=op_id, exclusive=lot.exclusive)
-                 for card, op_id, lot in self._new_lots]).scalars().all()
+            ids = self.conn.execute(insert(lots).returning(lots.c.id, sort_by_parameter_order=True),
+                                    self._new_lot_rows()).scalars().all()
             for (_, _, lot), lot_id in zip(self._new_lots, ids):
                 lot.id = lot_id
         if self._entries:
-            self.conn.execute(insert(entries), [
-                dict(operation_id=op_id, lot_id=lot.id, card_number=card, measure=lot.measure.value,
-                     role=m.role.value, amount=m.amount) for op_id, lot, card, m in self._entries])
-        changed = [{"lot_id": k, "delta": v} for k, v in self._deltas.items() if v != 0]
+            self.conn.execute(insert(entries), self._entry_rows())
+        changed = [{"lot_id": k, "delta": v} for k, v in sorted(self._deltas.items()) if v != 0]
         if changed:
             self.conn.execute(_ADD_TO_LOT, changed)
-        self._new_ops, self._new_lots, self._entries, self._deltas = [], [], [], {}
+
+    def _flush_copy(self) -> None:
+        """PostgreSQL: operations, lots (their ids taken from the sequence first) and entries with COPY,
+        the lots' new remaining in one UPDATE over arrays."""
+        if self._new_ops:
+            copy_rows(self.conn, operations, self._new_ops)
+        if self._new_lots:
+            ids = sorted(self.conn.execute(_NEXT_LOT_IDS, {"n": len(self._new_lots)}).scalars())
+            rows = self._new_lot_rows()
+            for (_, _, lot), row, lot_id in zip(self._new_lots, rows, ids):
+                lot.id = row["id"] = lot_id
+            copy_rows(self.conn, lots, rows)
+        if self._entries:
+            copy_rows(self.conn, entries, self._entry_rows())
+        changed = sorted((k, v) for k, v in self._deltas.items() if v != 0)
+        if changed:
+            self.conn.execute(_ADD_TO_LOTS, {"ids": [k for k, _ in changed],
+                                             "deltas": [_raw_cents(v) for _, v in changed]})
 
     def return_totals(self, sale_id: str):
         self.flush()
@@ -478,3 +548,90 @@ class BatchRepository(Repository):
     def credited_lots(self, sale_id: str):
         self.flush()
         return super().credited_lots(sale_id)
+
+
+def _lot(r) -> Lot:
+    return Lot(id=r.id, measure=Measure(r.measure), remaining=r.remaining, available_from=r.available_from,
+               expires_at=r.expires_at, exclusive=r.exclusive)
+
+
+def _typed(sql: str, table) -> text:
+    return text(sql).columns(*[column(c.name, c.type) for c in table.c])
+
+
+# PostgreSQL, the batch's reads: one statement each, the keys as an array
+_OPS_BY_IDS = _typed("SELECT * FROM operations WHERE id = ANY(CAST(:keys AS text[]))", operations)
+_HOLDS_BY_IDS = _typed("SELECT * FROM holds WHERE id = ANY(CAST(:keys AS text[]))", holds)
+_CARDS_LOCKED = _typed(  # locked in number order (the rows are locked as the sorted rows come)
+    f"SELECT * FROM cards WHERE number = ANY(CAST(:keys AS text[])) AND status <> '{CERTIFICATE_ACCOUNT}' "
+    "ORDER BY number FOR UPDATE", cards)
+_LOTS_OF_CARDS = text(
+    "SELECT id, card_number, measure, remaining, available_from, expires_at, exclusive FROM lots "
+    "WHERE card_number = ANY(CAST(:numbers AS text[])) "
+    "AND (remaining <> 0 OR (available_from IS NULL AND expires_at IS NULL)) ORDER BY id"
+).columns(*[column(n, lots.c[n].type) for n in
+            ("id", "card_number", "measure", "remaining", "available_from", "expires_at", "exclusive")])
+_NEXT_LOT_IDS = text("SELECT nextval(pg_get_serial_sequence('lots', 'id')) FROM generate_series(1, :n)")
+_ADD_TO_LOTS = text("UPDATE lots SET remaining = lots.remaining + d.delta "
+                    "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
+                    "WHERE lots.id = d.lot_id")
+
+
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _copy_text(value: str) -> str:
+    """Text in COPY's text format: backslash, tab and line breaks escaped."""
+    if _COPY_SPECIAL.search(value) is None:
+        return value
+    return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], value)
+
+
+def _copy_converter(col, dialect):
+    """value -> its COPY text (never called with None), chosen once per column from its type."""
+    proc = col.type.bind_processor(dialect)
+    python = getattr(col.type, "impl_instance", col.type)
+    try:
+        kind = python.python_type
+    except NotImplementedError:
+        kind = str
+    if kind is bool:
+        return lambda v: "t" if v else "f"
+    if kind in (datetime, date):
+        return (lambda v: proc(v).isoformat()) if proc else (lambda v: v.isoformat())
+    if kind in (int, Decimal, float):
+        return (lambda v: str(proc(v))) if proc else str
+    return (lambda v: _copy_text(str(proc(v)))) if proc else (lambda v: _copy_text(str(v)))
+
+
+def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
+    """PostgreSQL: insert ``rows`` (dicts of column values, as for ``insert(table)``) with one COPY. A
+    column a row leaves out takes its Python default (or NULL). Errors come back as SQLAlchemy's (an
+    IntegrityError for a duplicate key, as an INSERT would raise)."""
+    import io
+
+    import psycopg2
+
+    from sqlalchemy.exc import DBAPIError
+
+    present = set().union(*rows)
+    names = [c.name for c in table.c
+             if c.name in present or (c.default is not None and getattr(c.default, "is_scalar", False))]
+    convs = [(name, _copy_converter(table.c[name], conn.dialect),
+              table.c[name].default.arg if table.c[name].default is not None
+              and getattr(table.c[name].default, "is_scalar", False) else None) for name in names]
+    lines = []
+    for r in rows:
+        lines.append("\t".join(["\\N" if (v := r.get(name, default)) is None else conv(v)
+                                 for name, conv, default in convs]))
+    lines.append("")
+    buf = io.StringIO("\n".join(lines))
+    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.copy_expert(statement, buf)
+    except psycopg2.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, psycopg2.Error) from exc
+    finally:
+        cursor.close()

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from datetime import timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import column, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import metrics
 from ..adapters.db import journal_keys, journal_rejects
-from ..adapters.repository import BatchRepository
+from ..adapters.repository import BatchRepository, copy_rows
 from ..adapters.server_ids import engine_namespace
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
 from ..domain import errors
@@ -34,6 +35,13 @@ log = logging.getLogger(__name__)
 
 PENDING, RESOLVED, DISMISSED = "pending", "resolved", "dismissed"
 KEY_CHUNK = 500
+# PostgreSQL: the stored keys among a batch's (KKM, TransactionNumber, time in UTC), in one statement
+_KNOWN_KEYS = text(
+    "SELECT k.kkm, k.transaction_number, k.transaction_time, k.operation_id FROM journal_keys k "
+    "JOIN unnest(CAST(:kkms AS text[]), CAST(:numbers AS text[]), CAST(:times AS timestamp[])) "
+    "AS w (kkm, transaction_number, transaction_time) ON k.kkm = w.kkm "
+    "AND k.transaction_number = w.transaction_number AND k.transaction_time = w.transaction_time"
+).columns(*[column(c.name, c.type) for c in journal_keys.c if c.name != "created_at"])
 
 
 class RowFailed(errors.DomainError):
@@ -112,8 +120,9 @@ class JournalImport:
             uow.keys, uow.key_set = [], self._known_keys(uow.conn, rows)
             if not savepoints:  # read what the batch needs at once, write it at the end
                 good = [r.request for r in rows if r.request is not None]
-                uow.repo = BatchRepository(uow.conn, [q.card_number for q in good if isinstance(q, OperationRequest)],
-                                           [q.operation_id for q in good])
+                uow.repo = BatchRepository(uow.conn, [
+                    (q.card_number if isinstance(q, OperationRequest) else None, q.operation_id,
+                     getattr(q, "original_operation_id", None)) for q in good])
             has_rejects = uow.conn.execute(
                 select(journal_rejects.c.id).where(journal_rejects.c.status == PENDING).limit(1)).first()
             applied_kinds: dict = {}
@@ -136,7 +145,7 @@ class JournalImport:
             if not savepoints:
                 uow.repo.flush()
             if uow.keys:
-                uow.conn.execute(insert(journal_keys), uow.keys)
+                self._store_keys(uow.conn, uow.keys)
             uow.commit()
         for kind, count in applied_kinds.items():
             metrics.record_applied(kind, "journal", count)
@@ -187,6 +196,12 @@ class JournalImport:
         wanted = list({r.journal_key for r in rows if r.journal_key is not None})
         key = tuple_(journal_keys.c.kkm, journal_keys.c.transaction_number, journal_keys.c.transaction_time)
         stored = {}
+        if wanted and conn.dialect.name == "postgresql":  # one statement: the keys as three arrays
+            found = conn.execute(_KNOWN_KEYS, {
+                "kkms": [k for k, _, _ in wanted], "numbers": [n for _, n, _ in wanted],
+                "times": [t.astimezone(timezone.utc).replace(tzinfo=None) for _, _, t in wanted]}).all()
+            stored.update({(r.kkm, r.transaction_number, r.transaction_time): r.operation_id for r in found})
+            wanted = []
         for i in range(0, len(wanted), KEY_CHUNK):
             found = conn.execute(select(journal_keys.c.kkm, journal_keys.c.transaction_number,
                                         journal_keys.c.transaction_time, journal_keys.c.operation_id)
@@ -196,6 +211,13 @@ class JournalImport:
             if r.journal_key in stored and r.request.operation_id != stored[r.journal_key]:
                 r.request = dataclasses.replace(r.request, operation_id=stored[r.journal_key])
         return set(stored)
+
+    @staticmethod
+    def _store_keys(conn, keys: list[dict]) -> None:
+        if conn.dialect.name == "postgresql":
+            copy_rows(conn, journal_keys, keys)
+        else:
+            conn.execute(insert(journal_keys), keys)
 
     @staticmethod
     def _remember_key(uow, row: JournalRow, now, new: bool) -> None:
@@ -275,7 +297,7 @@ class JournalImport:
                     uow.conn.execute(update(journal_rejects).where(journal_rejects.c.id == rej["id"])
                                      .values(status=RESOLVED, attempts=rej["attempts"] + 1, updated_at=now))
                 if uow.keys:
-                    uow.conn.execute(insert(journal_keys), uow.keys)
+                    self._store_keys(uow.conn, uow.keys)
                 uow.commit()
             self.progress(len(batch))
 
