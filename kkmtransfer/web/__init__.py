@@ -75,7 +75,9 @@ def create_app(billing, secret_key: str, *, config: dict | None = None, dispatch
         from ..service_layer.operators import Operators, record_audit
 
         # the CSRF check runs before the operator of the request is loaded: find it from the session
-        op = getattr(g, "operator", None) or Operators(billing).active(session.get("operator"))
+        from .auth import session_epoch
+
+        op = getattr(g, "operator", None) or Operators(billing).active(session.get("operator"), session_epoch())
         g.operator = op
         record_audit(billing, op.name if op else None, request.endpoint or request.path, request.path,
                      "refused", f"CSRF: {exc.description}")
