@@ -57,12 +57,13 @@ def create_app(billing, secret_key: str, *, config: dict | None = None, dispatch
     csrf.init_app(app)
     formatting.install(app, billing.settings.tz)
 
-    from . import actions, auth, cards, dashboard, journal, operators, reports
+    from . import actions, auth, cards, dashboard, journal, operators, program, reports
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(journal.bp)
     app.register_blueprint(operators.bp)
+    app.register_blueprint(program.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(cards.bp)
     app.register_blueprint(reports.bp)
@@ -90,6 +91,11 @@ def create_app(billing, secret_key: str, *, config: dict | None = None, dispatch
         return render_template("error.html", code=403, title="Недостаточно прав",
                                message="Ваша роль не позволяет выполнить эту команду. "
                                        "Попытка записана в журнал аудита."), 403
+
+    @app.errorhandler(413)
+    def _too_large(_exc):
+        return render_template("error.html", code=413, title="Файл слишком большой",
+                               message="Запрос больше допустимого размера. Загрузите файл меньше."), 413
 
     @app.errorhandler(404)
     def _not_found(_exc):
