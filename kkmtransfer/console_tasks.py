@@ -19,6 +19,7 @@ CREDIT_TASK = "kkmtransfer.console.credit_action"
 ZERO_TASK = "kkmtransfer.console.zero_action"
 CANCEL_TASK = "kkmtransfer.console.cancel_action"
 RETRY_TASK = "kkmtransfer.console.retry_rejects"
+IMPORT_TASK = "kkmtransfer.console.import_inbox"
 
 
 def run_credit(b, operator: str, amount: str, selection: dict, until: str | None = None,
@@ -55,7 +56,28 @@ def run_retry(b, operator: str) -> dict:
     return dict(rows=summary.rows, applied=summary.applied, already=summary.already, rejected=summary.rejected)
 
 
-JOBS = {CREDIT_TASK: run_credit, ZERO_TASK: run_zero, CANCEL_TASK: run_cancel, RETRY_TASK: run_retry}
+def run_import(b, operator: str, inbox: str, name: str | None = None) -> list[dict]:
+    """Import what waits in the inbox (the uploaded file ``name`` among it), as `kkmtransfer journal inbox`
+    and the beat's import_inbox do."""
+    from pathlib import Path
+
+    from .service_layer.inbox import process_inbox
+
+    out = []
+    for r in process_inbox(b, Path(inbox)):
+        if r.error:
+            record_audit(b, operator, "journal.import", r.name, "failed", r.error)
+            out.append(dict(file=r.name, error=r.error))
+        else:
+            s = r.summary
+            record_audit(b, operator, "journal.import", r.name, "done",
+                         f"{s.rows} rows, {s.applied} applied, {s.already} already applied, {s.rejected} rejected")
+            out.append(dict(file=r.name, rows=s.rows, applied=s.applied, already=s.already, rejected=s.rejected))
+    return out
+
+
+JOBS = {CREDIT_TASK: run_credit, ZERO_TASK: run_zero, CANCEL_TASK: run_cancel, RETRY_TASK: run_retry,
+        IMPORT_TASK: run_import}
 
 
 @app.task(name=CREDIT_TASK)
@@ -76,3 +98,8 @@ def cancel_action(**kwargs) -> dict:
 @app.task(name=RETRY_TASK)
 def retry_rejects(**kwargs) -> dict:
     return run_retry(billing(), **kwargs)
+
+
+@app.task(name=IMPORT_TASK)
+def import_inbox(**kwargs) -> list[dict]:
+    return run_import(billing(), **kwargs)

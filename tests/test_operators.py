@@ -136,3 +136,17 @@ def test_demo_then_serve_has_the_console_at_admin_beside_soap(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_new_password_or_disabling_moves_the_session_epoch_on(db):
+    ops = Operators(db)
+    ops.add("anna", "operator", "first-password")
+    epoch = ops.get("anna").session_epoch
+    assert ops.active("anna", epoch).name == "anna"
+    ops.add("anna", "operator", "second-password")  # a password change: the old sessions are over
+    assert ops.active("anna", epoch) is None
+    new = ops.get("anna").session_epoch
+    assert new == epoch + 1 and ops.active("anna", new).name == "anna"
+    ops.disable("anna")
+    ops.add("anna", "operator", "third-password")  # enabled again: still not the sessions from before
+    assert ops.active("anna", new) is None and ops.get("anna").session_epoch == new + 2

@@ -379,3 +379,27 @@ def test_an_admin_manages_operators_and_an_operator_may_not(console, db, caplog)
     assert audit_lines(caplog, operator="admin", command="operators.disable", outcome="done")
     post_form(admin, "/operators/", "/operators/admin/disable")  # not oneself
     assert not Operators(db).get("admin").disabled
+
+
+def test_a_password_change_ends_the_operators_other_sessions(console, db, caplog):
+    caplog.set_level(logging.INFO, "kkmtransfer.audit")
+    old = console.test_client()
+    assert login(old, "operator", PASSWORDS["operator"]).status_code == 302
+    assert old.get("/").status_code == 200
+    admin = console.test_client()
+    login(admin, "admin", PASSWORDS["admin"])
+    r = post_form(admin, "/operators/", "/operators/", name="operator", role="operator", password="brand-new-pass",
+                  password2="brand-new-pass")
+    assert r.status_code == 302
+    r = old.get("/")
+    assert r.status_code == 302 and "/login" in r.headers["Location"]  # the old session is over
+    assert old.get("/cards/").status_code == 302
+    assert login(console.test_client(), "operator", "brand-new-pass").status_code == 302
+    # the admin changing its own password keeps its own session, and ends its others
+    other = console.test_client()
+    login(other, "admin", PASSWORDS["admin"])
+    post_form(admin, "/operators/", "/operators/", name="admin", role="admin", password="admin-new-pass",
+              password2="admin-new-pass")
+    assert admin.get("/").status_code == 200
+    assert other.get("/").status_code == 302
+    assert audit_lines(caplog, operator="admin", command="operators.add", outcome="done")

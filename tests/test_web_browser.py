@@ -62,14 +62,15 @@ class BackgroundJobs:
 
 
 @pytest.fixture(scope="session")
-def site(engine, settings, clock):
+def site(engine, settings, clock, tmp_path_factory):
     """SOAP at /KKMTransfer and the console at /admin on one threaded server; yields its base URL."""
     from kkmtransfer.soap.devserver import make_server
     from kkmtransfer.soap.http import KKMTransferApp
     from kkmtransfer.web import create_app, mount
 
     billing = BillingService(engine, settings, clock)
-    console = create_app(billing, SECRET, dispatch=BackgroundJobs(billing))
+    console = create_app(billing, SECRET, dispatch=BackgroundJobs(billing),
+                         config={"INBOX_DIR": str(tmp_path_factory.mktemp("inbox"))})
     httpd = make_server("127.0.0.1", 0, mount(KKMTransferApp(billing, settings), console))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -341,3 +342,66 @@ def test_every_sortable_table_downloads_as_csv(page, shop, tmp_path):
     assert len(lines) == 1 + page.locator("#history tbody tr").count()
     sums = sorted(D(line.split(";")[5].replace(",", ".")) for line in lines[1:])
     assert sums == sorted([*(D(s["ReceiptSum"]) for s in shop["sales"] if s["CardNumber"] == CARD), D("300.00")])
+
+
+def test_upload_a_journal_file_and_see_it_processed(page, shop, tmp_path):
+    from .test_journal import journal, line
+
+    path = journal(tmp_path, "kkm-browser.csv", line(number="501", card=CARD, accrued="7.00"),
+                   line(number="502", card="NOPE9", accrued="1.00"))
+    before = shop["soap"].service.GetCardInfo(CARD).BonusBalance
+    log_in(page)
+    page.get_by_role("link", name="Журналы касс").click()
+    page.get_by_label("Файл журнала кассы", exact=False).set_input_files(str(path))
+    page.get_by_role("button", name="Загрузить").click()
+    page.wait_for_selector(".flash.ok")
+    # the worker takes it after the request has answered; the page refreshes itself until it is done
+    page.wait_for_selector('tr[data-file="kkm-browser.csv"][data-state="done"]', timeout=30000)
+    row = page.locator('tr[data-file="kkm-browser.csv"]')
+    cells = row.locator("td").all_inner_texts()
+    assert cells[2] == "2" and cells[4] == "1" and cells[6] == "1"  # rows, applied, rejected
+    assert shop["soap"].service.GetCardInfo(CARD).BonusBalance == before + D("7.00")
+    shot(page, "journal-files")
+    assert page.errors == []
+
+
+def test_the_audit_page_lists_the_command_just_run(page, shop):
+    log_in(page)
+    page.goto(f"/admin/cards/{CARD}")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Заблокировать").click()
+    page.wait_for_selector(".flash.ok")
+    page.get_by_role("link", name="Аудит").click()
+    page.get_by_label("Действие", exact=True).select_option("cards.block")
+    page.get_by_role("button", name="Показать").click()
+    first = page.locator("#audit tbody tr").first
+    assert first.get_attribute("data-action") == "cards.block"
+    assert "operator" in first.inner_text() and CARD in first.inner_text()
+    shot(page, "audit")
+    assert page.errors == []
+
+
+def test_a_password_change_logs_the_old_session_out(browser, page, shop, site):
+    log_in(page, "operator")
+    page.goto(f"/admin/cards/{CARD}")
+    admin_context = browser.new_context(viewport=DESKTOP, locale="ru-RU", base_url=site)
+    admin = admin_context.new_page()
+    admin.shots = page.shots
+    log_in(admin, "admin")
+    admin.get_by_role("link", name="Операторы").click()
+    admin.get_by_role("textbox", name="Имя").fill("operator")
+    admin.get_by_label("Роль", exact=True).select_option("operator")
+    admin.get_by_label("Пароль (не короче 8 символов)").fill("changed-pass-1")
+    admin.get_by_label("Пароль ещё раз").fill("changed-pass-1")
+    admin.get_by_role("button", name="Сохранить").click()
+    admin.wait_for_selector(".flash.ok")
+    admin.get_by_role("link", name="Программа").click()
+    shot(admin, "program")
+    admin_context.close()
+    page.reload()
+    assert "/admin/login" in page.url  # the operator's old session is over
+    page.get_by_label("Имя оператора").fill("operator")
+    page.get_by_label("Пароль").fill("changed-pass-1")
+    page.get_by_role("button", name="Войти").click()
+    page.wait_for_url("**/admin/**")
+    assert "/admin/login" not in page.url

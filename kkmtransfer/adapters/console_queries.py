@@ -127,7 +127,7 @@ def pending_rejects(conn) -> int:
                         .where(journal_rejects.c.status == "pending")).scalar_one()
 
 
-def actions_with_progress(conn, limit: int = 200, action_id: str | None = None) -> list[dict]:
+def actions_with_progress(conn, limit: int | None = 200, action_id: str | None = None) -> list[dict]:
     """Actions, newest first, each with how many of its cards are in each state."""
     from .db import action_cards, actions
 
@@ -138,9 +138,12 @@ def actions_with_progress(conn, limit: int = 200, action_id: str | None = None) 
     if not rows:
         return rows
     states: dict[str, dict[str, int]] = {}
+    ids = None if limit is None and action_id is None else [r["id"] for r in rows]
+    counts = select(action_cards.c.action_id, action_cards.c.state, func.count())
+    if ids is not None:
+        counts = counts.where(action_cards.c.action_id.in_(ids))
     for aid, state, n in conn.execute(
-            select(action_cards.c.action_id, action_cards.c.state, func.count())
-            .where(action_cards.c.action_id.in_([r["id"] for r in rows]))
+            counts
             .group_by(action_cards.c.action_id, action_cards.c.state)):
         states.setdefault(aid, {})[state] = int(n)
     for r in rows:
@@ -148,10 +151,11 @@ def actions_with_progress(conn, limit: int = 200, action_id: str | None = None) 
     return rows
 
 
-def rejects_page(conn, status: str, offset: int, limit: int) -> tuple[int, list[dict]]:
-    total = conn.execute(select(func.count()).select_from(journal_rejects)
-                         .where(journal_rejects.c.status == status)).scalar_one()
+def rejects_page(conn, status: str | None, offset: int, limit: int | None) -> tuple[int, list[dict]]:
+    """(how many rejects are in ``status`` (None: in any), those of one page oldest first)."""
+    where = [journal_rejects.c.status == status] if status else []
+    total = conn.execute(select(func.count()).select_from(journal_rejects).where(*where)).scalar_one()
     rows = [dict(r) for r in conn.execute(
-        select(journal_rejects).where(journal_rejects.c.status == status)
-        .order_by(journal_rejects.c.id).offset(offset).limit(limit)).mappings()]
+        select(journal_rejects).where(*where)
+        .order_by(journal_rejects.c.id).offset(offset).limit(limit)).mappings()] if limit != 0 else []
     return int(total), rows

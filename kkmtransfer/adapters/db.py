@@ -259,6 +259,28 @@ journal_rejects = Table(
     Index("ix_journal_rejects_status", "status", "id"),
 )
 
+# Journal files taken from the inbox (dropped there or uploaded through the console): state, progress,
+# what their rows came to. The rows that could not be applied are in journal_rejects (by file_name).
+journal_files = Table(
+    "journal_files",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False),         # the file's name in the inbox (= rejects' file_name)
+    Column("state", String(16), nullable=False),         # queued / processing / done / failed
+    Column("size", BigInteger()),
+    Column("rows", Integer()),
+    Column("processed", Integer(), nullable=False, server_default=text("0")),
+    Column("applied", Integer()),
+    Column("already", Integer()),
+    Column("rejected", Integer()),
+    Column("error", Text()),
+    Column("uploaded_by", String(64)),                   # the operator; None: dropped into the inbox
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    Index("ix_journal_files_name", "name", "id"),
+)
+
 # Billing start ("включение биллинга"): one row once billing is enabled.
 billing_state = Table(
     "billing_state",
@@ -421,6 +443,9 @@ operators = Table(
     Column("password_hash", String(255), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("disabled", Boolean(), nullable=False, server_default=text("false")),
+    # raised by a password change or a disabling: a console session carries the epoch it was opened in
+    # and is worth nothing once the operator's epoch has moved on
+    Column("session_epoch", Integer(), nullable=False, server_default=text("0")),
 )
 
 login_throttle = Table(

@@ -80,19 +80,15 @@ def report_balances(first, last, card, csv_file):
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), help="Write CSV instead.")
 def report_operations(card, kkm, kind, source, first, last, limit, csv_file):
     """The journal of operations, oldest first, with what each moved (bonus, accumulation, receipts)."""
+    from ..service_layer.reports import OPERATIONS_HEADER as header
     from ..service_layer.reports import Reports
+    from ..service_layer.reports import operation_cells as cells
 
     output_path(csv_file)
     billing = _billing()
     _check(billing, card, first, last, kind)
     rows = Reports(billing).operations(card, kkm, kind, source, first and first.date(), last and last.date(),
                                           limit)
-    header = ["time", "card", "kind", "source", "kkm", "receipt", "bonus", "accumulation", "receipt_count",
-              "operation_id", "note", "actor"]
-
-    def cells(r):
-        return [r["time"].isoformat(timespec="seconds"), r["card"], r["kind"], r["source"], r["kkm"], r["receipt"],
-                r["bonus"], r["accumulation"], r["receipt_count"], r["id"], r["note"], r["actor"]]
 
     if csv_file:
         click.echo(f"{_write_csv(csv_file, header, map(cells, rows))} operation(s) written to {csv_file}")
@@ -121,19 +117,26 @@ def report_actions():
 @click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), help="First day (business zone).")
 @click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), help="Last day (inclusive).")
 @click.option("--actor", "who", help="Only what this actor did.")
+@click.option("--action", "what", help="Only this action (e.g. cards.block, operators.add).")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), help="Write CSV instead.")
 @domain_errors
-def report_audit(first, last, who, limit):
+def report_audit(first, last, who, what, limit, csv_file):
     """The audit trail of the back office, oldest first: when (UTC), who, what, on what, details.
     Who made each receipt is in `report operations` (the register's user or the journal file)."""
     import json
 
     from ..service_layer import audit
 
+    output_path(csv_file)
     billing = _billing()
     _check(billing, first=first, last=last)
     rows = audit.rows(billing.engine, first and first.date(), last and last.date(), who, billing.settings.tz,
-                      limit)
+                      limit, action=what)
+    if csv_file:
+        n = _write_csv(csv_file, audit.CSV_HEADER, map(audit.csv_cells, rows))
+        click.echo(f"{n} audit row(s) written to {csv_file}")
+        return
     if not rows:
         click.echo("no audit rows" + (" for these filters" if first or last or who else ""))
     for r in rows:

@@ -25,12 +25,13 @@ class Permission(str, Enum):
     ANNUL_RECEIPT = "annul_receipt"      # "Аннулировать бонусы чека"
     RUN_ACTION = "run_action"            # bonus actions, zeroing, cancelling them
     RESOLVE_REJECT = "resolve_reject"    # journal rejects: retry, dismiss
+    IMPORT_JOURNAL = "import_journal"    # upload a register's journal file for import
     MANAGE_OPERATORS = "manage_operators"
     MANAGE_PROGRAM = "manage_program"    # promotions, the bonus program's settings
 
 
 _OPERATOR_PERMISSIONS = frozenset({Permission.READ, Permission.BLOCK_CARD, Permission.ANNUL_RECEIPT,
-                                   Permission.RUN_ACTION, Permission.RESOLVE_REJECT})
+                                   Permission.RUN_ACTION, Permission.RESOLVE_REJECT, Permission.IMPORT_JOURNAL})
 ROLE_PERMISSIONS: dict[OperatorRole, frozenset[Permission]] = {
     OperatorRole.VIEWER: frozenset({Permission.READ}),
     OperatorRole.OPERATOR: _OPERATOR_PERMISSIONS,

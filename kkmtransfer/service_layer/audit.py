@@ -64,14 +64,17 @@ class AuditRow:
 
 
 def rows(engine, first: date | None = None, last: date | None = None, actor: str | None = None, tz=None,
-         limit: int | None = None) -> list[AuditRow]:
-    """The audit rows, oldest first; first/last are days in the business time zone ``tz``."""
+         limit: int | None = None, *, action: str | None = None, newest_first: bool = False,
+         offset: int = 0) -> list[AuditRow]:
+    """The audit rows, oldest first (or newest first); first/last are days in the business time zone
+    ``tz``; ``action`` keeps one action's rows (e.g. cards.block)."""
     from ..domain.ledger import day_bounds
     from .unit_of_work import UnitOfWork
 
     if first and last and last < first:
         raise errors.ValidationError(f"--from {first} is after --to {last}")
-    stmt = select(audit).order_by(audit.c.at, audit.c.id)
+    stmt = select(audit).order_by(*((audit.c.at.desc(), audit.c.id.desc()) if newest_first
+                                    else (audit.c.at, audit.c.id)))
     if first or last:
         start, end = day_bounds(first or date(1970, 1, 1), last or date(9998, 12, 31), tz or timezone.utc)
         if first:
@@ -80,8 +83,30 @@ def rows(engine, first: date | None = None, last: date | None = None, actor: str
             stmt = stmt.where(audit.c.at < end)
     if actor:
         stmt = stmt.where(audit.c.actor == actor)
+    if action:
+        stmt = stmt.where(audit.c.action == action)
+    if offset:
+        stmt = stmt.offset(offset)
     if limit:
         stmt = stmt.limit(limit)
     with UnitOfWork(engine) as uow:
         return [AuditRow(r.at, r.actor, r.action, r.object, json.loads(r.details) if r.details else {})
                 for r in uow.conn.execute(stmt)]
+
+
+CSV_HEADER = ["at", "actor", "action", "object", "details"]
+
+
+def csv_cells(r: AuditRow) -> list:
+    """A row of `report audit --csv` (and of the console's audit CSV): the time in UTC, ISO 8601."""
+    details = json.dumps(r.details, ensure_ascii=False, sort_keys=True) if r.details else ""
+    at = r.at.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return [at, r.actor, r.action, r.object or "", details]
+
+
+def action_names(engine) -> list[str]:
+    """The actions the trail has rows of (for a filter's choices)."""
+    from .unit_of_work import UnitOfWork
+
+    with UnitOfWork(engine) as uow:
+        return sorted(uow.conn.execute(select(audit.c.action).distinct()).scalars())

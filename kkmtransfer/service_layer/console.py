@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from ..adapters import console_queries as q
+from ..adapters.certificate_repo import CertificateRepository
 from ..domain import errors
 from ..domain.ledger import CardLedger, day_bounds
 from ..domain.model import ZERO, CardView, Kind, Measure, normalise_phone
@@ -54,6 +55,7 @@ class Dashboard:
     days: list[DayLine] = field(default_factory=list)
     liability: Decimal = ZERO
     liability_pending: Decimal = ZERO
+    certificate_liability: Decimal = ZERO  # what live gift certificates are worth now (`report certificates`)
     cards: dict = field(default_factory=dict)
     documents: list = field(default_factory=list)
     pending_rejects: int = 0
@@ -145,6 +147,7 @@ def dashboard(billing, first: date, last: date) -> Dashboard:
             if 0 <= i < n:
                 setattr(out.days[i], column, getattr(out.days[i], column) + amount)
         out.liability, out.liability_pending = q.bonus_liability(uow.conn, now)
+        out.certificate_liability = CertificateRepository(uow.conn).live_liability(now)
         out.cards = q.card_counts(uow.conn, bounds[0])
         out.documents = q.last_documents(uow.conn)
         out.pending_rejects = q.pending_rejects(uow.conn)
@@ -175,7 +178,7 @@ def action_progress(row: dict) -> dict:
     return dict(total=total, handled=handled, percent=(100 * handled // total) if total else 100)
 
 
-def actions_list(billing, limit: int = 200) -> list[dict]:
+def actions_list(billing, limit: int | None = 200) -> list[dict]:
     with UnitOfWork(billing.engine) as uow:
         rows = q.actions_with_progress(uow.conn, limit)
     for r in rows:
@@ -204,3 +207,49 @@ def rejects(billing, page: int = 1, status: str = "pending") -> tuple[list[dict]
         page = min(max(1, page), pages)
         _, rows = q.rejects_page(uow.conn, status, (page - 1) * REJECTS_PER_PAGE, REJECTS_PER_PAGE)
     return rows, total, page, pages
+
+
+# -- CSV rows (machine-readable numbers, ISO times: the way the CLI's --csv files are written) ------------
+def _iso(value) -> str:
+    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else (
+        value.isoformat() if value is not None else "")
+
+
+HISTORY_HEADER = ["time", "operation_id", "kind", "source", "kkm", "store", "receipt", "receipt_sum", "bonus",
+                  "accumulation", "receipt_count", "original_operation_id", "note", "annulled"]
+
+
+def card_history_rows(billing, number: str) -> list[list]:
+    """A card's whole history, newest first, as CSV rows (the figures of the card's page)."""
+    tz = billing.settings.tz
+    with UnitOfWork(billing.engine) as uow:
+        if uow.repo.get_card(number) is None:
+            raise errors.CardNotFound(f"card {number} not found")
+        total = q.history_count(uow.conn, number)
+        history = q.history_page(uow.conn, number, 0, max(total, 1))
+        annulled = q.annulled_sales(uow.conn, [h["id"] for h in history if h["kind"] == Kind.SALE.value])
+    return [[_iso(h["time"].astimezone(tz)), h["id"], h["kind"], h["source"], h["kkm"] or "", h["store"] or "",
+             h["receipt_number"] or "", h["receipt_sum"] if h["receipt_sum"] is not None else "", h["bonus"],
+             h["accumulation"], h["receipt_count"], h["original_operation_id"] or "", h["note"] or "",
+             "yes" if h["id"] in annulled else ""] for h in history]
+
+
+ACTIONS_HEADER = ["action_id", "created_at", "kind", "amount", "until", "inactive_since", "status", "cards",
+                  "handled", "note"]
+
+
+def actions_rows(billing) -> list[list]:
+    return [[a["id"], _iso(a["created_at"]), a["kind"], a["amount"] if a["amount"] is not None else "",
+             _iso(a["until_date"]), _iso(a["inactive_since"]), a["status"], a["progress"]["total"],
+             a["progress"]["handled"], a["note"] or ""] for a in actions_list(billing, limit=None)]
+
+
+REJECTS_HEADER = ["id", "status", "file", "line", "fault_code", "reason", "attempts", "created_at", "updated_at",
+                  "row", "note"]
+
+
+def rejects_rows(billing, status: str | None = "pending") -> list[list]:
+    with UnitOfWork(billing.engine) as uow:
+        _, rows = q.rejects_page(uow.conn, status, 0, None)
+    return [[r["id"], r["status"], r["file_name"], r["line_no"], r["fault_code"], r["reason"], r["attempts"],
+             _iso(r["created_at"]), _iso(r["updated_at"]), r["raw_row"], r["note"] or ""] for r in rows]

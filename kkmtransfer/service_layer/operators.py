@@ -13,6 +13,7 @@ from enum import Enum
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from ..adapters.db import operators
 from ..adapters.operator_repository import OperatorRepository
 from ..domain import errors
 from ..domain.operators import (
@@ -34,6 +35,7 @@ class Operator:
     role: OperatorRole
     disabled: bool
     created_at: datetime
+    session_epoch: int = 0  # a console session opened in an earlier epoch is over
 
 
 class LoginOutcome(str, Enum):
@@ -50,7 +52,8 @@ class LoginResult:
 
 
 def _operator(row) -> Operator:
-    return Operator(row["name"], OperatorRole(row["role"]), bool(row["disabled"]), row["created_at"])
+    return Operator(row["name"], OperatorRole(row["role"]), bool(row["disabled"]), row["created_at"],
+                    int(row["session_epoch"] or 0))
 
 
 def record_audit(billing, operator: str | None, command: str, target: str = "", outcome: str = "done",
@@ -81,7 +84,8 @@ class Operators:
 
     def add(self, name: str, role: OperatorRole | str, password: str) -> bool:
         """Create operator NAME with ROLE, or give an existing one a new role and password (and enable
-        it again). True when created."""
+        it again). True when created. Giving an existing operator a password ends its console sessions
+        (its session epoch moves on)."""
         name = check_operator_name(name)
         role = parse_role(role)
         hashed = passwords.hash_password(check_password(password))
@@ -94,7 +98,8 @@ class Operators:
                                     disabled=False)
                         created = True
                     else:
-                        repo.update(name, role=role.value, password_hash=hashed, disabled=False)
+                        repo.update(name, role=role.value, password_hash=hashed, disabled=False,
+                                    session_epoch=operators.c.session_epoch + 1)
                         created = False
                     repo.clear_throttle(name)
                     uow.commit()
@@ -112,8 +117,10 @@ class Operators:
             uow.commit()
 
     def disable(self, name: str) -> None:
+        """Disable NAME: it cannot log in, and its console sessions end at their next request."""
         with UnitOfWork(self.engine, write=True) as uow:
-            if not OperatorRepository(uow.conn).update(name, disabled=True):
+            if not OperatorRepository(uow.conn).update(name, disabled=True,
+                                                       session_epoch=operators.c.session_epoch + 1):
                 raise errors.ValidationError(f"no operator {name}")
             uow.commit()
 
@@ -127,12 +134,18 @@ class Operators:
             row = OperatorRepository(uow.conn).get(name)
         return _operator(row) if row is not None else None
 
-    def active(self, name: str | None) -> Operator | None:
-        """The operator of a session: None when unknown or disabled (the session is then worth nothing)."""
+    def active(self, name: str | None, epoch: int | None = None) -> Operator | None:
+        """The operator of a session: None when unknown or disabled, or (``epoch`` given) when the session
+        was opened before the operator's password changed or it was disabled: the session is then worth
+        nothing."""
         if not name:
             return None
         op = self.get(name)
-        return op if op is not None and not op.disabled else None
+        if op is None or op.disabled:
+            return None
+        if epoch is not None and epoch != op.session_epoch:
+            return None
+        return op
 
     # -- logging in --------------------------------------------------------------------------
     def login(self, name: str, password: str) -> LoginResult:

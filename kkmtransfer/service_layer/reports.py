@@ -223,3 +223,13 @@ def _misbooked(conn) -> list[str]:
             .where(operations.c.source == Source.NIGHTLY.value, documents.c.id.is_(None))):
         problems.append(f"nightly operation {op_id} ({kind}) belongs to no document")
     return problems
+
+
+OPERATIONS_HEADER = ["time", "card", "kind", "source", "kkm", "receipt", "bonus", "accumulation", "receipt_count",
+                     "operation_id", "note", "actor"]
+
+
+def operation_cells(r: dict) -> list:
+    """A row of `report operations --csv` (the console's CSV of the journal is the same file)."""
+    return [r["time"].isoformat(timespec="seconds"), r["card"], r["kind"], r["source"], r["kkm"], r["receipt"],
+            r["bonus"], r["accumulation"], r["receipt_count"], r["id"], r["note"], r["actor"]]

@@ -57,12 +57,13 @@ def create_app(billing, secret_key: str, *, config: dict | None = None, dispatch
     csrf.init_app(app)
     formatting.install(app, billing.settings.tz)
 
-    from . import actions, auth, cards, dashboard, journal, operators, reports
+    from . import actions, auth, cards, dashboard, journal, operators, program, reports
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(actions.bp)
     app.register_blueprint(journal.bp)
     app.register_blueprint(operators.bp)
+    app.register_blueprint(program.bp)
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(cards.bp)
     app.register_blueprint(reports.bp)
@@ -75,7 +76,9 @@ def create_app(billing, secret_key: str, *, config: dict | None = None, dispatch
         from ..service_layer.operators import Operators, record_audit
 
         # the CSRF check runs before the operator of the request is loaded: find it from the session
-        op = getattr(g, "operator", None) or Operators(billing).active(session.get("operator"))
+        from .auth import session_epoch
+
+        op = getattr(g, "operator", None) or Operators(billing).active(session.get("operator"), session_epoch())
         g.operator = op
         record_audit(billing, op.name if op else None, request.endpoint or request.path, request.path,
                      "refused", f"CSRF: {exc.description}")
@@ -88,6 +91,11 @@ def create_app(billing, secret_key: str, *, config: dict | None = None, dispatch
         return render_template("error.html", code=403, title="Недостаточно прав",
                                message="Ваша роль не позволяет выполнить эту команду. "
                                        "Попытка записана в журнал аудита."), 403
+
+    @app.errorhandler(413)
+    def _too_large(_exc):
+        return render_template("error.html", code=413, title="Файл слишком большой",
+                               message="Запрос больше допустимого размера. Загрузите файл меньше."), 413
 
     @app.errorhandler(404)
     def _not_found(_exc):

@@ -38,6 +38,14 @@ def index():
     return render_template("actions.html", rows=rows, running=running)
 
 
+@bp.route("/actions.csv")
+@requires(Permission.READ)
+def export_csv():
+    from .csvout import csv_response
+
+    return csv_response("actions.csv", console.ACTIONS_HEADER, console.actions_rows(billing_of()))
+
+
 @bp.route("/<action_id>")
 @requires(Permission.READ)
 def show(action_id):

@@ -22,9 +22,9 @@ def install(app) -> None:
         if request.endpoint == "static":  # the stylesheet, scripts and Chart.js: no database query
             g.operator = None
             return None
-        g.operator = Operators(billing_of()).active(session.get("operator"))
+        g.operator = Operators(billing_of()).active(session.get("operator"), session_epoch())
         if g.operator is None and session.get("operator"):
-            session.clear()  # disabled or removed since: the session is worth nothing
+            session.clear()  # disabled, removed or its password changed since: the session is worth nothing
         if g.operator is None and request.endpoint not in PUBLIC and request.endpoint is not None:
             here = (request.script_root + request.full_path).rstrip("?") if request.method == "GET" else None
             return redirect(url_for("auth.login", next=here))
@@ -35,6 +35,14 @@ def install(app) -> None:
         op = getattr(g, "operator", None)
         return dict(operator=op, role_title=ROLE_TITLES.get(op.role) if op else "", role_titles=ROLE_TITLES,
                     can=lambda permission: op is not None and allows(op.role, Permission(permission)))
+
+
+def session_epoch() -> int:
+    """The operator's session epoch this session was opened in (a cookie without one: epoch 0)."""
+    try:
+        return int(session.get("epoch", 0))
+    except (TypeError, ValueError):
+        return -1
 
 
 def requires(permission: Permission, command: str | None = None):
@@ -90,6 +98,7 @@ def login():
     session.clear()
     session.permanent = True
     session["operator"] = result.operator.name
+    session["epoch"] = result.operator.session_epoch
     record_audit(billing_of(), result.operator.name, "login", result.operator.name, "done")
     if nxt:
         # the path was taken inside the console, where the script root is already part of it

@@ -50,6 +50,19 @@ def show(number):
     return render_template("card.html", p=data)
 
 
+@bp.route("/<number>/history.csv")
+@requires(Permission.READ)
+def history_csv(number):
+    """The card's whole history (every page), newest first."""
+    from .csvout import csv_response
+
+    try:
+        rows = console.card_history_rows(billing_of(), number)
+    except errors.CardNotFound:
+        abort(404)
+    return csv_response(f"card_{number}_history.csv", console.HISTORY_HEADER, rows)
+
+
 def _command(number: str, command: str, run):
     """Run a command on a card; ``run(billing)`` answers (what the audit records — None when the use
     case recorded its own row —, what the operator reads). A refusal of the service layer is shown as

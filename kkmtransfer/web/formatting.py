@@ -17,6 +17,9 @@ MEASURE_TITLES = {"bonus": "Бонусы", "accumulation": "Накопление
 STATUS_TITLES = {"Active": "Активна", "Blocked": "Заблокирована"}
 ACTION_STATUS_TITLES = {"running": "Выполняется", "done": "Завершена", "cancelling": "Отменяется",
                         "cancelled": "Отменена"}
+OUTCOME_TITLES = {"done": "выполнено", "queued": "в очереди", "failed": "не выполнено", "refused": "отказано"}
+FILE_STATE_TITLES = {"queued": "В очереди", "processing": "Обрабатывается", "done": "Загружен",
+                     "failed": "Не прочитан", "waiting": "Ждёт в папке"}
 DOCUMENT_TITLES = {"WriteOff": "Списание с дисконтных карт", "Accrual": "Начисление на дисконтные карты"}
 
 
@@ -53,7 +56,9 @@ def install(app, tz) -> None:
                                  measure=lambda m: MEASURE_TITLES.get(m, m),
                                  card_status=lambda s: STATUS_TITLES.get(getattr(s, "value", s), s),
                                  document=lambda d: DOCUMENT_TITLES.get(d, d), phone=phone,
-                                 action_status=lambda s: ACTION_STATUS_TITLES.get(s, s))
+                                 action_status=lambda s: ACTION_STATUS_TITLES.get(s, s),
+                                 outcome=lambda s: OUTCOME_TITLES.get(s, s or ""),
+                                 file_state=lambda s: FILE_STATE_TITLES.get(s, s))
 
 
 def phone(digits: str) -> str:

@@ -33,7 +33,11 @@ def add():
         flash(f"Не выполнено: {exc.message}", "error")
     else:
         record_audit(billing_of(), g.operator.name, "operators.add", name, "done",
-                     f"{'created' if created else 'updated'}, role {form.get('role')}")
+                     f"{'created' if created else 'updated; its sessions ended'}, role {form.get('role')}")
+        if name == g.operator.name:  # one's own new password: this session goes on, the others end
+            from flask import session
+
+            session["epoch"] = Operators(billing_of()).get(name).session_epoch
         flash(f"Оператор {name} {'создан' if created else 'изменён'}.", "ok")
     return redirect(url_for("operators.index"))
 

@@ -2,8 +2,6 @@
 `kkmtransfer report balances`."""
 from __future__ import annotations
 
-import csv
-import io
 from datetime import timedelta
 
 from flask import Blueprint, Response, render_template, request
@@ -14,6 +12,7 @@ from ..service_layer.console import BALANCES_HEADER, balances_rows
 from ..service_layer.reports import TURNOVERS, Reports
 from . import billing_of
 from .auth import requires
+from .csvout import csv_response
 from .formatting import parse_day
 
 bp = Blueprint("reports", __name__, url_prefix="/reports")
@@ -58,16 +57,32 @@ def balances_csv():
         report = Reports(billing_of()).balances(first, last, card)
     except errors.DomainError as exc:
         return Response(exc.message + "\n", status=400, mimetype="text/plain")
-    out = io.StringIO()
-    writer = csv.writer(out, delimiter=";", lineterminator="\n")
-    writer.writerow(BALANCES_HEADER)
-    writer.writerows(balances_rows(report))
     name = f"balances_{first:%Y-%m-%d}_{last:%Y-%m-%d}{'_' + card if card else ''}.csv"
-    return Response(out.getvalue().encode("utf-8"), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return csv_response(name, BALANCES_HEADER, balances_rows(report))
 
 
 OPERATIONS_PER_PAGE = 100
+KINDS = ['Sale', 'Return', 'Accrual', 'WriteOff', 'Expiry', 'Action', 'Zeroing', 'Annulment', 'InitialBalance']
+SOURCES = ['Online', 'Offline', 'Nightly', 'BackOffice']
+
+
+def _operations_args(args):
+    """The CLI's filters of `report operations` from the query string: card, kkm, kind, source, from, to."""
+    filters = {k: (args.get(k) or "").strip() or None for k in ("card", "kkm", "kind", "source")}
+    if filters["kind"] and filters["kind"] not in KINDS:
+        raise errors.ValidationError(f"неизвестный вид операции {filters['kind']!r}")
+    if filters["source"] and filters["source"] not in SOURCES:
+        raise errors.ValidationError(f"неизвестный источник {filters['source']!r}")
+    first = parse_day(args.get("from"), None)
+    last = parse_day(args.get("to"), None)
+    if first and last and last < first:
+        raise errors.ValidationError(f"начало периода {first:%d.%m.%Y} позже конца {last:%d.%m.%Y}")
+    return filters, first, last
+
+
+def _query(args, *keys) -> dict:
+    """The filters of a page as they are, for its paging and CSV links."""
+    return {k: args.get(k) or None for k in keys}
 
 
 @bp.route("/operations")
@@ -77,20 +92,84 @@ def operations():
     from itertools import islice
 
     args = request.args
-    filters = {k: (args.get(k) or "").strip() or None for k in ("card", "kkm", "kind", "source")}
     try:
-        first = parse_day(args.get("from"), None)
-        last = parse_day(args.get("to"), None)
-        if first and last and last < first:
-            raise errors.ValidationError(f"начало периода {first:%d.%m.%Y} позже конца {last:%d.%m.%Y}")
+        filters, first, last = _operations_args(args)
         page = max(1, int(args.get("page", "1") or 1))
     except (errors.DomainError, ValueError) as exc:
         return render_template("operations.html", error=getattr(exc, "message", str(exc)), rows=[], args=args,
-                               page=1, more=False), 400
+                               page=1, more=False, kinds=KINDS, sources=SOURCES, query={}), 400
     start = (page - 1) * OPERATIONS_PER_PAGE
     found = Reports(billing_of()).operations(filters["card"], filters["kkm"], filters["kind"], filters["source"],
                                              first, last, start + OPERATIONS_PER_PAGE + 1)
     rows = list(islice(found, start, start + OPERATIONS_PER_PAGE + 1))
     more = len(rows) > OPERATIONS_PER_PAGE
     return render_template("operations.html", rows=rows[:OPERATIONS_PER_PAGE], args=args, page=page, more=more,
-                           first=first, last=last)
+                           first=first, last=last, kinds=KINDS, sources=SOURCES,
+                           query=_query(args, "card", "kkm", "kind", "source", "from", "to"))
+
+
+@bp.route("/operations.csv")
+@requires(Permission.READ)
+def operations_csv():
+    """Every operation the filters select: the file `kkmtransfer report operations ... --csv` writes."""
+    from ..service_layer.reports import OPERATIONS_HEADER, operation_cells
+
+    try:
+        filters, first, last = _operations_args(request.args)
+    except errors.DomainError as exc:
+        return Response(exc.message + "\n", status=400, mimetype="text/plain")
+    rows = Reports(billing_of()).operations(filters["card"], filters["kkm"], filters["kind"], filters["source"],
+                                            first, last)
+    return csv_response("operations.csv", OPERATIONS_HEADER, map(operation_cells, rows))
+
+
+# -- the audit trail ---------------------------------------------------------------------------------
+AUDIT_PER_PAGE = 100
+
+
+def _audit_args(args):
+    actor = (args.get("actor") or "").strip() or None
+    action = (args.get("action") or "").strip() or None
+    first = parse_day(args.get("from"), None)
+    last = parse_day(args.get("to"), None)
+    if first and last and last < first:
+        raise errors.ValidationError(f"начало периода {first:%d.%m.%Y} позже конца {last:%d.%m.%Y}")
+    return actor, action, first, last, args.get("order") != "asc"
+
+
+@bp.route("/audit")
+@requires(Permission.READ)
+def audit():
+    """The audit trail (`kkmtransfer report audit`): who did what, when, with what outcome; filtered by
+    operator, action and period; newest first (or oldest first), 100 a page."""
+    from ..service_layer import audit as trail
+
+    args = request.args
+    billing = billing_of()
+    actions = trail.action_names(billing.engine)
+    try:
+        actor, action, first, last, newest = _audit_args(args)
+        page = max(1, int(args.get("page", "1") or 1))
+    except (errors.DomainError, ValueError) as exc:
+        return render_template("audit.html", error=getattr(exc, "message", str(exc)), rows=[], args=args, page=1,
+                               more=False, actions=actions, query={}, newest=True), 400
+    found = trail.rows(billing.engine, first, last, actor, billing.settings.tz, AUDIT_PER_PAGE + 1,
+                       action=action, newest_first=newest, offset=(page - 1) * AUDIT_PER_PAGE)
+    return render_template("audit.html", rows=found[:AUDIT_PER_PAGE], more=len(found) > AUDIT_PER_PAGE, page=page,
+                           args=args, actions=actions, newest=newest,
+                           query=_query(args, "actor", "action", "from", "to", "order"))
+
+
+@bp.route("/audit.csv")
+@requires(Permission.READ)
+def audit_csv():
+    """Every audit row the filters select, oldest first: the file `kkmtransfer report audit --csv` writes."""
+    from ..service_layer import audit as trail
+
+    billing = billing_of()
+    try:
+        actor, action, first, last, _ = _audit_args(request.args)
+    except errors.DomainError as exc:
+        return Response(exc.message + "\n", status=400, mimetype="text/plain")
+    rows = trail.rows(billing.engine, first, last, actor, billing.settings.tz, action=action)
+    return csv_response("audit.csv", trail.CSV_HEADER, map(trail.csv_cells, rows))
