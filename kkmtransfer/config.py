@@ -131,7 +131,6 @@ class Settings:
     tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "database_url", normalise_database_url(self.database_url))
         try:
             object.__setattr__(self, "tz", ZoneInfo(self.timezone_name))
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -187,7 +186,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ=None) -> "Settings":
         env = os.environ if environ is None else environ
-        url = env.get("KKMTRANSFER_DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}"
+        url = normalise_database_url(env.get("KKMTRANSFER_DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}")
 
         def whole(name: str, default):
             raw = env.get(name, "")
