@@ -16,6 +16,7 @@
 | KKMTRANSFER_DB_STATEMENT_TIMEOUT | 5 seconds per SQL statement of a SOAP call (PostgreSQL) |
 | KKMTRANSFER_MAX_ELEMENTS / _MAX_ATTRIBUTES | 5000 / 1000 per SOAP request, counted before spyne parses it |
 | KKMTRANSFER_MAX_FUTURE_HOURS    | 24: an OperationTime further ahead of the server's clock is refused |
+| KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE | 30d: an OperationTime more than this before the card's created_at is refused; `off` turns the rule off (e.g. 7d, 36h, 90m, 0) |
 | KKMTRANSFER_AUTH_MAX_FAILURES   | 5 failed logins (per user name and per client address) before throttling |
 | KKMTRANSFER_AUTH_WINDOW_SECONDS | 300: failures older than this are forgotten |
 | KKMTRANSFER_AUTH_MAX_DELAY_SECONDS | 300: the longest refusal (1 s, 2 s, 4 s … after the limit) |
@@ -34,6 +35,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -41,10 +43,52 @@ DEFAULT_SQLITE_PATH = Path("var") / "kkmtransfer.sqlite3"
 DEFAULT_SMS_URL = "https://gateway.api.sc/get/"
 DEFAULT_SMS_TEXT = "Код для списания бонусов: {code}. Никому не сообщайте его, кроме кассира."
 SMS_PROVIDERS = ("stream-telecom", "console")
+DEFAULT_OPTIME_BEFORE_CARD_GRACE = timedelta(days=30)
+_DURATION = re.compile(r"(\d{1,6})\s*([dhms]?)")
+_UNITS = {"d": "days", "": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_duration(name: str, raw: str | None, default: timedelta | None) -> timedelta | None:
+    """``30d``, ``36h``, ``90m``, ``3600s`` or a bare number of days; ``off`` (or ``none``) is None: the rule
+    that uses it is turned off. Empty: the default."""
+    text = (raw or "").strip().lower()
+    if text == "":
+        return default
+    if text in ("off", "none", "no", "false"):
+        return None
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise ConfigError(f"{name}: not a duration: {raw!r} (e.g. 30d, 36h, 90m, 0, or off)")
+    return timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
 
 
 class ConfigError(ValueError):
     """A setting in the environment is unusable."""
+
+
+DATABASE_URL_EXAMPLE = "e.g. postgresql+psycopg2://user:password@host/dbname or sqlite:///var/kkmtransfer.sqlite3"
+
+
+def normalise_database_url(url: str) -> str:
+    """The configured database URL, checked, as every entry point uses it (CLI, gunicorn, console, Celery):
+    ``postgres://`` and ``postgresql://`` get the psycopg2 driver this package installs; an unusable URL is
+    a ConfigError of one line that says what to do."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"KKMTRANSFER_DATABASE_URL is not a database URL ({DATABASE_URL_EXAMPLE})") from None
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(f"KKMTRANSFER_DATABASE_URL: unsupported database {parsed.drivername!r} "
+                          f"({DATABASE_URL_EXAMPLE})")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg2"):
+        raise ConfigError(f"KKMTRANSFER_DATABASE_URL: driver {parsed.drivername!r} is not installed; "
+                          f"use postgresql+psycopg2:// or sqlite:///")
+    return parsed.render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)
@@ -66,6 +110,8 @@ class Settings:
     max_elements: int = 5000
     max_attributes: int = 1000
     max_future_hours: int = 24
+    # an OperationTime earlier than the card's created_at minus this is refused; None: never
+    optime_before_card_grace: timedelta | None = DEFAULT_OPTIME_BEFORE_CARD_GRACE
     auth_max_failures: int = 5
     auth_window_seconds: int = 300
     auth_max_delay_seconds: int = 300
@@ -140,7 +186,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ=None) -> "Settings":
         env = os.environ if environ is None else environ
-        url = env.get("KKMTRANSFER_DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}"
+        url = normalise_database_url(env.get("KKMTRANSFER_DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}")
 
         def whole(name: str, default):
             raw = env.get(name, "")
@@ -169,6 +215,9 @@ class Settings:
             max_elements=whole("KKMTRANSFER_MAX_ELEMENTS", 5000),
             max_attributes=whole("KKMTRANSFER_MAX_ATTRIBUTES", 1000),
             max_future_hours=whole("KKMTRANSFER_MAX_FUTURE_HOURS", 24),
+            optime_before_card_grace=parse_duration("KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE",
+                                                    env.get("KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE"),
+                                                    DEFAULT_OPTIME_BEFORE_CARD_GRACE),
             auth_max_failures=whole("KKMTRANSFER_AUTH_MAX_FAILURES", 5),
             auth_window_seconds=whole("KKMTRANSFER_AUTH_WINDOW_SECONDS", 300),
             auth_max_delay_seconds=whole("KKMTRANSFER_AUTH_MAX_DELAY_SECONDS", 300),

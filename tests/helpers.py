@@ -13,6 +13,11 @@ from kkmtransfer.domain.model import OperationRequest
 
 D = Decimal
 
+# The day the tests' cards were handed out: before every receipt the tests date. A card refuses receipts from
+# before it existed (KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE, tested in test_operation_time_window.py), so
+# fixtures that send dated receipts enter their cards with this date of issue.
+ISSUED = datetime(2020, 1, 1, tzinfo=timezone.utc)
+
 
 def new_id() -> str:
     return str(uuid.uuid4())

@@ -23,7 +23,7 @@ from kkmtransfer.service_layer.nightly import Nightly
 from kkmtransfer.service_layer.reports import Reports
 
 from .conftest import empty_tables
-from .helpers import request
+from .helpers import ISSUED, request
 
 MSK = ZoneInfo("Europe/Moscow")
 KKM = str(Path(sys.executable).parent / "kkmtransfer")
@@ -40,7 +40,7 @@ def count(db, table, *where) -> int:
 
 @pytest.fixture
 def cards(db):
-    db.add_card_range(1, 5, "B", 0, None)
+    db.add_card_range(1, 5, "B", 0, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))
     return db
 
@@ -81,7 +81,7 @@ def test_a_credit_action_credits_each_card_once_and_respects_its_last_day(cards)
 
 
 def test_a_credit_action_killed_mid_way_and_run_again_credits_each_card_once(db, database_url):
-    db.add_card_range(1, 1500, "M", 5, None)
+    db.add_card_range(1, 1500, "M", 5, None, issued=ISSUED)
     env = dict(os.environ, KKMTRANSFER_DATABASE_URL=database_url)
     command = [KKM, "actions", "credit", "--amount", "3.00", "--all-active", "--note", "crash", "--batch", "10",
                "--yes"]
@@ -194,7 +194,7 @@ EVENTS = st.lists(st.tuples(
 @given(events=EVENTS)
 def test_opening_plus_turnovers_is_closing_on_random_streams(db, engine, events):
     empty_tables(engine)
-    db.add_card_range(0, 2, "H", 0, None)
+    db.add_card_range(0, 2, "H", 0, None, issued=ISSUED)
     db.add_promotion("LATE", "late", delay_days=2, lifetime_days=3)
     db.add_promotion("SHORT", "short", lifetime_days=2)
     day0 = date(2026, 1, 1)
@@ -259,7 +259,7 @@ class Interrupted(Exception):
 
 
 def test_an_action_interrupted_before_midnight_resumes_after_it_without_crediting_twice(db):
-    db.add_card_range(1, 7, "R", 0, None)
+    db.add_card_range(1, 7, "R", 0, None, issued=ISSUED)
     db.clock.set(datetime(2026, 11, 10, 23, 50, tzinfo=MSK))
     batches = []
 
@@ -285,7 +285,7 @@ def test_an_action_interrupted_before_midnight_resumes_after_it_without_creditin
 def test_two_identical_actions_at_once_credit_each_card_once_and_the_loser_gets_one_line(db):
     import threading
 
-    db.add_card_range(1, 60, "T", 3, None)
+    db.add_card_range(1, 60, "T", 3, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))
     outcomes, barrier = [], threading.Barrier(4)
 
@@ -317,7 +317,7 @@ def test_billing_enable_at_once_four_times_starts_once_and_the_others_get_one_li
 
     from kkmtransfer.service_layer.billing_admin import BillingAdmin
 
-    db.add_card_range(1, 50, "S", 2, None)
+    db.add_card_range(1, 50, "S", 2, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))
     opening = tmp_path / "open.csv"
     opening.write_text("CardNumber;Bonus;Accumulation;ReceiptCount\n"

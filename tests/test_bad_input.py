@@ -18,7 +18,7 @@ from kkmtransfer.adapters.db import operations
 from kkmtransfer.domain.model import CardStatus
 
 from .conftest import PASSWORD, USER
-from .helpers import new_id, request
+from .helpers import ISSUED, new_id, request
 
 NS = "urn:kkmtransfer:1"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -96,7 +96,7 @@ def ledger(db, server):
 
     Yields a function asserting that nothing has been written since (balances and operation count)."""
     db.add_user(USER, PASSWORD)
-    db.add_card_range(1, 2, prefix="777", width=7, holder="Test Holder")
+    db.add_card_range(1, 2, prefix="777", width=7, holder="Test Holder", issued=ISSUED)
     db.register_operation(request(CARD, receipt_sum="500.00", accrued="50.00"))
     db.set_card_status(BLOCKED, CardStatus.BLOCKED)
     before = {n: db.card_info(n) for n in (CARD, BLOCKED)}

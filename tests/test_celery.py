@@ -27,7 +27,7 @@ from kkmtransfer.tasks import app as celery_app
 from kkmtransfer.tasks import nightly_regulation
 
 from .conftest import unavailable
-from .helpers import request
+from .helpers import ISSUED, request
 
 REDIS_URL = os.environ.get("KKMTRANSFER_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,7 +124,7 @@ def test_worker_consumes_the_nightly_task_from_the_broker(db, worker, client_app
     tz = db.settings.tz
     assert db.settings.timezone_name == TZ_NAME
     today = datetime.now(tz).date()
-    card = db.add_card_range(1, 1, "CEL", 0, None).created[0]
+    card = db.add_card_range(1, 1, "CEL", 0, None, issued=ISSUED).created[0]
     db.add_promotion("SHORT", "short", delay_days=0, lifetime_days=1)
     db.add_promotion("LATER", "deferred a day", delay_days=1)
 

@@ -75,6 +75,22 @@ def test_add_range_with_pins_show_block_unblock(db, database_url, tmp_path):
     assert bad.returncode == 1 and "CardNotFound" in bad.stderr
 
 
+def test_block_range_compares_numbers_as_numbers_like_cards(db, database_url):
+    """`block 8 --to 12` is certificates 8 … 12 (as text "8" > "12" and nothing matched), and `2 --to 3`
+    is not every "2…" certificate; the count said before blocking is the same range."""
+    cli(database_url, "certificates", "add-range", "--from", "1", "--to", "25", "--nominal", "100")
+    svc = CertificateService(db)
+    done = cli(database_url, "certificates", "block", "8", "--to", "12")
+    assert "8 .. 12: 5 in the range" in done.stderr and "5 certificate(s) blocked" in done.stdout
+    assert [n for n in map(str, range(1, 26)) if svc.show(n)[0].status == "Blocked"] == ["8", "9", "10", "11", "12"]
+    cli(database_url, "certificates", "unblock", "8", "--to", "12")
+    done = cli(database_url, "certificates", "block", "2", "--to", "3")
+    assert "2 certificate(s) blocked" in done.stdout  # not 20..25 too
+    assert [n for n in map(str, range(1, 26)) if svc.show(n)[0].status == "Blocked"] == ["2", "3"]
+    bad = cli(database_url, "certificates", "block", "12", "--to", "8", check=False)
+    assert bad.returncode == 1 and "before the first number" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_add_range_refuses_what_makes_no_sense(db, database_url, tmp_path):
     for args in (["--nominal", "0"], ["--nominal", "10.001"], ["--nominal", "10", "--valid-days", "5",
                                                               "--until", "2099-01-01"],

@@ -10,7 +10,7 @@ from kkmtransfer.service_layer.certificates import CertificateService
 from kkmtransfer.service_layer.journal import JournalImport
 from kkmtransfer.service_layer.reports import Reports
 
-from .helpers import new_id
+from .helpers import ISSUED, new_id
 
 
 def row(kind, number, n, amount, op_id="", original="", time="2026-11-20T10:00:00+03:00", **extra):
@@ -30,7 +30,7 @@ def test_certificate_rows_apply_once_and_bad_ones_are_rejects(db, tmp_path):
     certs = CertificateService(db)
     pins = {}
     certs.add_range(1, 2, D("500.00"), valid_days=365, with_pin=True, pins_sink=lambda got: pins.update(got))
-    db.add_card_range(1, 1, "C", 0, None)
+    db.add_card_range(1, 1, "C", 0, None, issued=ISSUED)
     db.clock.set(datetime(2026, 11, 20, 12, tzinfo=timezone.utc))
     sell_id, redeem_id = new_id(), new_id()
     # the sale went online first; the journal has it too

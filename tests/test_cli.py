@@ -15,7 +15,7 @@ import requests
 from kkmtransfer.domain.model import CardStatus
 
 from .conftest import zeep_client
-from .helpers import op_dict
+from .helpers import ISSUED, op_dict
 
 KKM = str(Path(sys.executable).parent / "kkmtransfer")
 
@@ -137,7 +137,7 @@ def test_promotions_rules_and_nightly_from_the_command_line(db, database_url):
     assert proc.returncode == 2 and "exclude each other" in proc.stderr
     assert "closed" in cli(database_url, "promotions", "close", "NY").stdout
 
-    db.add_card_range(1, 5, "R", 0, None)
+    db.add_card_range(1, 5, "R", 0, None, issued=ISSUED)
     out = cli(database_url, "cards", "set-rule", "--from", "R2", "--to", "R4", "--accumulation-delay-days", "2",
               "--count-lifetime-days", "90", "--yes").stdout
     assert "rules set on 3 card(s)" in out
@@ -158,7 +158,7 @@ def test_reports_and_ledger_verify_from_the_command_line(db, database_url, tmp_p
 
     from .helpers import request
 
-    db.add_card_range(1, 2, "Q", 0, None)
+    db.add_card_range(1, 2, "Q", 0, None, issued=ISSUED)
     sale = request("Q1", receipt_sum="100.00", accrued="10.00", kkm="KKM-5")
     db.register_operation(sale)
     db.register_operation(request("Q2", receipt_sum="40.00", accrued="4.00", kkm="KKM-6"))
@@ -183,7 +183,7 @@ def test_reports_and_ledger_verify_from_the_command_line(db, database_url, tmp_p
 
 
 def test_a_reject_is_dismissed_by_hand_with_its_reason(db, database_url, tmp_path):
-    db.add_card_range(1, 1, "R", 0, None)
+    db.add_card_range(1, 1, "R", 0, None, issued=ISSUED)
     journal = tmp_path / "kkm9.csv"
     journal.write_text(
         "KKM;TransactionNumber;TransactionTime;Kind;CardNumber;ReceiptNumber;ReceiptSum;BonusAccrued;BonusSpent;"

@@ -12,7 +12,7 @@ from zeep.exceptions import Fault
 from kkmtransfer.adapters.db import operations
 from kkmtransfer.domain.model import CardStatus
 
-from .helpers import new_id, op_dict
+from .helpers import ISSUED, new_id, op_dict
 
 CARD = "C100"
 MSK = ZoneInfo("Europe/Moscow")
@@ -29,7 +29,7 @@ def count_operations(db) -> int:
 
 @pytest.fixture
 def card(db):
-    db.add_card_range(100, 100, "C", 0, "Ivan Petrov")
+    db.add_card_range(100, 100, "C", 0, "Ivan Petrov", issued=ISSUED)
     return CARD
 
 
@@ -54,6 +54,23 @@ def test_a_sale_accrues_spends_accumulates_and_counts(soap, card):
     assert (r2.Card.BonusBalance, r2.Card.Accumulation, r2.Card.ReceiptCount) == (D("22.00"), D("1150.00"), 3)
     info = soap.service.GetCardInfo(card)
     assert (info.BonusBalance, info.Accumulation, info.ReceiptCount) == (D("22.00"), D("1150.00"), 3)
+
+
+def test_register_operation_tells_the_cashier_what_it_did_in_message(soap, card):
+    """OperationResult.Message (optional in the contract): accrued, spent, the balance, in Russian, the way
+    CalculateReceipt's message reads; a retry says it was not counted again; a Return says what it moved."""
+    sale = op_dict(card, receipt_sum="1000.00", accrued="1250.50")
+    first = soap.service.RegisterOperation(Operation=sale)
+    assert first.Message == "Начислено бонусов: 1 250,50. Списано бонусов: 0,00. Баланс: 1 250,50."
+    spend = register(soap, card=card, receipt_sum="300.00", accrued="3.00", spent="250.50")
+    assert spend.Message == "Начислено бонусов: 3,00. Списано бонусов: 250,50. Баланс: 1 003,00."
+    again = soap.service.RegisterOperation(Operation=sale)
+    assert again.Status == "AlreadyApplied"
+    assert again.Message == ("Чек уже был проведён, повторно не учтён. Начислено бонусов: 1 250,50. "
+                             "Списано бонусов: 0,00. Баланс: 1 003,00.")
+    ret = register(soap, card=card, kind="Return", receipt_sum="300.00", accrued="3.00", spent="250.50",
+                   OriginalOperationId=spend.OperationId)
+    assert ret.Message == "Возврат: снято бонусов 3,00, возвращено на карту 250,50. Баланс: 1 250,50."
 
 
 def test_the_same_operation_twice_applies_once(soap, card, db):
@@ -85,7 +102,7 @@ def test_the_same_id_with_other_contents_is_a_conflict(soap, card, db, change):
 
 
 def test_the_same_id_on_another_card_is_a_conflict(soap, card, db):
-    db.add_card_range(101, 101, "C", 0, None)
+    db.add_card_range(101, 101, "C", 0, None, issued=ISSUED)
     op = op_dict(card, accrued="5.00")
     soap.service.RegisterOperation(Operation=op)
     with pytest.raises(Fault) as exc:
@@ -146,7 +163,7 @@ def test_a_return_never_exceeds_its_sale(soap, card, db, field, value):
 
 
 def test_a_return_names_a_sale_of_the_same_card(soap, card, db):
-    db.add_card_range(101, 101, "C", 0, None)
+    db.add_card_range(101, 101, "C", 0, None, issued=ISSUED)
     sale = op_dict(card, accrued="10.00")
     soap.service.RegisterOperation(Operation=sale)
     with pytest.raises(Fault) as exc:
@@ -205,7 +222,7 @@ def test_history_is_oldest_first_with_signed_moves_and_inclusive_dates(soap, car
 
 
 def test_find_card_by_phone(soap, db, card):
-    db.add_card_range(101, 103, "C", 0, None)
+    db.add_card_range(101, 103, "C", 0, None, issued=ISSUED)
     db.set_card_phone(card, "+7 (916) 111-22-33")
     found = soap.service.FindCardByPhone("8 916 111 22 33")
     assert found.CardNumber == card

@@ -17,7 +17,7 @@ from kkmtransfer.service_layer.nightly import Nightly
 from kkmtransfer.soap.service import NS
 
 from .conftest import METRICS_PASSWORD, METRICS_USER, PASSWORD, USER, free_port, zeep_client
-from .helpers import op_dict
+from .helpers import ISSUED, op_dict
 from .test_journal import journal, line
 
 
@@ -55,7 +55,7 @@ def test_health_is_200_with_the_schema_and_the_last_nightly_date(db, server, mon
     assert body["schema"] == {"current": head, "head": head}
     assert body["last_nightly_date"] is None        # no nightly run yet
     assert body["broker"] == "ok"                   # the machine's Redis
-    db.add_card_range(1, 1, "H", 0, None)
+    db.add_card_range(1, 1, "H", 0, None, issued=ISSUED)
     Nightly(db).run(date(2026, 11, 13))
     assert requests.get(base + "/health", timeout=10).json()["last_nightly_date"] == "2026-11-13"
 
@@ -140,7 +140,7 @@ def counter_pids(directory) -> set[str]:
 def test_metrics_are_summed_over_the_gunicorn_workers(db, gunicorn_metrics, tmp_path):
     base, multiproc = gunicorn_metrics
     db.add_user(USER, PASSWORD)
-    db.add_card_range(1, 2, "M", 0, None)
+    db.add_card_range(1, 2, "M", 0, None, issued=ISSUED)
     before = scrape(base)
 
     n = 40
@@ -202,7 +202,7 @@ def test_metrics_count_login_throttling_over_the_workers(db, gunicorn_metrics):
 
 def test_metrics_read_rejects_and_the_nightly_from_the_database(db, gunicorn_metrics, tmp_path):
     base, _ = gunicorn_metrics
-    db.add_card_range(1, 1, "J", 0, None)
+    db.add_card_range(1, 1, "J", 0, None, issued=ISSUED)
     t0 = datetime(2026, 11, 20, 10, 0, tzinfo=timezone(timedelta(hours=3)))
     db.clock.set(t0 + timedelta(days=1))
     summary = JournalImport(db).import_file(journal(tmp_path, "r.csv", line(number="1", accrued="2.00"),
@@ -239,7 +239,7 @@ def test_metrics_count_the_open_holds_from_the_database(db, gunicorn_metrics):
     from .helpers import new_id, request
 
     base, _ = gunicorn_metrics
-    db.add_card_range(1, 1, "H", 0, None)
+    db.add_card_range(1, 1, "H", 0, None, issued=ISSUED)
     db.register_operation(request("H1", receipt_sum="500.00", accrued="50.00"))
     holds = HoldService(db)
     first, second = new_id(), new_id()
@@ -270,7 +270,7 @@ def test_journal_imports_are_counted_by_kind_and_outcome(db, tmp_path):
     def get(name, **labels):
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
-    db.add_card_range(1, 1, "J", 0, None)
+    db.add_card_range(1, 1, "J", 0, None, issued=ISSUED)
     t0 = datetime(2026, 11, 20, 10, 0, tzinfo=timezone(timedelta(hours=3)))
     db.clock.set(t0 + timedelta(days=1))
     before = (get("kkmtransfer_operations_applied_total", kind="Sale", source="journal"),

@@ -19,6 +19,7 @@ from kkmtransfer.service_layer.inbox import process_inbox
 from kkmtransfer.service_layer.journal import JournalImport
 from kkmtransfer.service_layer.reports import Reports
 
+from .helpers import ISSUED
 from .test_journal import T0, journal, line
 
 
@@ -34,7 +35,7 @@ def rejects(db):
 
 @pytest.fixture
 def cards(db):
-    db.add_card_range(1, 3, "J", 0, None)
+    db.add_card_range(1, 3, "J", 0, None, issued=ISSUED)
     db.clock.set(T0 + timedelta(days=1))
     return db
 
@@ -142,7 +143,7 @@ def test_a_reject_is_dismissed_by_hand_with_its_reason(cards, tmp_path):
 
 
 def test_a_batch_of_10000_rows_without_ids_imports(db, tmp_path):
-    db.add_card_range(1, 100, "B", 3, None)
+    db.add_card_range(1, 100, "B", 3, None, issued=ISSUED)
     db.clock.set(T0 + timedelta(days=1))
     rows = [line(number=str(i), card=f"B{i % 100 + 1:03d}", accrued="1.00") for i in range(10000)]
     path = journal(tmp_path, "big.csv", *rows)
@@ -155,7 +156,7 @@ def test_a_batch_of_10000_rows_without_ids_imports(db, tmp_path):
 
 
 def test_ledger_verify_during_an_import_sees_no_false_difference(db, tmp_path):
-    db.add_card_range(1, 200, "V", 3, None)
+    db.add_card_range(1, 200, "V", 3, None, issued=ISSUED)
     db.clock.set(T0 + timedelta(days=1))
     rows = [line(number=str(i), card=f"V{i % 200 + 1:03d}", accrued="1.00", spent="0.00") for i in range(4000)]
     path = journal(tmp_path, "v.csv", *rows)

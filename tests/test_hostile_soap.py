@@ -21,7 +21,7 @@ from kkmtransfer.soap.devserver import make_server
 from kkmtransfer.soap.http import KKMTransferApp
 
 from .conftest import PASSWORD, USER
-from .helpers import new_id, request
+from .helpers import ISSUED, new_id, request
 from .test_bad_input import (AUTH, CARD, HEADERS, NS, SOAP_ENV, envelope, get_card, ledger,  # noqa: F401
                              operation_exists, post, register, reply_of)
 
@@ -191,7 +191,7 @@ def test_history_over_the_whole_calendar_is_a_validation_fault(ledger, server):
 # -- paging ---------------------------------------------------------------------------------------
 
 def test_history_pages_with_max_records_and_after(db, soap):
-    db.add_card_range(1, 1, prefix="555", width=7)
+    db.add_card_range(1, 1, prefix="555", width=7, issued=ISSUED)
     card = "5550000001"
     base = datetime.now(timezone.utc) - timedelta(hours=5)
     ids = [new_id() for _ in range(7)]
@@ -218,7 +218,7 @@ def test_history_pages_with_max_records_and_after(db, soap):
 
 
 def test_history_defaults_to_at_most_1000_records(db, soap):
-    db.add_card_range(1, 1, prefix="556", width=7)
+    db.add_card_range(1, 1, prefix="556", width=7, issued=ISSUED)
     card = "5560000001"
     when = datetime.now(timezone.utc) - timedelta(hours=1)
     from kkmtransfer.domain.model import Source
@@ -243,7 +243,7 @@ def test_the_ledger_refuses_a_credit_over_its_range():
 
 def test_an_overflowing_sale_is_a_validation_fault_over_soap(ledger, db, server):
     from kkmtransfer.domain.model import MAX_AMOUNT
-    db.add_card_range(9, 9, prefix="777", width=7)
+    db.add_card_range(9, 9, prefix="777", width=7, issued=ISSUED)
     card = "7770000009"
     with db.engine.begin() as conn:  # a card already near the ledger's limit (92,233 maximal sales)
         from sqlalchemy import update
@@ -517,7 +517,7 @@ def test_a_database_outage_is_answered_in_soap_and_the_service_recovers_by_itsel
     billing = BillingService(direct, settings)
     empty_tables(direct)
     billing.add_user(USER, PASSWORD)
-    billing.add_card_range(1, 1, prefix="888", width=7)
+    billing.add_card_range(1, 1, prefix="888", width=7, issued=ISSUED)
     card = "8880000001"
 
     url = make_url(pg_database_url)

@@ -23,7 +23,7 @@ from kkmtransfer.service_layer.journal import JournalImport
 from kkmtransfer.service_layer.nightly import Nightly
 from kkmtransfer.service_layer.reports import Reports
 
-from .helpers import request
+from .helpers import ISSUED, request
 from .test_journal import T0, journal, line
 
 MSK = ZoneInfo("Europe/Moscow")
@@ -51,7 +51,7 @@ def squat(db, card, op_id, when, **amounts):
 
 
 def test_an_annulment_is_not_taken_by_a_sale_with_its_old_id(db):
-    db.add_card_range(1, 2, "Q", 0, None)
+    db.add_card_range(1, 2, "Q", 0, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))
     sale = squat(db, "Q1", str(uuid.uuid4()), msk(2026, 11, 10), accrued="10.00")
     trap = squat(db, "Q1", str(uuid.uuid5(uuid.UUID(sale.operation_id), "annulment")), msk(2026, 11, 10),
@@ -66,7 +66,7 @@ def test_an_annulment_is_not_taken_by_a_sale_with_its_old_id(db):
 
 
 def test_the_nightly_is_not_disturbed_by_sales_with_its_old_line_ids(db):
-    db.add_card_range(1, 2, "N", 0, None)
+    db.add_card_range(1, 2, "N", 0, None, issued=ISSUED)
     db.add_promotion("SHORT", "short", lifetime_days=2)    # Nov 10: burns Nov 12
     db.add_promotion("LATE", "late", delay_days=3)         # Nov 10: starts Nov 13
     db.clock.set(msk(2026, 11, 10))
@@ -96,7 +96,7 @@ def test_the_nightly_is_not_disturbed_by_sales_with_its_old_line_ids(db):
 
 
 def test_billing_enable_is_not_disturbed_by_sales_with_its_old_ids(db, tmp_path):
-    db.add_card_range(1, 2, "E", 0, None)
+    db.add_card_range(1, 2, "E", 0, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))
     trap = squat(db, "E1", str(uuid.uuid5(OLD_OPENING_NS, "E1")), msk(2026, 11, 10), accrued="1.00")
     opening = tmp_path / "open.csv"
@@ -107,7 +107,7 @@ def test_billing_enable_is_not_disturbed_by_sales_with_its_old_ids(db, tmp_path)
 
 
 def test_bonus_actions_are_not_disturbed_by_sales_with_their_old_ids(db):
-    db.add_card_range(1, 3, "A", 0, None)
+    db.add_card_range(1, 3, "A", 0, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))
     what = dict(kind="credit", amount="5.00", until=None, note="gift", selection="range:A1..A3",
                 day=date(2026, 11, 10).isoformat())
@@ -124,7 +124,7 @@ def test_bonus_actions_are_not_disturbed_by_sales_with_their_old_ids(db):
 
 
 def test_a_journal_row_without_id_is_not_taken_by_a_sale_with_its_old_id(db, tmp_path):
-    db.add_card_range(1, 1, "J", 0, None)
+    db.add_card_range(1, 1, "J", 0, None, issued=ISSUED)
     db.clock.set(T0 + timedelta(days=1))
     old = uuid.uuid5(OLD_JOURNAL_NS, f"K1/77/{T0.astimezone(timezone.utc).isoformat()}")
     squat(db, "J1", str(old), T0, receipt_sum="1.00")
@@ -144,7 +144,7 @@ def test_server_ids_are_stable_per_installation_and_unknown_outside(db):
 
 
 def test_a_server_id_held_by_a_foreign_row_fails_in_one_line(db):
-    db.add_card_range(1, 1, "F", 0, None)
+    db.add_card_range(1, 1, "F", 0, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))
     sale = squat(db, "F1", str(uuid.uuid4()), msk(2026, 11, 10), accrued="3.00")
     with db.engine.begin() as conn:  # as if a register had guessed the secret id
@@ -161,7 +161,7 @@ def test_a_server_id_held_by_a_foreign_row_fails_in_one_line(db):
 # -- ledger verify: entries of one operation booked under another ---------------------------------------------
 @pytest.fixture
 def nightly_done(db):
-    db.add_card_range(1, 2, "V", 0, None)
+    db.add_card_range(1, 2, "V", 0, None, issued=ISSUED)
     db.add_promotion("SHORT", "short", lifetime_days=2)
     db.clock.set(msk(2026, 11, 10))
     sale = db.register_operation(request("V1", accrued="10.00", time=msk(2026, 11, 10), promotion_code="SHORT"))

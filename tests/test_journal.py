@@ -20,7 +20,7 @@ from kkmtransfer.service_layer.journal import JournalImport
 
 from kkmtransfer.service_layer.reports import Reports
 
-from .helpers import new_id, op_dict, request
+from .helpers import ISSUED, new_id, op_dict, request
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=timezone(timedelta(hours=3)))
 
@@ -44,14 +44,14 @@ def n_ops(db) -> int:
 
 @pytest.fixture
 def cards(db):
-    db.add_card_range(1, 3, "J", 0, None)
+    db.add_card_range(1, 3, "J", 0, None, issued=ISSUED)
     db.clock.set(T0 + timedelta(days=1))
     return db
 
 
 @pytest.mark.parametrize("online_first", [True, False], ids=["online-then-journal", "journal-then-online"])
 def test_a_receipt_sent_online_and_in_a_journal_applies_once(db, server, soap, tmp_path, online_first):
-    db.add_card_range(1, 1, "J", 0, None)
+    db.add_card_range(1, 1, "J", 0, None, issued=ISSUED)
     op = op_dict("J1", receipt_sum="250.00", accrued="25.00", time=T0, kkm="K9")
     row = line(kkm="K9", number="77", when=T0, card="J1", total="250.00", accrued="25.00", op_id=op["OperationId"])
     path = journal(tmp_path, "k9.csv", row)
@@ -217,7 +217,7 @@ def test_billing_cannot_start_in_the_future_or_with_a_bad_file(cards, tmp_path):
 
 
 def test_the_documented_example_journal_loads(db, tmp_path):
-    db.add_card_range(1, 2, "777", 7, None)
+    db.add_card_range(1, 2, "777", 7, None, issued=ISSUED)
     example = Path(__file__).resolve().parent.parent / "docs" / "examples" / "journal.csv"
     summary = JournalImport(db).import_file(example)
     assert (summary.rows, summary.applied, summary.rejected) == (3, 3, 0)
@@ -256,7 +256,7 @@ def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, 
 
     def run(row_by_row: bool):
         empty_tables(engine)
-        db.add_card_range(1, 3, "J", 0, None)
+        db.add_card_range(1, 3, "J", 0, None, issued=ISSUED)
         db.register_operation(request("J1", accrued="3.00", time=T0))
         importer = JournalImport(db, batch=1 if row_by_row else 500)
         if row_by_row:

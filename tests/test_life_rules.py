@@ -11,7 +11,7 @@ from kkmtransfer.config import Settings
 from kkmtransfer.domain import errors
 from kkmtransfer.service_layer.services import BillingService
 
-from .helpers import request
+from .helpers import ISSUED, request
 
 MSK = ZoneInfo("Europe/Moscow")
 
@@ -22,7 +22,7 @@ def msk(y, m, d, hh=12, mm=0, ss=0) -> datetime:
 
 @pytest.fixture
 def card(db):
-    db.add_card_range(1, 1, "L", 0, None)
+    db.add_card_range(1, 1, "L", 0, None, issued=ISSUED)
     return "L1"
 
 
@@ -65,7 +65,7 @@ def test_the_business_day_of_a_receipt_follows_the_configured_zone(db, engine, c
         svc = BillingService(engine, Settings(database_url="-", timezone_name=zone, bonus_lifetime_days=1),
                              clock)
         number = f"TZ{len(zone)}"
-        svc.add_card_range(1, 1, number, 0, None)
+        svc.add_card_range(1, 1, number, 0, None, issued=ISSUED)
         clock.set(receipt + timedelta(minutes=1))
         svc.register_operation(request(f"{number}1", accrued="5.00", time=receipt))
         clock.set(burn_utc - timedelta(seconds=1))
@@ -129,7 +129,7 @@ def test_unknown_closed_and_out_of_period_promotions(db, card):
 
 
 def test_card_rules_defer_and_age_accumulation_and_receipt_count(db, card):
-    db.add_card_range(2, 3, "L", 0, None)
+    db.add_card_range(2, 3, "L", 0, None, issued=ISSUED)
     assert db.set_card_rules("L1", "L3", accumulation_delay_days=1, accumulation_lifetime_days=30,
                              count_delay_days=0, count_lifetime_days=2) == 3
     db.clock.set(msk(2026, 4, 10))

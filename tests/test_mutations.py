@@ -29,7 +29,7 @@ from kkmtransfer.service_layer.journal import JournalImport
 from kkmtransfer.service_layer.reports import Reports
 
 from .conftest import PASSWORD, USER
-from .helpers import request
+from .helpers import ISSUED, request
 from .test_bad_input import AUTH, CARD, HEADERS, NS, SOAP_ENV, envelope, register
 
 SOAP_EXAMPLES = int(os.environ.get("KKMTRANSFER_FUZZ_EXAMPLES", "5000"))
@@ -124,7 +124,7 @@ def _rss_mib() -> float:
 
 def test_mutated_envelopes_get_client_faults_and_leave_the_ledger_consistent(db, server):
     db.add_user(USER, PASSWORD)
-    db.add_card_range(1, 2, prefix="777", width=7)
+    db.add_card_range(1, 2, prefix="777", width=7, issued=ISSUED)
     db.set_card_phone(CARD, "+79123456789")
     db.register_operation(request(CARD, receipt_sum="500.00", accrued="50.00"))
     session = requests.Session()
@@ -177,7 +177,7 @@ def mutated_row(draw, n: int) -> str:
 
 
 def test_mutated_journal_rows_are_rejects_and_never_stop_their_neighbours(db, tmp_path_factory):
-    db.add_card_range(1, 2, prefix="777", width=7)
+    db.add_card_range(1, 2, prefix="777", width=7, issued=ISSUED)
     folder = tmp_path_factory.mktemp("fuzz-journal")
     counter = {"n": 0}
 

@@ -19,7 +19,7 @@ from kkmtransfer.adapters.db import documents, entries, lots, operations
 from kkmtransfer.domain import errors
 from kkmtransfer.service_layer.nightly import Nightly
 
-from .helpers import request
+from .helpers import ISSUED, request
 
 MSK = ZoneInfo("Europe/Moscow")
 KKM = str(Path(sys.executable).parent / "kkmtransfer")
@@ -46,7 +46,7 @@ def history_total(db, card: str, field: str):
 
 @pytest.fixture
 def setup(db):
-    db.add_card_range(1, 3, "N", 0, None)
+    db.add_card_range(1, 3, "N", 0, None, issued=ISSUED)
     db.add_promotion("SHORT", "short", lifetime_days=2)    # Nov 10 receipt: usable Nov 10-11, burns Nov 12
     db.add_promotion("LATE", "late", delay_days=3)         # Nov 10 receipt: starts Nov 13
     db.clock.set(msk(2026, 11, 10))
@@ -137,7 +137,7 @@ def seed_expiring(db, cards: int, per_card: int, expires_at: datetime) -> int:
 
     now = datetime.now(timezone.utc)
     numbers = [f"K{i:06d}" for i in range(cards)]
-    db.add_card_range(0, cards - 1, "K", 6, None)
+    db.add_card_range(0, cards - 1, "K", 6, None, issued=ISSUED)
     ops = [dict(id=new_id(), card_number=n, kind="Sale", source="Offline", kkm="K", operation_time=now,
                 business_date=now.date(), content_hash="x", receipt_sum=D("0.00"), bonus_accrued=D("1.00") * per_card,
                 bonus_spent=D("0.00"), accumulation_delta=D("0.00"), receipt_count_delta=0, created_at=now)

@@ -18,11 +18,11 @@ from kkmtransfer.domain import errors
 from kkmtransfer.service_layer.services import ALREADY_APPLIED, APPLIED
 from kkmtransfer.service_layer.unit_of_work import UnitOfWork
 
-from .helpers import new_id, request
+from .helpers import ISSUED, new_id, request
 
 
 def test_the_one_statement_reads_give_what_the_separate_queries_gave(db):
-    db.add_card_range(1, 2, "R", 0, "Holder")
+    db.add_card_range(1, 2, "R", 0, "Holder", issued=ISSUED)
     db.add_promotion("P", "deferred", delay_days=3, lifetime_days=10)
     db.add_promotion("B", "burns", lifetime_days=1)
     t0 = datetime.now(timezone.utc) - timedelta(days=5)
@@ -57,7 +57,7 @@ def test_the_one_statement_reads_give_what_the_separate_queries_gave(db):
 def test_spends_racing_on_one_card_never_take_more_than_it_had(db):
     """Writers in threads (each its own transaction) on one card: each must read the lots as the writer
     before it committed them, after waiting for the lock."""
-    db.add_card_range(1, 1, "S", 0, None)
+    db.add_card_range(1, 1, "S", 0, None, issued=ISSUED)
     db.register_operation(request("S1", accrued="100.00"))
     n = 24
     barrier = threading.Barrier(n)
@@ -87,7 +87,7 @@ def test_a_writer_that_waited_for_the_lock_sees_the_operation_committed_meanwhil
     holds it with the operation written; when the first commits, the second answers AlreadyApplied."""
     if db.engine.dialect.name != "postgresql":
         pytest.skip("row locks: PostgreSQL")
-    db.add_card_range(1, 1, "L", 0, None)
+    db.add_card_range(1, 1, "L", 0, None, issued=ISSUED)
     db.register_operation(request("L1", accrued="10.00"))
     op = request("L1", receipt_sum="20.00", spent="10.00")
     outcome: list[object] = []
@@ -108,7 +108,7 @@ def test_a_writer_that_waited_for_the_lock_sees_the_operation_committed_meanwhil
 def test_a_spend_that_waited_for_the_lock_sees_the_balance_left_by_the_first(db):
     if db.engine.dialect.name != "postgresql":
         pytest.skip("row locks: PostgreSQL")
-    db.add_card_range(1, 1, "M", 0, None)
+    db.add_card_range(1, 1, "M", 0, None, issued=ISSUED)
     db.register_operation(request("M1", accrued="10.00"))
     outcome: list[object] = []
 
@@ -135,7 +135,7 @@ def test_the_same_id_inserted_by_another_card_meanwhile_is_a_conflict(db):
     """A concurrent writer on another card inserts the id first: the unique key decides, once."""
     if db.engine.dialect.name != "postgresql":
         pytest.skip("row locks: PostgreSQL")
-    db.add_card_range(1, 2, "N", 0, None)
+    db.add_card_range(1, 2, "N", 0, None, issued=ISSUED)
     op_id = new_id()
     outcome: list[object] = []
 
@@ -169,7 +169,7 @@ def test_a_soap_call_does_not_force_a_full_garbage_collection(soap, db, monkeypa
     GIL held, every thread of the worker stalled (the largest item of the online profile)."""
     import gc
 
-    db.add_card_range(1, 1, "G", 0, None)
+    db.add_card_range(1, 1, "G", 0, None, issued=ISSUED)
     calls = []
     real = gc.collect
     monkeypatch.setattr(gc, "collect", lambda *a, **k: calls.append(1) or real(*a, **k))

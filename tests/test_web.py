@@ -18,7 +18,7 @@ from kkmtransfer.service_layer.operators import Operators
 from kkmtransfer.web import create_app
 from kkmtransfer.web.formatting import NBSP, money
 
-from .helpers import request
+from .helpers import ISSUED, request
 from .web_helpers import PASSWORDS, SECRET, csrf_of, login, post_form
 
 CARD, OTHER = "7770000001", "7770000002"
@@ -26,7 +26,7 @@ CARD, OTHER = "7770000001", "7770000002"
 
 @pytest.fixture
 def console(db):
-    db.add_card_range(1, 3, "777", 7, "Иванов")
+    db.add_card_range(1, 3, "777", 7, "Иванов", issued=ISSUED)
     db.set_card_phone(CARD, "+7 (916) 123-45-67")
     ops = Operators(db)
     for role, password in PASSWORDS.items():

@@ -16,7 +16,7 @@ from kkmtransfer.service_layer.journal import JournalImport
 from kkmtransfer.service_layer.operators import Operators
 from kkmtransfer.web import create_app
 
-from .helpers import request
+from .helpers import ISSUED, request
 from .test_journal import line, journal
 from .test_web import audit_lines
 from .web_helpers import PASSWORDS, SECRET, csrf_of, login
@@ -44,7 +44,7 @@ def jobs(db):
 
 @pytest.fixture
 def app(db, jobs):
-    db.add_card_range(1, 5, "A", 3, None)
+    db.add_card_range(1, 5, "A", 3, None, issued=ISSUED)
     for role, password in PASSWORDS.items():
         Operators(db).add(role, role, password)
     return create_app(db, SECRET, dispatch=jobs)
@@ -180,7 +180,7 @@ def test_journal_rejects_are_listed_dismissed_and_retried(app, db, tmp_path, cap
     r = op.post(f"/journal/{ids[1]}/dismiss", data={"csrf_token": csrf_of(page), "reason": "карта выдана по ошибке"})
     assert r.status_code == 302
     assert [r["id"] for r in JournalImport(db).rejects()] == [ids[0]]
-    db.add_card_range(1, 1, "NEW", 0, None)
+    db.add_card_range(1, 1, "NEW", 0, None, issued=ISSUED)
     page = op.get("/journal/").get_data(as_text=True)
     assert op.post("/journal/retry", data={"csrf_token": csrf_of(page)}).status_code == 302
     assert JournalImport(db).rejects() == []
@@ -206,7 +206,7 @@ from .test_celery import client_app, redis_url, worker  # noqa: E402,F401  (a re
 def test_the_console_hands_an_action_to_the_celery_worker_and_shows_it_finish(db, worker, client_app):
     import time
 
-    db.add_card_range(1, 40, "W", 3, None)
+    db.add_card_range(1, 40, "W", 3, None, issued=ISSUED)
     Operators(db).add("operator", "operator", PASSWORDS["operator"])
     sent = []
 

@@ -21,7 +21,7 @@ from kkmtransfer.service_layer.operators import Operators
 from kkmtransfer.service_layer.services import BillingService
 
 from .conftest import IN_CI, PASSWORD, USER, zeep_client
-from .helpers import op_dict, request
+from .helpers import ISSUED, op_dict, request
 from .web_helpers import PASSWORDS, SECRET
 
 pytestmark = pytest.mark.browser
@@ -82,7 +82,7 @@ def site(engine, settings, clock, tmp_path_factory):
 @pytest.fixture
 def shop(db, site):
     """Cards, a register user, operators; a few receipts over SOAP."""
-    db.add_card_range(1, 12, "777", 7, "Петров Иван")
+    db.add_card_range(1, 12, "777", 7, "Петров Иван", issued=ISSUED)
     db.set_card_phone(CARD, PHONE)
     db.add_user(USER, PASSWORD)
     ops = Operators(db)

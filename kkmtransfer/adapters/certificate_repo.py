@@ -100,12 +100,17 @@ class CertificateRepository(Repository):
                                  .values(**values)).rowcount
 
     def update_between(self, first: str, last: str, where=(), **values) -> int:
-        return self.conn.execute(update(certificates).where(certificates.c.number.between(first, last), *where)
-                                 .values(**values)).rowcount
+        """The certificates numbered first..last as operators mean it (service_layer.card_range)."""
+        from ..service_layer.card_range import range_condition
+
+        return self.conn.execute(update(certificates).where(range_condition(first, last, certificates.c.number),
+                                                            *where).values(**values)).rowcount
 
     def count_between(self, first: str, last: str, where=()) -> int:
+        from ..service_layer.card_range import range_condition
+
         return self.conn.execute(select(func.count()).select_from(certificates)
-                                 .where(certificates.c.number.between(first, last), *where)).scalar_one()
+                                 .where(range_condition(first, last, certificates.c.number), *where)).scalar_one()
 
     def has_spend(self, lot_id: int) -> bool:
         return self.conn.execute(select(entries.c.id).where(entries.c.lot_id == lot_id,

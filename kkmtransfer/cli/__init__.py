@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -14,33 +13,11 @@ from ..domain import errors
 
 
 def _settings() -> Settings:
+    """The settings; the database URL is checked and normalised by config (postgres:// gets psycopg2)."""
     try:
-        settings = Settings.from_env()
+        return Settings.from_env()
     except ConfigError as exc:
         raise click.ClickException(str(exc))
-    return dataclasses.replace(settings, database_url=database_url(settings.database_url))
-
-
-def database_url(url: str) -> str:
-    """The configured URL, checked: one line that says what to do when it cannot be a database URL.
-    ``postgres://`` and ``postgresql://`` get the psycopg2 driver this package installs."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    example = "e.g. postgresql+psycopg2://user:password@host/dbname or sqlite:///var/kkmtransfer.sqlite3"
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        raise click.ClickException(f"KKMTRANSFER_DATABASE_URL is not a database URL ({example})")
-    if parsed.drivername in ("postgres", "postgresql"):
-        parsed = parsed.set(drivername="postgresql+psycopg2")
-    backend = parsed.get_backend_name()
-    if backend not in ("sqlite", "postgresql"):
-        raise click.ClickException(f"KKMTRANSFER_DATABASE_URL: unsupported database {parsed.drivername!r} ({example})")
-    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg2"):
-        raise click.ClickException(f"KKMTRANSFER_DATABASE_URL: driver {parsed.drivername!r} is not installed; "
-                                   f"use postgresql+psycopg2:// or sqlite:///")
-    return parsed.render_as_string(hide_password=False)
 
 
 def _existing_database(url: str) -> None:

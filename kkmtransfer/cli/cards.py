@@ -18,10 +18,17 @@ def cards():
 @click.option("--prefix", default="", help="Text put before each number, e.g. 2000.")
 @click.option("--width", default=0, type=click.IntRange(0, 32), help="Zero-pad the number to this many digits.")
 @click.option("--holder", default=None, help="Holder's display name for all the new cards.")
+@click.option("--issued", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="The day the cards were handed out, when before today (business time zone): receipts "
+                   "from that day on are accepted (KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE).")
 @domain_errors
-def cards_add_range(first, last, prefix, width, holder):
+def cards_add_range(first, last, prefix, width, holder, issued):
     """Create the cards PREFIX+N for N from --from to --to (group input). Existing ones are left alone."""
-    result = _billing().add_card_range(first, last, prefix, width, holder, actor=actor())
+    from datetime import datetime, time
+
+    billing = _billing()
+    since = None if issued is None else datetime.combine(issued.date(), time(0), tzinfo=billing.settings.tz)
+    result = billing.add_card_range(first, last, prefix, width, holder, actor=actor(), issued=since)
     click.echo(f"{len(result.created)} cards created, {len(result.skipped)} already existed")
     if result.created:
         click.echo(f"first {result.created[0]}, last {result.created[-1]}")

@@ -109,7 +109,7 @@ def _set_blocked(number, last, blocked: bool):
 
 @certificates.command("block")
 @click.argument("number")
-@click.option("--to", "last", help="Block the range NUMBER .. this number (as text).")
+@click.option("--to", "last", help="Block the range NUMBER .. this number (digit strings compare as numbers).")
 @domain_errors
 def certificates_block(number, last):
     """Block a certificate (or a range): it can be read, not redeemed nor sold."""
@@ -118,7 +118,7 @@ def certificates_block(number, last):
 
 @certificates.command("unblock")
 @click.argument("number")
-@click.option("--to", "last", help="Unblock the range NUMBER .. this number (as text).")
+@click.option("--to", "last", help="Unblock the range NUMBER .. this number (digit strings compare as numbers).")
 @domain_errors
 def certificates_unblock(number, last):
     """Unblock a certificate (or a range), also one locked by wrong PINs (the count starts again)."""

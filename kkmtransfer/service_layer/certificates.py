@@ -85,6 +85,16 @@ class CertificateReport:
                 - self.expired == self.closing)
 
 
+def _check_range(first: str, last: str) -> None:
+    """NUMBER --to LAST: LAST not before NUMBER, digit strings compared as numbers (card_range)."""
+    from .card_range import check_range
+
+    try:
+        check_range(first, last)
+    except errors.ValidationError:
+        raise errors.ValidationError(f"--to {last} is before the first number {first}") from None
+
+
 class CertificateService:
     def __init__(self, billing):
         self.billing = billing
@@ -315,16 +325,19 @@ class CertificateService:
         return RangeResult(created=new, skipped=sorted(existing))
 
     def count_range(self, first: str, last: str | None = None) -> int:
+        """How many certificates lie in first..last (as set_blocked reads the range)."""
+        if last is not None:
+            _check_range(first, last)
         with UnitOfWork(self.engine) as uow:
             return CertificateRepository(uow.conn).count_between(first, last or first)
 
     def set_blocked(self, first: str, last: str | None, blocked: bool, actor: str | None = None) -> int:
-        """Block or unblock one certificate or the range first..last (as text). Unblocking also clears
-        the count of wrong PINs. Returns how many changed."""
+        """Block or unblock one certificate or the range first..last (numbers compare as numbers, as for
+        cards: see card_range). Unblocking also clears the count of wrong PINs. Returns how many changed."""
         first = certificate_number(first, "NUMBER")
         last = certificate_number(last, "--to") if last else None
-        if last is not None and last < first:
-            raise errors.ValidationError("--to must not be before the first number")
+        if last is not None:
+            _check_range(first, last)
         values = dict(blocked=blocked, block_reason=OPERATOR_REASON if blocked else None)
         if not blocked:
             values["pin_failures"] = 0

@@ -76,9 +76,31 @@ def cashier_message(calc: Calculation, card: CardView, tz) -> str:
              f"(на карте {rub(b.bonus)})."]
     if calc.spent > 0:
         parts.append(f"К списанию: {rub(calc.spent)}.")
-    if b.next_expiry_date is not None and b.next_expiry_amount > 0:
-        parts.append(f"{b.next_expiry_date:%d.%m.%Y} сгорит {rub(b.next_expiry_amount)}.")
+    parts += _expiry_note(b)
     return " ".join(parts)
+
+
+def _expiry_note(b) -> list[str]:
+    if b.next_expiry_date is not None and b.next_expiry_amount > 0:
+        return [f"{b.next_expiry_date:%d.%m.%Y} сгорит {rub(b.next_expiry_amount)}."]
+    return []
+
+
+def operation_message(kind: str, accrued: Decimal, spent: Decimal, card: CardView, again: bool = False) -> str:
+    """RegisterOperation's Message for the cashier (CONTRACT.md, OperationResult.Message): what the receipt
+    accrued and spent (a Return: took back and gave back), the card's balance after it, what is deferred and
+    what burns next, in the words of CalculateReceipt's message."""
+    b = card.balances
+    if kind == "Return":
+        parts = [f"Возврат: снято бонусов {rub(accrued)}, возвращено на карту {rub(spent)}."]
+    else:
+        parts = [f"Начислено бонусов: {rub(accrued)}.", f"Списано бонусов: {rub(spent)}."]
+    if again:
+        parts.insert(0, "Чек уже был проведён, повторно не учтён.")
+    parts.append(f"Баланс: {rub(b.bonus)}.")
+    if b.bonus_pending > 0:
+        parts.append(f"Ожидает начисления: {rub(b.bonus_pending)}.")
+    return " ".join(parts + _expiry_note(b))
 
 
 class ProgramService:
@@ -165,12 +187,14 @@ class ProgramService:
     def calculate_receipt(self, request: ReceiptRequest) -> ReceiptCalculation:
         """Writes nothing: the program in force at the receipt's time, on the card as it is now."""
         now = self.billing.clock()
+        self.billing.check_plausible_time(request)  # the window RegisterOperation keeps, refused here already
         with UnitOfWork(self.engine) as uow:
             card = uow.repo.get_card(request.card_number)
             if card is None:
                 raise errors.CardNotFound(f"card {request.card_number} not found")
             if card["status"] != CardStatus.ACTIVE.value:
                 raise errors.CardBlocked(f"card {request.card_number} is blocked")
+            self.billing.check_card_existed(card, request.operation_time)
             ledger = CardLedger(uow.repo.load_lots(card["number"]), now)
             view = CardView(number=card["number"], status=CardStatus(card["status"]), holder=card["holder"],
                             balances=ledger.balances(self.settings.tz))

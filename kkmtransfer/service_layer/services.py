@@ -48,6 +48,24 @@ class CardRange:
     skipped: list[str]
 
 
+def _describe(grace: timedelta) -> str:
+    """30 days / 36 h / 90 min / 0 s, as an operator reads a configured grace."""
+    seconds = int(grace.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _message(kind: str, accrued, spent, view: CardView | None, again: bool = False) -> str | None:
+    """The cashier's line of a RegisterOperation answer (none without the card's balances: the journal)."""
+    from .program import operation_message
+
+    if view is None or accrued is None or spent is None:
+        return None
+    return operation_message(kind, accrued, spent, view, again)
+
+
 HISTORY_MAX_RECORDS = 1000  # GetCardOperations: the default and the upper limit of MaxRecords
 MIN_PASSWORD_LENGTH = 12
 
@@ -130,6 +148,21 @@ class BillingService:
                 f"OperationTime: at most {self.settings.max_future_hours} h ahead of the server's clock "
                 f"({now.isoformat(timespec='seconds')}), got {request.operation_time.isoformat()}")
 
+    def check_card_existed(self, card, operation_time: datetime) -> None:
+        """A receipt's OperationTime may not be before the card existed: its ``created_at`` less the grace
+        KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE (cards are often loaded after they were handed out); off when
+        the grace is None. Catches registers whose clock was reset (2000-01-01) or a year mistyped."""
+        grace = self.settings.optime_before_card_grace
+        if grace is None or card is None or card["created_at"] is None:
+            return
+        created = card["created_at"]
+        if operation_time < created - grace:
+            tz = self.settings.tz
+            raise errors.ValidationError(
+                f"OperationTime: {operation_time.isoformat()} is before card {card['number']} existed "
+                f"(in the server since {created.astimezone(tz):%Y-%m-%d %H:%M %Z}, "
+                f"{_describe(grace)} earlier accepted): check the register's clock")
+
     def register_operation(self, request: OperationRequest, source: Source = Source.ONLINE,
                            actor: str | None = None, *, spend_code: str | None = None) -> ApplyResult:
         """Apply a Sale or a Return exactly once. Retries once when a concurrent writer inserted the
@@ -155,7 +188,9 @@ class BillingService:
                 f"OperationId {request.operation_id} was already applied with different contents")
         view = self._view(repo, repo.get_card(existing["card_number"]), now) if with_view else None
         return ApplyResult(request.operation_id, ALREADY_APPLIED, view, existing["bonus_accrued"],
-                           existing["bonus_spent"])
+                           existing["bonus_spent"],
+                           _message(existing["kind"], existing["bonus_accrued"], existing["bonus_spent"], view,
+                                    again=True))
 
     def _register(self, request: OperationRequest, source: Source, actor: str | None = None,
                   spend_code: str | None = None) -> ApplyResult:
@@ -201,6 +236,7 @@ class BillingService:
             raise errors.CardNotFound(f"card {request.card_number} not found")
         if card["status"] != CardStatus.ACTIVE.value:
             raise errors.CardBlocked(f"card {request.card_number} is blocked")
+        self.check_card_existed(card, request.operation_time)
         if (source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0
                 and holds.confirming(repo, request) is None):  # a hold's confirmation: checked at ReserveBonus
             # before any write: a rejected code's record is committed alone (see spend_codes.keep_rejection)
@@ -253,7 +289,8 @@ class BillingService:
         receipts.save_lines(repo, request.operation_id, line_rows)
         view = self._view(repo, card, now, ledger) if with_view else None
         accrued = self._taken_back(ledger) if request.kind is Kind.RETURN else request.bonus_accrued
-        return ApplyResult(request.operation_id, APPLIED, view, accrued, request.bonus_spent)
+        return ApplyResult(request.operation_id, APPLIED, view, accrued, request.bonus_spent,
+                           _message(request.kind.value, accrued, request.bonus_spent, view))
 
     @staticmethod
     def _taken_back(ledger: CardLedger) -> Decimal:
@@ -356,7 +393,10 @@ class BillingService:
 
     # -- back office: cards ------------------------------------------------------------------
     def add_card_range(self, first: int, last: int, prefix: str = "", width: int = 0,
-                       holder: str | None = None, actor: str | None = None) -> CardRange:
+                       holder: str | None = None, actor: str | None = None,
+                       issued: datetime | None = None) -> CardRange:
+        """Create the cards; ``issued``: since when they exist (handed out before they were loaded here;
+        receipts from then on are accepted, see check_card_existed), default now."""
         if first < 0 or last < first:
             raise errors.ValidationError("--from must be >= 0 and --to must not be below --from")
         if last - first >= 1_000_000:
@@ -368,18 +408,25 @@ class BillingService:
         if any(len(n) > 32 for n in numbers):
             raise errors.ValidationError("card numbers are at most 32 characters")
         now = self.clock()
+        if issued is not None:
+            if issued.tzinfo is None:
+                raise errors.ValidationError("--issued: a time with an offset is required")
+            if issued > now:
+                raise errors.ValidationError(f"--issued {issued.isoformat()} is in the future")
+        created_at = issued or now
         with UnitOfWork(self.engine, write=True) as uow:
             existing = uow.repo.existing_card_numbers(numbers)
             new = [n for n in numbers if n not in existing]
             st = self.settings
             uow.repo.insert_cards([dict(number=n, status=CardStatus.ACTIVE.value, holder=holder, phone=None,
-                                        created_at=now, accumulation_delay_days=st.accumulation_delay_days,
+                                        created_at=created_at,
+                                        accumulation_delay_days=st.accumulation_delay_days,
                                         accumulation_lifetime_days=st.accumulation_lifetime_days,
                                         count_delay_days=st.count_delay_days,
                                         count_lifetime_days=st.count_lifetime_days) for n in new])
             if new:
                 audit.record(uow.conn, actor, "cards.add-range", f"{new[0]}..{new[-1]}", created=len(new),
-                             holder=holder)
+                             holder=holder, **({"issued": issued.isoformat()} if issued else {}))
             uow.commit()
         return CardRange(created=new, skipped=sorted(existing))
 
