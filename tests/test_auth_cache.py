@@ -261,3 +261,34 @@ def test_a_connection_idle_for_long_is_pinged_before_use(db, settings, monkeypat
         assert pings == [1]
     finally:
         engine.dispose()
+
+
+# -- one-statement reads without BEGIN/ROLLBACK ---------------------------------------------------------
+
+@pytest.mark.postgres
+def test_a_one_statement_read_leaves_no_autocommit_connection_in_the_pool(db, settings, engine):
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL")
+    from kkmtransfer.domain import errors
+    from kkmtransfer.service_layer.unit_of_work import UnitOfWork
+
+    db.add_card_range(1, 1, prefix="555", width=7)
+    engine.dispose()  # one pooled connection from here on: the one the read used
+    statements = []
+
+    def seen(_conn, _cursor, statement, *args):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        db.card_info("5550000001")
+        with pytest.raises(errors.CardNotFound):
+            db.card_info("5559999999")
+        assert [s.split()[0] for s in statements] == ["SELECT", "SELECT"]  # no BEGIN, no ROLLBACK
+        with engine.connect() as conn:
+            assert conn.connection.dbapi_connection.autocommit is False
+        with UnitOfWork(engine, write=True) as uow:  # a writer that does not commit writes nothing
+            uow.conn.execute(text("UPDATE cards SET holder = 'x' WHERE number = '5550000001'"))
+        assert db.card_info("5550000001").holder != "x"
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)

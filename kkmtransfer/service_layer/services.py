@@ -49,6 +49,7 @@ class CardRange:
     skipped: list[str]
 
 
+_UNREAD = object()  # apply(): the hold this operation confirms is not looked up yet
 HISTORY_MAX_RECORDS = 1000  # GetCardOperations: the default and the upper limit of MaxRecords
 MIN_PASSWORD_LENGTH = 12
 
@@ -79,8 +80,8 @@ class BillingService:
 
     def card_info(self, number: str) -> CardView:
         number = required_text(number, "CardNumber", 32)
-        with UnitOfWork(self.engine) as uow:
-            card, lots = uow.repo.card_with_lots(number)  # one statement
+        with UnitOfWork(self.engine, single_statement=True) as uow:
+            card, lots = uow.repo.card_with_lots(number)  # one statement: one snapshot, one round trip
         if card is None:
             raise errors.CardNotFound(f"card {number} not found")
         now = self.clock()
@@ -215,8 +216,10 @@ class BillingService:
             raise errors.CardNotFound(f"card {request.card_number} not found")
         if card["status"] != CardStatus.ACTIVE.value:
             raise errors.CardBlocked(f"card {request.card_number} is blocked")
-        if (source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0
-                and holds.confirming(repo, request) is None):  # a hold's confirmation: checked at ReserveBonus
+        hold = _UNREAD
+        if source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0:
+            hold = holds.confirming(repo, request)  # a Sale with a hold's OperationId confirms it
+        if hold is None:  # a spend that confirms no hold (a hold's confirmation: checked at ReserveBonus)
             # before any write: a rejected code's record is committed alone (see spend_codes.keep_rejection)
             self.spend_codes.check_spend(repo.conn, card, spend_code=spend_code, operation_id=request.operation_id,
                                          kkm=request.kkm, who=actor, now=now)
@@ -229,7 +232,8 @@ class BillingService:
             request, line_rows = receipts.return_with_lines(repo, request)
         promotion = self._promotion(repo, request, day)
         rules = repo.card_rules(card)
-        hold = holds.confirming(repo, request)  # a Sale with a hold's OperationId confirms it
+        if hold is _UNREAD:
+            hold = holds.confirming(repo, request)  # a Sale with a hold's OperationId confirms it
         hold_moves = 0
         if request.kind is Kind.SALE:
             held = holds.held_lot_ids(repo, hold)
@@ -538,7 +542,7 @@ class BillingService:
         cached = self.credentials.get(name, password)
         if cached is not None:
             return cached
-        with UnitOfWork(self.engine) as uow:
+        with UnitOfWork(self.engine, single_statement=True) as uow:
             user = uow.repo.get_user(name)
         if user is None or user["disabled"]:
             passwords.verify_password(name, password, passwords.DUMMY_HASH)  # same cost either way
