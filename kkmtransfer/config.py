@@ -20,6 +20,7 @@
 | KKMTRANSFER_AUTH_MAX_FAILURES   | 5 failed logins (per user name and per client address) before throttling |
 | KKMTRANSFER_AUTH_WINDOW_SECONDS | 300: failures older than this are forgotten |
 | KKMTRANSFER_AUTH_MAX_DELAY_SECONDS | 300: the longest refusal (1 s, 2 s, 4 s … after the limit) |
+| KKMTRANSFER_AUTH_CACHE_TTL      | 5: seconds a verified register login (and its KKM/store binding) is reused in a process; 0: off |
 | KKMTRANSFER_TRUSTED_PROXIES     | 127.0.0.1,::1: from these, the client address is the last X-Forwarded-For entry |
 | KKMTRANSFER_SPEND_CODE          | off / all / per-card: which cards need an SMS code to spend bonuses |
 | KKMTRANSFER_SPEND_CODE_LENGTH / _TTL_SECONDS / _SECRET | 6 digits / 300 s / empty: a key kept in the database |
@@ -115,6 +116,7 @@ class Settings:
     auth_max_failures: int = 5
     auth_window_seconds: int = 300
     auth_max_delay_seconds: int = 300
+    auth_cache_ttl: float = 5.0
     trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
     # SMS codes before spending bonuses (see kkmtransfer.domain.spend_codes)
     spend_code: str = "off"
@@ -145,6 +147,8 @@ class Settings:
                      "auth_max_failures", "auth_window_seconds", "auth_max_delay_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"KKMTRANSFER_{name.upper()} must be positive")
+        if not 0 <= self.auth_cache_ttl <= 3600:
+            raise ConfigError("KKMTRANSFER_AUTH_CACHE_TTL must be 0 (off) to 3600 seconds")
         if self.max_future_hours < 0:
             raise ConfigError("KKMTRANSFER_MAX_FUTURE_HOURS must be >= 0")
         if self.public_url is not None and not re.fullmatch(r"https?://[^\s\"'<>]+", self.public_url):
@@ -197,6 +201,15 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{name}: not a whole number: {raw!r}") from exc
 
+        def seconds(name: str, default: float) -> float:
+            raw = env.get(name, "")
+            if raw.strip() == "":
+                return default
+            try:
+                return float(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: not a number of seconds: {raw!r}") from exc
+
         return cls(
             database_url=url,
             timezone_name=env.get("KKMTRANSFER_TIMEZONE") or "Europe/Moscow",
@@ -221,6 +234,7 @@ class Settings:
             auth_max_failures=whole("KKMTRANSFER_AUTH_MAX_FAILURES", 5),
             auth_window_seconds=whole("KKMTRANSFER_AUTH_WINDOW_SECONDS", 300),
             auth_max_delay_seconds=whole("KKMTRANSFER_AUTH_MAX_DELAY_SECONDS", 300),
+            auth_cache_ttl=seconds("KKMTRANSFER_AUTH_CACHE_TTL", 5.0),
             trusted_proxies=tuple(a.strip() for a in (env.get("KKMTRANSFER_TRUSTED_PROXIES")
                                                       or "127.0.0.1,::1").split(",") if a.strip()),
             spend_code=(env.get("KKMTRANSFER_SPEND_CODE") or "off").strip().lower(),

@@ -95,7 +95,9 @@ def database_url(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def settings(database_url) -> Settings:
-    return Settings(database_url=database_url)
+    # auth_cache_ttl=0: these tests change register users between and within tests, from other processes
+    # too (the CLI), and expect the change at once; the credential cache has its own tests (test_auth_cache.py)
+    return Settings(database_url=database_url, auth_cache_ttl=0)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ exact on both databases; times are stored as naive UTC (``UTCDateTime``) and com
 """
 from __future__ import annotations
 
+import select as _select
+import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +29,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.types import TypeDecorator
 
@@ -493,8 +496,55 @@ def make_engine(url: str, **kwargs) -> Engine:
         engine = create_engine(url, **kwargs)
         _sqlite_tuning(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if not kwargs.get("pool_pre_ping"):
+        _liveness_check(engine)
+    return engine
+
+
+# A pooled connection idle longer than this is pinged (a round trip) before use; a younger one is only
+# checked for a closed socket, which costs no round trip.
+IDLE_PING_SECONDS = 30.0
+
+
+def _socket_says_closed(dbapi_conn) -> bool:
+    """True when the server has closed this idle connection or sent something on it. An idle PostgreSQL
+    connection (no LISTEN here) receives nothing until it sends: a readable socket means the backend was
+    terminated (``pg_terminate_backend``, a database restart, a crash: its FATAL message or the end of the
+    stream is waiting). A poll of the socket, no round trip."""
+    if getattr(dbapi_conn, "closed", 0):
+        return True
+    fd = dbapi_conn.fileno()
+    poller = _select.poll()
+    poller.register(fd, _select.POLLIN | _select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+def _liveness_check(engine: Engine) -> None:
+    """Instead of ``pool_pre_ping`` (BEGIN + SELECT 1, a round trip at every checkout): a connection whose
+    socket shows the server closed it, or that failed a ping after ``IDLE_PING_SECONDS`` idle, is replaced
+    by a fresh one at checkout (the pool's DisconnectionError protocol), before the caller sends anything.
+    A connection that dies during a statement is still invalidated by SQLAlchemy's disconnect handling,
+    with every older connection of the pool."""
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn, record):
+        if record is not None:
+            record.info["kkm_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn, record, _proxy):
+        idle_since = record.info.pop("kkm_idle_since", None)
+        if idle_since is None:  # a fresh connection
+            return
+        try:
+            dead = _socket_says_closed(dbapi_conn)
+            if not dead and time.monotonic() - idle_since > IDLE_PING_SECONDS:
+                dead = not engine.dialect.do_ping(dbapi_conn)
+                dbapi_conn.rollback()
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the connection is not to be used
+            raise sa_exc.DisconnectionError(f"pooled connection unusable: {exc}") from exc
+        if dead:
+            raise sa_exc.DisconnectionError("the database closed this pooled connection (restart or terminate)")
 
 
 def _sqlite_tuning(engine: Engine) -> None:

@@ -21,6 +21,7 @@ from ..domain.certificates import ACCOUNT_STATUS as CERTIFICATE_ACCOUNT  # noqa:
 class Repository:
     def __init__(self, conn: Connection):
         self.conn = conn
+        self._holds_read: dict[str, dict | None] = {}  # hold_named(): the holds lock_card_for read already
 
     # -- cards -------------------------------------------------------------------------------
     def get_card(self, number: str, *, lock: bool = False):
@@ -38,7 +39,8 @@ class Repository:
 
     def lock_card_for(self, number: str, operation_id: str) -> tuple[dict | None, dict | None, list[Lot] | None]:
         """What applying an operation to a card needs, read under the card's lock in one round trip:
-        (the operation with this id if it exists already, the card row, the card's lots).
+        (the operation with this id if it exists already, the card row, the card's lots). The hold named
+        by the same id is read with them and answered by ``hold_named``.
 
         On PostgreSQL the lock (``SELECT ... FOR UPDATE``) and the read are two statements sent at once:
         the read is a statement of its own, so it takes its snapshot after the lock is granted and sees
@@ -47,12 +49,19 @@ class Repository:
         database's write lock already. When the card does not exist the operation is looked up alone."""
         params = {"number": number, "operation_id": operation_id}
         stmt = _LOCK_AND_READ if self.conn.dialect.name == "postgresql" else _CARD_WITH_LOTS_AND_OPERATION
-        card, lots, existing = self._card_rows(stmt, params)
+        card, lots, existing = self._card_rows(stmt, params, hold_id=operation_id)
         if card is None:
             return self.get_operation(operation_id), None, None
         return existing, card, lots
 
-    def _card_rows(self, stmt, params) -> tuple[dict | None, list[Lot], dict | None]:
+    def hold_named(self, operation_id: str):
+        """The hold (ReserveBonus) whose id is this OperationId, or None: as ``lock_card_for`` read it under
+        the card's lock when it did (once), else read now."""
+        if operation_id in self._holds_read:
+            return self._holds_read.pop(operation_id)
+        return self.conn.execute(select(holds).where(holds.c.id == operation_id)).mappings().first()
+
+    def _card_rows(self, stmt, params, hold_id: str | None = None) -> tuple[dict | None, list[Lot], dict | None]:
         rows = self.conn.execute(stmt, params).all()
         if not rows:
             return None, [], None
@@ -63,6 +72,9 @@ class Repository:
         existing = None
         if "o_id" in first and first["o_id"] is not None:
             existing = {c.name: first[f"o_{c.name}"] for c in operations.c}
+        if hold_id is not None and "h_id" in first:
+            self._holds_read[hold_id] = ({c.name: first[f"h_{c.name}"] for c in holds.c}
+                                         if first["h_id"] is not None else None)
         found = [Lot(id=r.l_id, measure=Measure(r.l_measure), remaining=r.l_remaining,
                      available_from=r.l_available_from, expires_at=r.l_expires_at, exclusive=r.l_exclusive)
                  for r in rows if r.l_id is not None]
@@ -332,9 +344,11 @@ def _card_read(with_operation: bool, lock_first: bool = False):
              for name in ("id", "measure", "remaining", "available_from", "expires_at", "exclusive")]
     joins = ("FROM cards c LEFT OUTER JOIN lots l ON l.card_number = c.number "
              "AND (l.remaining <> 0 OR (l.available_from IS NULL AND l.expires_at IS NULL))")
-    if with_operation:
+    if with_operation:  # and the hold of that id (a Sale with a hold's OperationId confirms it)
         cols += [(f"o.{c.name}", f"o_{c.name}", c.type) for c in operations.c]
-        joins += " LEFT OUTER JOIN operations o ON o.id = :operation_id"
+        cols += [(f"h.{c.name}", f"h_{c.name}", c.type) for c in holds.c]
+        joins += (" LEFT OUTER JOIN operations o ON o.id = :operation_id"
+                  " LEFT OUTER JOIN holds h ON h.id = :operation_id")
     sql = (f"SELECT {', '.join(f'{expr} AS {label}' for expr, label, _ in cols)} {joins} "
            "WHERE c.number = :number ORDER BY l.id")
     if lock_first:  # PostgreSQL only: two statements, the rows are the second one's
@@ -454,6 +468,12 @@ class BatchRepository(Repository):
         if hold_id in self._hold_ids:
             return self._holds.get(hold_id)
         return super().get_hold(hold_id)
+
+    def hold_named(self, operation_id: str):
+        """As ``get_hold``: the batch read its holds in one statement."""
+        if operation_id in self._hold_ids:
+            return self._holds.get(operation_id)
+        return super().hold_named(operation_id)
 
     def get_promotion(self, code: str) -> Promotion | None:
         if code not in self._promotions:

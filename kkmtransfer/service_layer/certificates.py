@@ -160,13 +160,13 @@ class CertificateService:
 
     # -- registering ---------------------------------------------------------------------------
     def register(self, request: CertificateOperationRequest, source: Source = Source.ONLINE,
-                 actor: str | None = None) -> CertificateResult:
-        """``actor``: the register user; one bound to KKM codes or a store posts only for them."""
+                 actor: str | None = None, principal=None) -> CertificateResult:
+        """``actor``: the register user; one bound to KKM codes or a store posts only for them
+        (``principal``: what authentication found for it, else the users row is read)."""
         for attempt in (1, 2):
             try:
                 with UnitOfWork(self.engine, write=True) as uow:
-                    if actor is not None:
-                        BillingService._check_scope(uow.repo.get_user(actor), request)
+                    BillingService.check_scope(uow.repo, actor, principal, request)
                     result = self.apply(uow, request, source, self.clock(), actor)
                     uow.commit()
                 return result

@@ -87,7 +87,7 @@ def release(repo, hold, now: datetime, ledger: CardLedger | None = None) -> Card
 def confirming(repo, request: OperationRequest):
     """The hold a Sale confirms (None when its OperationId names no hold), checked: same card, not above
     the hold. Call with the card locked."""
-    hold = repo.get_hold(request.operation_id)  # the journal's batch repository answers from one read
+    hold = repo.hold_named(request.operation_id)  # read with the card's lock when it could be
     if hold is None:
         return None
     if request.kind is not Kind.SALE:

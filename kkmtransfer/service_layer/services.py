@@ -30,6 +30,7 @@ from ..domain.model import (
 )
 from ..domain.certificates import ACCOUNT_PREFIX
 from . import audit, holds, passwords, receipts
+from .credentials import CredentialCache, Principal
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def _message(kind: str, accrued, spent, view: CardView | None, again: bool = Fal
     return operation_message(kind, accrued, spent, view, again)
 
 
+_UNREAD = object()  # apply(): the hold this operation confirms is not looked up yet
 HISTORY_MAX_RECORDS = 1000  # GetCardOperations: the default and the upper limit of MaxRecords
 MIN_PASSWORD_LENGTH = 12
 
@@ -76,6 +78,8 @@ class BillingService:
         self.settings = settings
         self.clock = clock
         self._spend_codes = None
+        # verified register logins, reused for KKMTRANSFER_AUTH_CACHE_TTL seconds (see credentials.py)
+        self.credentials = CredentialCache(settings.auth_cache_ttl)
 
     @property
     def spend_codes(self):
@@ -94,8 +98,8 @@ class BillingService:
 
     def card_info(self, number: str) -> CardView:
         number = required_text(number, "CardNumber", 32)
-        with UnitOfWork(self.engine) as uow:
-            card, lots = uow.repo.card_with_lots(number)  # one statement
+        with UnitOfWork(self.engine, single_statement=True) as uow:
+            card, lots = uow.repo.card_with_lots(number)  # one statement: one snapshot, one round trip
         if card is None:
             raise errors.CardNotFound(f"card {number} not found")
         now = self.clock()
@@ -164,14 +168,16 @@ class BillingService:
                 f"{_describe(grace)} earlier accepted): check the register's clock")
 
     def register_operation(self, request: OperationRequest, source: Source = Source.ONLINE,
-                           actor: str | None = None, *, spend_code: str | None = None) -> ApplyResult:
+                           actor: str | None = None, *, spend_code: str | None = None,
+                           principal: Principal | None = None) -> ApplyResult:
         """Apply a Sale or a Return exactly once. Retries once when a concurrent writer inserted the
         same OperationId first (then the answer is AlreadyApplied or OperationConflict). ``actor`` (the
         HTTP user) is stored with the operation; a user bound to KKM codes or a store may post only
-        for those. ``spend_code``: the SMS code for a spend (KKMTRANSFER_SPEND_CODE)."""
+        for those: ``principal`` (what ``authenticate`` answered for ``actor``) says which, otherwise the
+        users row is read. ``spend_code``: the SMS code for a spend (KKMTRANSFER_SPEND_CODE)."""
         for attempt in (1, 2):
             try:
-                return self._register(request, source, actor, spend_code)
+                return self._register(request, source, actor, spend_code, principal)
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -193,13 +199,12 @@ class BillingService:
                                     again=True))
 
     def _register(self, request: OperationRequest, source: Source, actor: str | None = None,
-                  spend_code: str | None = None) -> ApplyResult:
+                  spend_code: str | None = None, principal: Principal | None = None) -> ApplyResult:
         from .spend_codes import keep_rejection, keeping_rejections
 
         try:
             with UnitOfWork(self.engine, write=True) as uow, keeping_rejections(uow):
-                if actor is not None:
-                    self._check_scope(uow.repo.get_user(actor), request)
+                self.check_scope(uow.repo, actor, principal, request)
                 result = self.apply(uow.repo, request, source, self.clock(), actor=actor, spend_code=spend_code)
                 uow.commit()
         except errors.DomainError as exc:
@@ -211,18 +216,28 @@ class BillingService:
         return result
 
     @staticmethod
-    def _check_scope(user, request: OperationRequest) -> None:
+    def check_scope(repo: Repository, actor: str | None, principal: Principal | None, request) -> None:
+        """The scope check of ``actor``'s operation: from ``principal`` when the caller has it (the
+        authenticated user of this request, see ``authenticate``), from the users row otherwise."""
+        if actor is None:
+            return
+        if principal is None or principal.name != actor:
+            row = repo.get_user(actor)
+            principal = Principal.from_row(row) if row is not None else None
+        BillingService._check_scope(principal, request)
+
+    @staticmethod
+    def _check_scope(user: Principal | None, request) -> None:
         """A user bound to KKM codes or a store posts only for them (unbound users: any)."""
         if user is None:
             return
-        kkms = [k for k in (user["kkms"] or "").split(",") if k]
-        if kkms and request.kkm not in kkms:
+        if user.kkms and request.kkm not in user.kkms:
             raise errors.ValidationError(
-                f"KKM {request.kkm!r} is not one of the registers user {user['name']} may post for "
-                f"({', '.join(kkms)})")
-        if user["store"] and request.store != user["store"]:
+                f"KKM {request.kkm!r} is not one of the registers user {user.name} may post for "
+                f"({', '.join(user.kkms)})")
+        if user.store and request.store != user.store:
             raise errors.ValidationError(
-                f"Store {request.store!r} is not the store user {user['name']} may post for ({user['store']})")
+                f"Store {request.store!r} is not the store user {user.name} may post for ({user.store})")
 
     def apply(self, repo: Repository, request: OperationRequest, source: Source, now: datetime,
               *, with_view: bool = True, actor: str | None = None, spend_code: str | None = None) -> ApplyResult:
@@ -237,8 +252,10 @@ class BillingService:
         if card["status"] != CardStatus.ACTIVE.value:
             raise errors.CardBlocked(f"card {request.card_number} is blocked")
         self.check_card_existed(card, request.operation_time)
-        if (source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0
-                and holds.confirming(repo, request) is None):  # a hold's confirmation: checked at ReserveBonus
+        hold = _UNREAD
+        if source is Source.ONLINE and request.kind is Kind.SALE and request.bonus_spent > 0:
+            hold = holds.confirming(repo, request)  # a Sale with a hold's OperationId confirms it
+        if hold is None:  # a spend that confirms no hold (a hold's confirmation: checked at ReserveBonus)
             # before any write: a rejected code's record is committed alone (see spend_codes.keep_rejection)
             self.spend_codes.check_spend(repo.conn, card, spend_code=spend_code, operation_id=request.operation_id,
                                          kkm=request.kkm, who=actor, now=now)
@@ -251,7 +268,8 @@ class BillingService:
             request, line_rows = receipts.return_with_lines(repo, request)
         promotion = self._promotion(repo, request, day)
         rules = repo.card_rules(card)
-        hold = holds.confirming(repo, request)  # a Sale with a hold's OperationId confirms it
+        if hold is _UNREAD:
+            hold = holds.confirming(repo, request)  # a Sale with a hold's OperationId confirms it
         hold_moves = 0
         if request.kind is Kind.SALE:
             held = holds.held_lot_ids(repo, hold)
@@ -549,6 +567,7 @@ class BillingService:
                 uow.repo.update_user(name, **scope)
             audit.record(uow.conn, actor, "users.add" if created else "users.password", name, **scope)
             uow.commit()
+        self.credentials.forget(name)
         return created
 
     def disable_user(self, name: str, actor: str | None = None) -> None:
@@ -557,18 +576,29 @@ class BillingService:
                 raise errors.ValidationError(f"no user {name}")
             audit.record(uow.conn, actor, "users.disable", name)
             uow.commit()
+        self.credentials.forget(name)
 
     def list_users(self):
         with UnitOfWork(self.engine) as uow:
             return [dict(r) for r in uow.repo.list_users()]
 
-    def authenticate(self, name: str, password: str) -> bool:
-        with UnitOfWork(self.engine) as uow:
+    def authenticate(self, name: str, password: str) -> Principal | None:
+        """The register user these credentials belong to, with its scope, or None. A success is reused
+        for KKMTRANSFER_AUTH_CACHE_TTL seconds without the database (``self.credentials``); a failure
+        never is."""
+        cached = self.credentials.get(name, password)
+        if cached is not None:
+            return cached
+        with UnitOfWork(self.engine, single_statement=True) as uow:
             user = uow.repo.get_user(name)
         if user is None or user["disabled"]:
             passwords.verify_password(name, password, passwords.DUMMY_HASH)  # same cost either way
-            return False
-        return passwords.verify_password(name, password, user["password_hash"])
+            return None
+        if not passwords.verify_password(name, password, user["password_hash"]):
+            return None
+        principal = Principal.from_row(user)
+        self.credentials.put(name, password, principal)
+        return principal
 
     # -- verification ------------------------------------------------------------------------
     def lot_drift(self):

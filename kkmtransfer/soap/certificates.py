@@ -88,9 +88,9 @@ def certificate_request(op: CertificateOperation) -> CertificateOperationRequest
         original_operation_id=op.OriginalOperationId)
 
 
-def register(svc, op: CertificateOperation, actor: str | None = None) -> CertificateOperationResult:
+def register(svc, op: CertificateOperation, actor: str | None = None, principal=None) -> CertificateOperationResult:
     request = certificate_request(op)
     svc.billing.check_plausible_time(request)  # online only, as for cards: at most N hours ahead
-    result = svc.register(request, actor=actor)
+    result = svc.register(request, actor=actor, principal=principal)
     return CertificateOperationResult(OperationId=result.operation_id, Status=result.status,
                                       Certificate=certificate_info(result.certificate))

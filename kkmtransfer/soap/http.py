@@ -19,7 +19,7 @@ from lxml import etree
 from .echo import ECHO_PATH, echo_app
 from .. import metrics
 from .envelope import SoapFault, fault_envelope, inspect_envelope
-from .service import make_soap_app
+from .service import PRINCIPAL, make_soap_app
 from .throttle import AuthThrottle
 from .wsdl import build_wsdl
 
@@ -249,11 +249,11 @@ class KKMTransferApp:
             return _plain(start, "429 Too Many Requests",
                           "Too many failed logins; try again later", [("Retry-After", str(int(wait) + 1))])
         try:
-            ok = creds is not None and self.billing.authenticate(*creds)
+            principal = self.billing.authenticate(*creds) if creds is not None else None
         except Exception:  # noqa: BLE001 - the database is down: a Server fault, not a 401 or an HTML page
             log.exception("request %s (user %s): the credential check failed", request_id, printable(user, 64))
             return _fault(start, "Server", f"Internal server error; request id {request_id}")
-        if not ok:
+        if principal is None:
             if creds is not None:
                 self.throttle.failure(user, address)
             log.info("request %s: 401 for %s", request_id, printable(user, 64) if creds else "(no credentials)")
@@ -261,6 +261,7 @@ class KKMTransferApp:
                           [("WWW-Authenticate", 'Basic realm="KKMTransfer", charset="UTF-8"')])
         self.throttle.success(user, address)
         environ["REMOTE_USER"] = user
+        environ[PRINCIPAL] = principal
 
         limit = self.settings.max_request_bytes
         try:

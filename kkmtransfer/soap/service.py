@@ -26,6 +26,8 @@ from ..domain.model import ApplyResult, CardView, OperationRequest, OperationVie
 from .spend_code import SPEND_CODE_FAULTS, SpendCodeField, SpendCodeResult, request_spend_code
 from . import certificates as cert_soap
 
+PRINCIPAL = "kkmtransfer.principal"  # WSGI environ key: the authenticated register user and its scope (http.py)
+
 NS = "urn:kkmtransfer:1"
 SERVICE_NAME = "KKMTransfer"
 
@@ -228,8 +230,10 @@ class KKMTransfer(ServiceBase):
         def run():
             request = operation_request(Operation)
             svc.check_plausible_time(request)
-            result: ApplyResult = svc.register_operation(request, actor=ctx.transport.req_env.get("REMOTE_USER"),
-                                                         spend_code=Operation.SpendCode)
+            env = ctx.transport.req_env
+            result: ApplyResult = svc.register_operation(request, actor=env.get("REMOTE_USER"),
+                                                         spend_code=Operation.SpendCode,
+                                                         principal=env.get(PRINCIPAL))
             if result.status == "Applied":
                 metrics.record_applied(request.kind, "online")
             return OperationResult(OperationId=result.operation_id, Status=result.status,
@@ -285,7 +289,8 @@ class KKMTransfer(ServiceBase):
          _returns=cert_soap.CertificateOperationResult)
     def RegisterCertificateOperation(ctx, Operation):
         svc = ctx.app.certificates
-        return _call(ctx, lambda: cert_soap.register(svc, Operation, ctx.transport.req_env.get("REMOTE_USER")))
+        env = ctx.transport.req_env
+        return _call(ctx, lambda: cert_soap.register(svc, Operation, env.get("REMOTE_USER"), env.get(PRINCIPAL)))
 
 
 CONTRACT_FAULTS = {
