@@ -57,6 +57,11 @@ class CancelReport:
     taken_back: Decimal = ZERO
     kept: Decimal = ZERO
     kept_by_card: list[tuple[str, Decimal]] = field(default_factory=list)
+    already: bool = False  # cancelled before this call, or finished by another cancel running at the same time
+
+
+class CancelBusy(errors.ValidationError):
+    """Another cancel of the same action claimed it first (and is running now)."""
 
 
 @dataclass(frozen=True)
@@ -352,9 +357,17 @@ class Actions:
             raise errors.ValidationError(f"action {action_id} has not finished: run it to the end first")
         now = self.billing.clock()
         if row["status"] == DONE:
+            # claim the cancel with a conditional UPDATE: of two cancels given at once, one moves the action
+            # to "cancelling", the other is told so and changes nothing
             with UnitOfWork(self.engine, write=True) as uow:
-                uow.conn.execute(update(actions).where(actions.c.id == action_id).values(status=CANCELLING))
+                claimed = uow.conn.execute(update(actions).where(actions.c.id == action_id, actions.c.status == DONE)
+                                           .values(status=CANCELLING)).rowcount == 1
                 uow.commit()
+            if not claimed:
+                raise CancelBusy(f"action {action_id} is being cancelled by another command right now: "
+                                 "nothing changed by this one")
+        # a cancel found "cancelling" resumes one that stopped half-way (or helps one still running): every
+        # batch re-reads its cards' state under their locks, so no card is reversed twice
         while batch := self._pending(action_id, DONE):
             if row["kind"] == CREDIT:
                 self._cancel_credit_batch(action_id, batch, now)
@@ -362,14 +375,14 @@ class Actions:
                 self._cancel_zero_batch(action_id, batch, now)
             self.progress(len(batch))
         with UnitOfWork(self.engine, write=True) as uow:
-            uow.conn.execute(update(actions).where(actions.c.id == action_id, actions.c.status == CANCELLING)
-                             .values(status=CANCELLED, cancelled_at=now))
+            finished = uow.conn.execute(update(actions).where(actions.c.id == action_id, actions.c.status == CANCELLING)
+                                        .values(status=CANCELLED, cancelled_at=now)).rowcount == 1
             result = uow.conn.execute(select(action_cards.c.card_number, action_cards.c.amount, action_cards.c.kept)
                                       .where(action_cards.c.action_id == action_id,
                                              action_cards.c.state == CANCELLED)
                                       .order_by(action_cards.c.card_number)).all()
             uow.commit()
-        report = CancelReport(action_id, cards=len(result))
+        report = CancelReport(action_id, cards=len(result), already=not finished)
         for number, moved, kept in result:
             kept = kept or ZERO
             report.kept += kept
@@ -382,6 +395,9 @@ class Actions:
         """Lock the cards and write one Annulment per card; ({card: the action's operation},
         {the action's operation: its annulment})."""
         self._lock(conn, batch)
+        batch[:] = self._still(conn, action_id, batch, DONE)  # another cancel may have reversed some meanwhile
+        if not batch:
+            return {}, {}
         originals = {n: self._op_id(action_id, n) for n in batch}
         ids = self._ops(conn, action_id, batch, Kind.ANNULMENT, "cancel/", f"cancel of action {action_id}",
                         original=originals)
@@ -391,6 +407,8 @@ class Actions:
         with UnitOfWork(self.engine, write=True) as uow:
             conn = uow.conn
             credit_ops, cancel_of = self._cancel_ops(conn, action_id, batch)
+            if not batch:
+                return
             live = and_(lots.c.origin_operation_id.in_(list(credit_ops.values())), lots.c.remaining > 0,
                         or_(lots.c.expires_at.is_(None), lots.c.expires_at > now))
             left = conn.execute(select(lots.c.id, lots.c.card_number, lots.c.origin_operation_id, lots.c.remaining)
@@ -413,6 +431,8 @@ class Actions:
         with UnitOfWork(self.engine, write=True) as uow:
             conn = uow.conn
             zero_ops, cancel_of = self._cancel_ops(conn, action_id, batch)
+            if not batch:
+                return
             burnt = conn.execute(select(entries.c.operation_id, entries.c.lot_id, entries.c.card_number,
                                         entries.c.amount)
                                  .where(entries.c.operation_id.in_(list(zero_ops.values())))).all()
