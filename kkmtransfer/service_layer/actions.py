@@ -18,11 +18,12 @@ from decimal import Decimal
 from typing import Callable
 
 from sqlalchemy import (BigInteger, String, and_, bindparam, case, exists, func, insert, literal, or_, select,
-                        type_coerce, update)
+                        text, type_coerce, update)
 from sqlalchemy.exc import IntegrityError
 
 from ..adapters.server_ids import IdTaken, engine_namespace, server_id
-from ..adapters.db import action_cards, actions, cards, entries, is_postgresql, lots, operations
+from ..adapters.db import (Cents, UTCDateTime, action_cards, actions, cards, entries, is_postgresql, lots,
+                           operations)
 from ..adapters.repository import CERTIFICATE_ACCOUNT
 from ..domain import errors
 from ..domain.ledger import CardLedger
@@ -260,6 +261,8 @@ class Actions:
         now = self.billing.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             conn = uow.conn
+            if self.postgres:
+                return self._credit_batch_pg(uow, action_id, batch, amount, expires_at, note, now)
             self._lock(conn, batch)
             batch = self._still(conn, action_id, batch, PENDING)
             if not batch:
@@ -291,6 +294,35 @@ class Actions:
                                                     action_cards.c.card_number.in_(batch))
                          .values(state=DONE, amount=amount))
             uow.commit()
+
+    def _credit_batch_pg(self, uow, action_id, batch, amount, expires_at, note, now):
+        """PostgreSQL: the batch in three round trips whatever its size. The cards are locked in number order,
+        then (a second statement of the same round trip, so that its snapshot is taken after the locks are
+        granted) the batch's cards still pending and which of them owe bonus are read; one statement with
+        data-modifying CTEs then writes the operations (ids derived in Python, sent as an array), the new lots,
+        their entries and the cards' progress. An operation id held by another record makes the count differ:
+        IdTaken, and the batch is rolled back."""
+        conn = uow.conn
+        pending = conn.execute(_PG_LOCK_PENDING, {"batch": batch, "action": action_id, "pending": PENDING,
+                                                  "bonus": Measure.BONUS.value}).all()
+        if not pending:
+            return
+        numbers = [n for n, _ in pending]
+        ids = [self._op_id(action_id, n) for n in numbers]
+        taken = conn.execute(_PG_CREDIT, {
+            "cards": numbers, "ids": ids, "plain": [not debtor for _, debtor in pending], "action": action_id,
+            "kind": Kind.ACTION.value, "source": Source.BACKOFFICE.value, "now": now,
+            "day": now.astimezone(self.tz).date(), "amount": amount, "note": note[:500], "expires": expires_at,
+            "bonus": Measure.BONUS.value, "role": Role.CREDIT.value, "done": DONE}).scalar_one()
+        if taken:
+            raise IdTaken(f"{taken} operation(s) hold the ids of cards' operations of action {action_id}: "
+                          "run `kkmtransfer ledger verify` and report it")
+        for (n, debtor), op_id in zip(pending, ids):
+            if debtor:  # a debt is paid first: the ledger's own rules, card by card
+                ledger = CardLedger(uow.repo.load_lots(n), now)
+                ledger.credit(Measure.BONUS, amount, None, expires_at, exclusive=True)
+                uow.repo.save_moves(n, op_id, ledger.moves, now)
+        uow.commit()
 
     # -- zeroing ---------------------------------------------------------------------------------
     def zero(self, inactive_since: date, note: str | None = None, dry_run: bool = False) -> ActionReport:
@@ -447,6 +479,34 @@ class Actions:
                                                     action_cards.c.card_number.in_(batch))
                          .values(state=CANCELLED, kept=ZERO))
             uow.commit()
+
+
+# the lock, then (a second statement, its own snapshot) what is still pending and who owes bonus
+_PG_LOCK_PENDING = text("""
+SELECT number FROM cards WHERE number = ANY(CAST(:batch AS text[])) ORDER BY number FOR UPDATE;
+SELECT ac.card_number, EXISTS (SELECT 1 FROM lots l WHERE l.card_number = ac.card_number AND l.measure = :bonus
+                                                      AND l.remaining < 0)
+FROM action_cards ac WHERE ac.action_id = :action AND ac.state = :pending
+  AND ac.card_number = ANY(CAST(:batch AS text[])) ORDER BY ac.card_number""")
+_PG_CREDIT = text("""
+WITH v AS (SELECT * FROM unnest(CAST(:cards AS text[]), CAST(:ids AS text[]), CAST(:plain AS boolean[]))
+           AS v(card, id, plain)),
+ops AS (INSERT INTO operations (id, card_number, kind, source, operation_time, business_date, content_hash,
+                                receipt_sum, bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta,
+                                note, created_at)
+        SELECT id, card, :kind, :source, :now, :day, id, 0, :amount, 0, 0, 0, :note, :now FROM v
+        ON CONFLICT (id) DO NOTHING RETURNING 1),
+new_lots AS (INSERT INTO lots (card_number, measure, remaining, available_from, expires_at, created_at,
+                               origin_operation_id, exclusive)
+             SELECT card, :bonus, :amount, NULL, :expires, :now, id, true FROM v WHERE plain
+             RETURNING id, card_number, origin_operation_id, remaining),
+credited AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount)
+             SELECT origin_operation_id, id, card_number, :bonus, :role, remaining FROM new_lots),
+progress AS (UPDATE action_cards SET state = :done, amount = :amount
+             WHERE action_id = :action AND card_number = ANY(CAST(:cards AS text[])))
+SELECT (SELECT count(*) FROM v) - (SELECT count(*) FROM ops)""").bindparams(
+    bindparam("now", type_=UTCDateTime()), bindparam("expires", type_=UTCDateTime()),
+    bindparam("amount", type_=Cents()))
 
 
 def _zeroable(now):
