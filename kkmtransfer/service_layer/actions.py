@@ -135,12 +135,21 @@ class Actions:
             conn.execute(select(cards.c.number).where(cards.c.number.in_(numbers))
                          .order_by(cards.c.number).with_for_update())
 
-    def _pending(self, action_id: str, state: str) -> list[str]:
-        with UnitOfWork(self.engine) as uow:
-            return list(uow.conn.execute(
-                select(action_cards.c.card_number)
-                .where(action_cards.c.action_id == action_id, action_cards.c.state == state)
-                .order_by(action_cards.c.card_number).limit(self.batch)).scalars())
+    def _batches(self, action_id: str, state: str):
+        """The action's cards in ``state``, a batch at a time, in number order. Each read starts after the last
+        card of the one before (through the primary key), so it does not scan the cards already done again."""
+        after = ""
+        while True:
+            with UnitOfWork(self.engine) as uow:
+                batch = list(uow.conn.execute(
+                    select(action_cards.c.card_number)
+                    .where(action_cards.c.action_id == action_id, action_cards.c.card_number > after,
+                           action_cards.c.state == state)
+                    .order_by(action_cards.c.card_number).limit(self.batch)).scalars())
+            if not batch:
+                return
+            after = batch[-1]
+            yield batch
 
     def _ops(self, conn, action_id, numbers, kind: Kind, purpose: str, note: str, **amounts) -> dict[str, str]:
         now = self.billing.clock()
@@ -252,7 +261,7 @@ class Actions:
         expires_at = day_start(until + timedelta(days=1), self.tz) if until else None
         text = note or f"bonus action {action_id}"
         resumed = self._count(action_id, DONE) > 0
-        while batch := self._pending(action_id, PENDING):
+        for batch in self._batches(action_id, PENDING):
             self._credit_batch(action_id, batch, amount, expires_at, text)
             self.progress(len(batch))
         return self._finish(action_id, CREDIT, resumed)
@@ -300,7 +309,7 @@ class Actions:
         then (a second statement of the same round trip, so that its snapshot is taken after the locks are
         granted) the batch's cards still pending and which of them owe bonus are read; one statement with
         data-modifying CTEs then writes the operations (ids derived in Python, sent as an array), the new lots,
-        their entries and the cards' progress. An operation id held by another record makes the count differ:
+        their entries and the cards' progress. An operation id held by another record fails the primary key:
         IdTaken, and the batch is rolled back."""
         conn = uow.conn
         pending = conn.execute(_PG_LOCK_PENDING, {"batch": batch, "action": action_id, "pending": PENDING,
@@ -309,14 +318,18 @@ class Actions:
             return
         numbers = [n for n, _ in pending]
         ids = [self._op_id(action_id, n) for n in numbers]
-        taken = conn.execute(_PG_CREDIT, {
-            "cards": numbers, "ids": ids, "plain": [not debtor for _, debtor in pending], "action": action_id,
-            "kind": Kind.ACTION.value, "source": Source.BACKOFFICE.value, "now": now,
-            "day": now.astimezone(self.tz).date(), "amount": amount, "note": note[:500], "expires": expires_at,
-            "bonus": Measure.BONUS.value, "role": Role.CREDIT.value, "done": DONE}).scalar_one()
-        if taken:
-            raise IdTaken(f"{taken} operation(s) hold the ids of cards' operations of action {action_id}: "
-                          "run `kkmtransfer ledger verify` and report it")
+        try:
+            conn.execute(_PG_CREDIT, {
+                "cards": numbers, "ids": ids, "plain": [not debtor for _, debtor in pending], "action": action_id,
+                "kind": Kind.ACTION.value, "source": Source.BACKOFFICE.value, "now": now,
+                "day": now.astimezone(self.tz).date(), "amount": amount, "note": note[:500], "expires": expires_at,
+                "bonus": Measure.BONUS.value, "role": Role.CREDIT.value, "done": DONE})
+        except IntegrityError as exc:  # the batch is rolled back with the unit of work
+            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "pk_operations":
+                raise
+            raise IdTaken(f"an operation id of action {action_id} is held by another record "
+                          f"({str(exc.orig).splitlines()[-1].strip()}): run `kkmtransfer ledger verify` "
+                          "and report it") from None
         for (n, debtor), op_id in zip(pending, ids):
             if debtor:  # a debt is paid first: the ledger's own rules, card by card
                 ledger = CardLedger(uow.repo.load_lots(n), now)
@@ -348,7 +361,7 @@ class Actions:
             return started
         text = note or f"zeroing {action_id}: inactive since {inactive_since}"
         resumed = self._count(action_id, DONE) > 0
-        while batch := self._pending(action_id, PENDING):
+        for batch in self._batches(action_id, PENDING):
             self._zero_batch(action_id, batch, text)
             self.progress(len(batch))
         return self._finish(action_id, ZERO_KIND, resumed)
@@ -400,7 +413,7 @@ class Actions:
                                  "nothing changed by this one")
         # a cancel found "cancelling" resumes one that stopped half-way (or helps one still running): every
         # batch re-reads its cards' state under their locks, so no card is reversed twice
-        while batch := self._pending(action_id, DONE):
+        for batch in self._batches(action_id, DONE):
             if row["kind"] == CREDIT:
                 self._cancel_credit_batch(action_id, batch, now)
             else:
@@ -494,8 +507,7 @@ WITH v AS (SELECT * FROM unnest(CAST(:cards AS text[]), CAST(:ids AS text[]), CA
 ops AS (INSERT INTO operations (id, card_number, kind, source, operation_time, business_date, content_hash,
                                 receipt_sum, bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta,
                                 note, created_at)
-        SELECT id, card, :kind, :source, :now, :day, id, 0, :amount, 0, 0, 0, :note, :now FROM v
-        ON CONFLICT (id) DO NOTHING RETURNING 1),
+        SELECT id, card, :kind, :source, :now, :day, id, 0, :amount, 0, 0, 0, :note, :now FROM v),
 new_lots AS (INSERT INTO lots (card_number, measure, remaining, available_from, expires_at, created_at,
                                origin_operation_id, exclusive)
              SELECT card, :bonus, :amount, NULL, :expires, :now, id, true FROM v WHERE plain
@@ -504,7 +516,7 @@ credited AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, ro
              SELECT origin_operation_id, id, card_number, :bonus, :role, remaining FROM new_lots),
 progress AS (UPDATE action_cards SET state = :done, amount = :amount
              WHERE action_id = :action AND card_number = ANY(CAST(:cards AS text[])))
-SELECT (SELECT count(*) FROM v) - (SELECT count(*) FROM ops)""").bindparams(
+SELECT 1""").bindparams(
     bindparam("now", type_=UTCDateTime()), bindparam("expires", type_=UTCDateTime()),
     bindparam("amount", type_=Cents()))
 
