@@ -215,6 +215,8 @@ class Actions:
             total = uow.conn.execute(select(func.count()).select_from(action_cards)
                                      .where(action_cards.c.action_id == action_id)).scalar_one()
             uow.conn.execute(update(actions).where(actions.c.id == action_id).values(cards=total))
+            if self.postgres:  # the planner must know this action's many rows, or it scans them all per batch
+                uow.conn.exec_driver_sql("ANALYZE action_cards")
             uow.commit()
         return None
 
@@ -313,7 +315,8 @@ class Actions:
         IdTaken, and the batch is rolled back."""
         conn = uow.conn
         pending = conn.execute(_PG_LOCK_PENDING, {"batch": batch, "action": action_id, "pending": PENDING,
-                                                  "bonus": Measure.BONUS.value}).all()
+                                                  "bonus": Measure.BONUS.value, "first": min(batch),
+                                                  "last": max(batch)}).all()
         if not pending:
             return
         numbers = [n for n, _ in pending]
@@ -323,7 +326,8 @@ class Actions:
                 "cards": numbers, "ids": ids, "plain": [not debtor for _, debtor in pending], "action": action_id,
                 "kind": Kind.ACTION.value, "source": Source.BACKOFFICE.value, "now": now,
                 "day": now.astimezone(self.tz).date(), "amount": amount, "note": note[:500], "expires": expires_at,
-                "bonus": Measure.BONUS.value, "role": Role.CREDIT.value, "done": DONE})
+                "bonus": Measure.BONUS.value, "role": Role.CREDIT.value, "done": DONE, "first": numbers[0],
+                "last": numbers[-1]})
         except IntegrityError as exc:  # the batch is rolled back with the unit of work
             if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "pk_operations":
                 raise
@@ -499,8 +503,10 @@ _PG_LOCK_PENDING = text("""
 SELECT number FROM cards WHERE number = ANY(CAST(:batch AS text[])) ORDER BY number FOR UPDATE;
 SELECT ac.card_number, EXISTS (SELECT 1 FROM lots l WHERE l.card_number = ac.card_number AND l.measure = :bonus
                                                       AND l.remaining < 0)
-FROM action_cards ac WHERE ac.action_id = :action AND ac.state = :pending
-  AND ac.card_number = ANY(CAST(:batch AS text[])) ORDER BY ac.card_number""")
+FROM unnest(CAST(:batch AS text[])) AS b(card)
+JOIN action_cards ac ON ac.action_id = :action AND ac.card_number = b.card
+WHERE ac.state = :pending AND ac.card_number BETWEEN :first AND :last  -- a range of the primary key
+ORDER BY ac.card_number""")
 _PG_CREDIT = text("""
 WITH v AS (SELECT * FROM unnest(CAST(:cards AS text[]), CAST(:ids AS text[]), CAST(:plain AS boolean[]))
            AS v(card, id, plain)),
@@ -514,8 +520,9 @@ new_lots AS (INSERT INTO lots (card_number, measure, remaining, available_from, 
              RETURNING id, card_number, origin_operation_id, remaining),
 credited AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount)
              SELECT origin_operation_id, id, card_number, :bonus, :role, remaining FROM new_lots),
-progress AS (UPDATE action_cards SET state = :done, amount = :amount
-             WHERE action_id = :action AND card_number = ANY(CAST(:cards AS text[])))
+progress AS (UPDATE action_cards ac SET state = :done, amount = :amount FROM v
+             WHERE ac.action_id = :action AND ac.card_number = v.card
+               AND ac.card_number BETWEEN :first AND :last)
 SELECT 1""").bindparams(
     bindparam("now", type_=UTCDateTime()), bindparam("expires", type_=UTCDateTime()),
     bindparam("amount", type_=Cents()))
