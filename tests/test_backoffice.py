@@ -441,3 +441,13 @@ def test_four_db_upgrades_at_once_all_succeed(pg_admin):
             conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                          {"n": name})
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
+def test_the_fast_batch_ids_are_the_action_operation_ids():
+    import uuid
+
+    from kkmtransfer.service_layer.actions import _uuid5_many
+
+    action = str(uuid.uuid4())
+    names = ["B1", "C0000001", "Ж-карта", "x" * 32, ""]
+    assert _uuid5_many(action, names) == [Actions._op_id(action, n) for n in names]

@@ -320,7 +320,7 @@ class Actions:
         if not pending:
             return
         numbers = [n for n, _ in pending]
-        ids = [self._op_id(action_id, n) for n in numbers]
+        ids = _uuid5_many(action_id, numbers)
         try:
             conn.execute(_PG_CREDIT, {
                 "cards": numbers, "ids": ids, "plain": [not debtor for _, debtor in pending], "action": action_id,
@@ -496,6 +496,20 @@ class Actions:
                                                     action_cards.c.card_number.in_(batch))
                          .values(state=CANCELLED, kept=ZERO))
             uow.commit()
+
+
+def _uuid5_many(namespace: str, names: list[str]) -> list[str]:
+    """``[str(uuid.uuid5(UUID(namespace), name)) ...]`` (what ``Actions._op_id`` derives), without building a
+    UUID object per name: a batch's ids cost a third of the time."""
+    ns, sha1 = uuid.UUID(namespace).bytes, hashlib.sha1
+    out = []
+    for name in names:
+        h = bytearray(sha1(ns + name.encode()).digest()[:16])
+        h[6] = (h[6] & 0x0F) | 0x50
+        h[8] = (h[8] & 0x3F) | 0x80
+        x = h.hex()
+        out.append(f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}")
+    return out
 
 
 # the lock, then (a second statement, its own snapshot) what is still pending and who owes bonus
