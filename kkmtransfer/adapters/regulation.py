@@ -188,9 +188,9 @@ WITH {_PG_V},
 lines AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
           SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v
           ON CONFLICT (id) DO NOTHING),
+b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots WHERE id = ANY(CAST(:ids AS bigint[]))),
 burnt AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount)
-          SELECT v.line, l.id, l.card_number, l.measure, :role, -l.remaining
-          FROM lots l JOIN v ON v.card = l.card_number WHERE l.id = ANY(CAST(:ids AS bigint[]))),
+          SELECT v.line, b.id, b.card_number, b.measure, :role, -b.remaining FROM b JOIN v ON v.card = b.card_number),
 emptied AS (UPDATE lots SET remaining = 0 WHERE id = ANY(CAST(:ids AS bigint[])))
 SELECT {_PG_SQUATTED}"""
 _PG_ACCRUE = f"""
@@ -216,13 +216,15 @@ SELECT (SELECT count(*) FROM due) - (SELECT count(*) FROM written)"""
 _PG_TIMES = (bindparam("cutoff", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
 _PG_STATEMENTS = {
     "take_expiry": text(_PG_TAKE.format(due=_PG_DUE_EXPIRY, order="expires_at")).bindparams(_PG_TIMES[0]),
-    # the cards of the next ``limit`` due lots, with all their due lots: each card's line is written once, by
-    # one INSERT (a line found again, when another run held some of its lots, is added to)
+    # the cards of the next due lots (a quarter of a batch of them), with all their due lots up to ``limit``, in
+    # card order: a card's lots, which start on different days, mostly fall in one batch and its line is
+    # written by one INSERT (a line found again, a card cut at a batch's end or whose lots another run held,
+    # is added to)
     "take_accrual": text(f"""
 WITH c AS (SELECT DISTINCT card_number FROM (SELECT card_number FROM lots WHERE {_PG_DUE_ACCRUAL}
-                                             ORDER BY available_from, card_number, id LIMIT :limit) x),
+                                             ORDER BY available_from, card_number, id LIMIT :candidates) x),
 b AS (SELECT id, card_number FROM lots WHERE card_number IN (SELECT card_number FROM c) AND {_PG_DUE_ACCRUAL}
-      FOR UPDATE SKIP LOCKED)
+      ORDER BY card_number, id LIMIT :limit FOR UPDATE SKIP LOCKED)
 SELECT coalesce(array_agg(id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
     .bindparams(_PG_TIMES[0]),
     "expiry": text(_PG_EXPIRE).bindparams(*_PG_TIMES),
@@ -232,7 +234,8 @@ SELECT coalesce(array_agg(id), '{{}}'), coalesce(array_agg(DISTINCT card_number)
 
 def _pg_batch(conn: Connection, what: str, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
               kind: Kind, **params) -> int:
-    ids, cards = conn.execute(_PG_STATEMENTS[f"take_{what}"], {"cutoff": cutoff, "limit": limit}).one()
+    ids, cards = conn.execute(_PG_STATEMENTS[f"take_{what}"],
+                              {"cutoff": cutoff, "limit": limit, "candidates": max(1, limit // 4)}).one()
     if not ids:
         return 0
     squatted = conn.execute(_PG_STATEMENTS[what], dict(
