@@ -175,7 +175,7 @@ def _add_to_accrual_lines(conn: Connection, rows: list[dict]) -> None:
 #    caller then raises IdTaken, which rolls the batch back.
 _PG_TAKE = """
 WITH b AS (SELECT id, card_number FROM lots WHERE {due} ORDER BY {order}, id LIMIT :limit FOR UPDATE SKIP LOCKED)
-SELECT coalesce(array_agg(id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b"""
+SELECT coalesce(array_agg(id ORDER BY id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b"""
 _PG_DUE_EXPIRY = "remaining > 0 AND expires_at <= :cutoff"
 _PG_DUE_ACCRUAL = "accrual_document_id IS NULL AND available_from IS NOT NULL AND available_from <= :cutoff"
 _PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_date, content_hash, receipt_sum, "
@@ -225,7 +225,7 @@ WITH c AS (SELECT DISTINCT card_number FROM (SELECT card_number FROM lots WHERE 
                                              ORDER BY available_from, card_number, id LIMIT :candidates) x),
 b AS (SELECT id, card_number FROM lots WHERE card_number IN (SELECT card_number FROM c) AND {_PG_DUE_ACCRUAL}
       ORDER BY card_number, id LIMIT :limit FOR UPDATE SKIP LOCKED)
-SELECT coalesce(array_agg(id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
+SELECT coalesce(array_agg(id ORDER BY id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
     .bindparams(_PG_TIMES[0]),
     "expiry": text(_PG_EXPIRE).bindparams(*_PG_TIMES),
     "accrual": text(_PG_ACCRUE).bindparams(*_PG_TIMES),
