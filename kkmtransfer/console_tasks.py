@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import date
 
-from .service_layer.actions import Actions, Selection
+from .service_layer.actions import Actions, CancelBusy, Selection
 from .service_layer.operators import record_audit
 from .tasks import app, billing
 
@@ -41,9 +41,14 @@ def run_zero(b, operator: str, inactive_since: str, note: str | None = None) -> 
 
 
 def run_cancel(b, operator: str, action_id: str) -> dict:
-    report = Actions(b).cancel(action_id)
+    try:
+        report = Actions(b).cancel(action_id)
+    except CancelBusy as exc:  # the same action cancelled from the command line at the same time
+        record_audit(b, operator, "actions.cancel", action_id, "skipped", exc.message)
+        return dict(action_id=action_id, skipped=exc.message)
     record_audit(b, operator, "actions.cancel", action_id, "done",
-                 f"{report.cards} card(s), {report.taken_back} reversed, {report.kept} kept")
+                 ("cancelled already by another command: " if report.already else "")
+                 + f"{report.cards} card(s), {report.taken_back} reversed, {report.kept} kept")
     return dict(action_id=action_id, cards=report.cards, taken_back=str(report.taken_back), kept=str(report.kept))
 
 

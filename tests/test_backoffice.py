@@ -122,6 +122,64 @@ def test_cancel_after_a_partial_spend_takes_back_what_is_left_and_reports_the_re
         actions.credit("20.00", Selection(numbers=("B1", "B2")), note="gift")
 
 
+@pytest.mark.parametrize("kind", ["credit", "zero"])
+def test_two_cancels_of_one_action_at_once_reverse_each_card_once(db, kind):
+    """Two ``actions cancel ID`` at once (two terminals, or the console's worker and a terminal): one
+    does it, the other says in one line that the action is being (or was) cancelled; no IdTaken, each
+    card reversed once, the ledger clean."""
+    import threading
+
+    from kkmtransfer.service_layer.actions import CancelBusy
+
+    db.add_card_range(1, 60, "K", 0, None)
+    db.clock.set(msk(2026, 11, 10))
+    numbers = tuple(f"K{i}" for i in range(1, 61))
+    for round_ in range(3):
+        if kind == "credit":
+            report = Actions(db).credit("3.00", Selection(numbers=numbers), note=f"twice {round_}")
+        else:
+            for n in numbers:
+                db.register_operation(request(n, accrued="2.00", time=msk(2026, 9, 1)))
+            report = Actions(db).zero(date(2026, 10, 1 + round_), note=f"twice {round_}")
+        assert report.done == 60
+        before = {n: bonus(db, n) for n in numbers[:3]}
+        barrier, outcomes = threading.Barrier(2), []
+
+        def cancel():
+            barrier.wait()
+            try:
+                outcomes.append(Actions(db, batch=4).cancel(report.action_id))
+            except CancelBusy as exc:
+                outcomes.append(exc)
+            except Exception as exc:  # noqa: BLE001 - anything else is the defect (e.g. IdTaken)
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=cancel) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(outcomes) == 2
+        unexpected = [o for o in outcomes if isinstance(o, Exception) and not isinstance(o, CancelBusy)]
+        assert unexpected == []
+        busy = [o for o in outcomes if isinstance(o, CancelBusy)]
+        assert all("being cancelled by another command" in b.message and "\n" not in b.message for b in busy)
+        reports = [o for o in outcomes if not isinstance(o, Exception)]
+        assert [r.already for r in reports].count(False) == 1       # exactly one finished it
+        assert all(r.cards == 60 for r in reports)
+        assert Actions(db).get(report.action_id)["status"] == "cancelled"
+        annulments = count(db, operations, operations.c.kind == "Annulment",
+                           operations.c.original_operation_id.in_(select(operations.c.id).where(
+                               operations.c.note.like(f"%twice {round_}%"))))
+        assert annulments == 60
+        if kind == "credit":
+            assert {n: bonus(db, n) for n in numbers[:3]} == {n: before[n] - D("3.00") for n in numbers[:3]}
+        else:
+            assert {n: bonus(db, n) for n in numbers[:3]} == {n: before[n] + D("2.00") * (round_ + 1)
+                                                              for n in numbers[:3]}
+        assert Reports(db).verify() == []
+
+
 def test_zeroing_burns_only_non_expiring_bonuses_of_inactive_cards_and_can_be_undone(cards):
     db = cards
     db.add_promotion("DATED", "dated", lifetime_days=120)
@@ -383,3 +441,13 @@ def test_four_db_upgrades_at_once_all_succeed(pg_admin):
             conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
                          {"n": name})
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
+def test_the_fast_batch_ids_are_the_action_operation_ids():
+    import uuid
+
+    from kkmtransfer.service_layer.actions import _uuid5_many
+
+    action = str(uuid.uuid4())
+    names = ["B1", "C0000001", "Ж-карта", "x" * 32, ""]
+    assert _uuid5_many(action, names) == [Actions._op_id(action, n) for n in names]

@@ -214,3 +214,45 @@ def test_verify_catches_a_document_line_of_the_wrong_kind(nightly_done):
     finally:
         with db.engine.begin() as conn:
             conn.execute(update(operations).where(operations.c.id == sale_id).values(document_id=None))
+
+
+@pytest.mark.parametrize("kind", ["WriteOff", "Accrual"])
+def test_a_nightly_line_id_held_by_a_foreign_row_stops_the_batch_in_one_line(db, kind):
+    """As if a register had guessed the secret: the batch writes nothing and says so in one line."""
+    from kkmtransfer.adapters import regulation
+    from kkmtransfer.adapters.server_ids import IdTaken
+
+    db.add_card_range(1, 1, "G", 0, None)
+    db.add_promotion("SHORT", "short", lifetime_days=2)    # Nov 10: burns Nov 12
+    db.add_promotion("LATE", "late", delay_days=3)         # Nov 10: starts Nov 13
+    db.clock.set(msk(2026, 11, 10))
+    db.register_operation(request("G1", accrued="10.00", time=msk(2026, 11, 10), promotion_code="SHORT"))
+    db.register_operation(request("G1", accrued="8.00", time=msk(2026, 11, 10), promotion_code="LATE"))
+    day = date(2026, 11, 13)
+    with db.engine.begin() as conn:
+        line = regulation.line_id(regulation.document_id(conn, kind, day), "G1")
+    squat(db, "G1", line, msk(2026, 11, 10), receipt_sum="1.00")
+    db.clock.set(msk(2026, 11, 13, 2))
+    with pytest.raises(IdTaken) as caught:
+        Nightly(db).run(day)
+    assert "\n" not in str(caught.value)
+    row = op(db, line)
+    assert (row["kind"], row["bonus_accrued"], row["document_id"]) == ("Sale", D("0.00"), None)
+    with db.engine.connect() as conn:
+        assert conn.execute(select(entries.c.lot_id).where(entries.c.operation_id == line,
+                                                           entries.c.role == "expiry")).first() is None
+
+
+def test_an_action_operation_id_held_by_a_foreign_row_stops_the_batch_in_one_line(db):
+    from kkmtransfer.adapters.server_ids import IdTaken, engine_namespace
+    from kkmtransfer.service_layer.actions import Actions, Selection
+
+    db.add_card_range(1, 3, "H", 0, None)
+    db.clock.set(msk(2026, 11, 10))
+    action_id = server_id(engine_namespace(db.engine), "action", json.dumps(
+        dict(kind="credit", amount="5.00", until=None, note="trap", selection="all-active"), sort_keys=True))
+    squat(db, "H2", Actions._op_id(action_id, "H2"), msk(2026, 11, 10), receipt_sum="1.00")
+    with pytest.raises(IdTaken) as caught:
+        Actions(db).credit("5.00", Selection(all_active=True), note="trap")
+    assert "\n" not in str(caught.value)
+    assert [db.card_info(c).balances.bonus for c in ("H1", "H2", "H3")] == [D("0.00")] * 3

@@ -11,13 +11,13 @@ from collections import defaultdict
 from datetime import date, datetime
 from decimal import Decimal
 
-from sqlalchemy import (BigInteger, Integer, String, bindparam, column, func, insert, or_, select, type_coerce, update,
-                        values)
+from sqlalchemy import (BigInteger, Integer, String, bindparam, column, func, insert, or_, select, text, type_coerce,
+                        update, values)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..domain.model import DEFERRED_ROLES, Kind, Measure, Role, Source
-from .db import documents, entries, lots, operations
+from .db import UTCDateTime, documents, entries, lots, operations
 from .server_ids import IdTaken, namespace, server_id
 
 LINE_NAMESPACE = uuid.UUID("6b1f3c1e-2f4a-4d7e-9a51-0c4d1e8a7f10")
@@ -165,9 +165,93 @@ def _add_to_accrual_lines(conn: Connection, rows: list[dict]) -> None:
         receipt_count_delta=operations.c.receipt_count_delta + v.c.c))
 
 
+# -- PostgreSQL: each batch is two statements whatever its size --------------------------------------------
+# 1. take the batch (locked, skipping lots another run holds) and answer its lot ids and distinct cards as two
+#    arrays; 2. one statement with data-modifying CTEs writes the batch's lines (their ids, derived in Python
+#    from the secret-derived document id, come as an array beside their cards), its entries and the lots'
+#    new state, all INSERT ... SELECT / UPDATE ... WHERE id = ANY. The lines are inserted with ON CONFLICT, so
+#    a line an earlier batch made (a card's lots may span batches) is kept (expiry) or added to (accrual);
+#    the same statement counts the rows under a line's id that are not that line (a squatted id), and the
+#    caller then raises IdTaken, which rolls the batch back.
+_PG_TAKE = """
+WITH b AS (SELECT id, card_number FROM lots WHERE {due} ORDER BY {order}, id LIMIT :limit FOR UPDATE SKIP LOCKED)
+SELECT coalesce(array_agg(id ORDER BY id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b"""
+_PG_DUE_EXPIRY = "remaining > 0 AND expires_at <= :cutoff"
+_PG_DUE_ACCRUAL = "accrual_document_id IS NULL AND available_from IS NOT NULL AND available_from <= :cutoff"
+_PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_date, content_hash, receipt_sum, "
+                    "bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta, created_at, document_id")
+_PG_V = "v AS (SELECT * FROM unnest(CAST(:cards AS text[]), CAST(:lines AS text[])) AS v(card, line))"
+_PG_SQUATTED = ("(SELECT count(*) FROM operations o JOIN v ON o.id = v.line WHERE o.kind <> :kind "
+                "OR o.document_id IS DISTINCT FROM :doc OR o.card_number <> v.card)")
+_PG_EXPIRE = f"""
+WITH {_PG_V},
+lines AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
+          SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v
+          ON CONFLICT (id) DO NOTHING),
+b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots WHERE id = ANY(CAST(:ids AS bigint[]))),
+burnt AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount)
+          SELECT v.line, b.id, b.card_number, b.measure, :role, -b.remaining FROM b JOIN v ON v.card = b.card_number),
+emptied AS (UPDATE lots SET remaining = 0 WHERE id = ANY(CAST(:ids AS bigint[])))
+SELECT {_PG_SQUATTED}"""
+_PG_ACCRUE = f"""
+WITH {_PG_V},
+posted AS (UPDATE lots SET accrual_document_id = :doc WHERE id = ANY(CAST(:ids AS bigint[]))),
+sums AS (SELECT e.card_number,
+                coalesce(sum(e.amount) FILTER (WHERE e.measure = :bonus), 0) AS b,
+                coalesce(sum(e.amount) FILTER (WHERE e.measure = :accumulation), 0) AS a,
+                coalesce(sum(e.amount) FILTER (WHERE e.measure = :receipts), 0) AS r
+         FROM entries e WHERE e.lot_id = ANY(CAST(:ids AS bigint[])) AND e.role = ANY(CAST(:roles AS text[]))
+         GROUP BY e.card_number),
+due AS (SELECT v.line, v.card, s.b, s.a, floor(s.r / 100.0)::int AS r FROM sums s JOIN v ON v.card = s.card_number
+        WHERE s.b <> 0 OR s.a <> 0 OR s.r <> 0),
+written AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
+            SELECT line, card, :kind, :source, :cutoff, :day, line, 0, b, 0, a, r, :now, :doc FROM due
+            ON CONFLICT (id) DO UPDATE SET bonus_accrued = operations.bonus_accrued + excluded.bonus_accrued,
+                accumulation_delta = operations.accumulation_delta + excluded.accumulation_delta,
+                receipt_count_delta = operations.receipt_count_delta + excluded.receipt_count_delta
+            WHERE operations.kind = excluded.kind AND operations.document_id = excluded.document_id
+              AND operations.card_number = excluded.card_number
+            RETURNING 1)
+SELECT (SELECT count(*) FROM due) - (SELECT count(*) FROM written)"""
+_PG_TIMES = (bindparam("cutoff", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
+_PG_STATEMENTS = {
+    "take_expiry": text(_PG_TAKE.format(due=_PG_DUE_EXPIRY, order="expires_at")).bindparams(_PG_TIMES[0]),
+    # the cards of the next due lots (a quarter of a batch of them), with all their due lots up to ``limit``, in
+    # card order: a card's lots, which start on different days, mostly fall in one batch and its line is
+    # written by one INSERT (a line found again, a card cut at a batch's end or whose lots another run held,
+    # is added to)
+    "take_accrual": text(f"""
+WITH c AS (SELECT DISTINCT card_number FROM (SELECT card_number FROM lots WHERE {_PG_DUE_ACCRUAL}
+                                             ORDER BY available_from, card_number, id LIMIT :candidates) x),
+b AS (SELECT id, card_number FROM lots WHERE card_number IN (SELECT card_number FROM c) AND {_PG_DUE_ACCRUAL}
+      ORDER BY card_number, id LIMIT :limit FOR UPDATE SKIP LOCKED)
+SELECT coalesce(array_agg(id ORDER BY id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
+    .bindparams(_PG_TIMES[0]),
+    "expiry": text(_PG_EXPIRE).bindparams(*_PG_TIMES),
+    "accrual": text(_PG_ACCRUE).bindparams(*_PG_TIMES),
+}
+
+
+def _pg_batch(conn: Connection, what: str, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
+              kind: Kind, **params) -> int:
+    ids, cards = conn.execute(_PG_STATEMENTS[f"take_{what}"],
+                              {"cutoff": cutoff, "limit": limit, "candidates": max(1, limit // 4)}).one()
+    if not ids:
+        return 0
+    squatted = conn.execute(_PG_STATEMENTS[what], dict(
+        params, cards=cards, lines=[line_id(doc_id, c) for c in cards], ids=ids, doc=doc_id, day=day,
+        cutoff=cutoff, now=now, kind=kind.value, source=Source.NIGHTLY.value)).scalar_one()
+    if squatted:
+        raise IdTaken(f"{squatted} operation(s) hold the ids of {kind.value} lines of document {doc_id}: "
+                      "run `kkmtransfer ledger verify`")
+    return len(ids)
+
+
 def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
                  postgres: bool) -> int:
     """Burn up to ``limit`` lots whose life ended by ``cutoff``; one Expiry line per card. Returns lots done."""
+    if postgres:
+        return _pg_batch(conn, "expiry", doc_id, day, cutoff, now, limit, Kind.EXPIRY, role=Role.EXPIRY.value)
     batch = _take_batch(conn, _due_expiry(cutoff), lots.c.expires_at, limit, postgres)
     if not batch:
         return 0
@@ -189,6 +273,10 @@ def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
     """Post up to ``limit`` deferred lots whose start came by ``cutoff``: one Accrual line per card that
     shows what became usable (what was credited into the lot before it started, less what was taken back
     before it started). Returns lots done."""
+    if postgres:
+        return _pg_batch(conn, "accrual", doc_id, day, cutoff, now, limit, Kind.ACCRUAL,
+                         bonus=Measure.BONUS.value, accumulation=Measure.ACCUMULATION.value,
+                         receipts=Measure.RECEIPT_COUNT.value, roles=[r.value for r in DEFERRED_ROLES])
     # in card order within a start day: a card's lots fall in one batch, so its line is written once
     batch = _take_batch(conn, _due_accrual(cutoff), (lots.c.available_from, lots.c.card_number), limit, postgres)
     if not batch:

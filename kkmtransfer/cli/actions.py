@@ -152,6 +152,10 @@ def actions_cancel(action_id, dry_run, yes):
     if dry_run:
         return
     report = Actions(billing).cancel(action_id)
+    if report.already:  # another cancel (the console's, another terminal's) finished it meanwhile
+        click.echo(f"action {action_id} is cancelled already (by another command at the same time): "
+                   f"{report.cards} card(s), {report.taken_back} reversed")
+        return
     # Actions takes no actor: the audit row follows the change in a transaction of its own
     audit.record_now(billing.engine, actor(), "actions.cancel", action_id, cards=report.cards,
                      reversed=report.taken_back, kept=report.kept)
