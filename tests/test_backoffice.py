@@ -131,7 +131,7 @@ def test_two_cancels_of_one_action_at_once_reverse_each_card_once(db, kind):
 
     from kkmtransfer.service_layer.actions import CancelBusy
 
-    db.add_card_range(1, 60, "K", 0, None)
+    db.add_card_range(1, 60, "K", 0, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))
     numbers = tuple(f"K{i}" for i in range(1, 61))
     for round_ in range(3):
