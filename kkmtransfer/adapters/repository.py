@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Iterable
 
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from ..domain.ledger import Move
 from ..domain.model import DEFERRED_ROLES, ZERO, Kind, Lot, Measure, OperationView, Role
 from ..domain.rules import CardRules, LifeRule, Promotion
-from .db import cards, entries, holds, lots, operations, promotions, users
+from .db import UTCDateTime, cards, entries, holds, lots, operations, promotions, users
 
 # a gift certificate's account row in cards (kkmtransfer/domain/certificates.py): no card path sees it
 from ..domain.certificates import ACCOUNT_STATUS as CERTIFICATE_ACCOUNT  # noqa: E402
@@ -579,17 +579,21 @@ _ADD_TO_LOTS = text("UPDATE lots SET remaining = lots.remaining + d.delta "
 
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_MEMO_LIMIT = 4096  # converted values remembered per column and COPY (amounts, names, times repeat)
 
 
 def _copy_text(value: str) -> str:
     """Text in COPY's text format: backslash, tab and line breaks escaped."""
+    if value.isprintable() and "\\" not in value:  # the common case, without a regular expression
+        return value
     if _COPY_SPECIAL.search(value) is None:
         return value
     return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], value)
 
 
 def _copy_converter(col, dialect):
-    """value -> its COPY text (never called with None), chosen once per column from its type."""
+    """value -> its COPY text (None -> \\N), chosen once per column from its type. Values that repeat
+    (amounts, measures, roles, a batch's time) are converted once: the result is remembered."""
     proc = col.type.bind_processor(dialect)
     python = getattr(col.type, "impl_instance", col.type)
     try:
@@ -597,12 +601,34 @@ def _copy_converter(col, dialect):
     except NotImplementedError:
         kind = str
     if kind is bool:
-        return lambda v: "t" if v else "f"
+        return lambda v: "\\N" if v is None else ("t" if v else "f")
+    if kind is datetime and isinstance(col.type, UTCDateTime):
+        # stored as naive UTC: an aware UTC time's ISO form is it (PostgreSQL ignores the offset of a
+        # timestamp without time zone), any other offset goes through the column's own conversion
+        def utc_time(v, _utc=timezone.utc):
+            if v is None:
+                return "\\N"
+            return v.isoformat() if v.tzinfo is _utc else proc(v).isoformat()
+        return utc_time
     if kind in (datetime, date):
-        return (lambda v: proc(v).isoformat()) if proc else (lambda v: v.isoformat())
-    if kind in (int, Decimal, float):
-        return (lambda v: str(proc(v))) if proc else str
-    return (lambda v: _copy_text(str(proc(v)))) if proc else (lambda v: _copy_text(str(v)))
+        base = (lambda v: proc(v).isoformat()) if proc else (lambda v: v.isoformat())
+    elif kind in (int, Decimal, float):
+        base = (lambda v: str(proc(v))) if proc else str
+    else:
+        base = (lambda v: _copy_text(str(proc(v)))) if proc else (lambda v: _copy_text(str(v)))
+    memo: dict = {None: "\\N"}
+
+    def remembered(v):
+        try:
+            out = memo.get(v)
+        except TypeError:  # not hashable
+            return base(v)
+        if out is None:
+            out = base(v)
+            if len(memo) < _MEMO_LIMIT:
+                memo[v] = out
+        return out
+    return remembered
 
 
 def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
@@ -610,6 +636,7 @@ def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
     column a row leaves out takes its Python default (or NULL). Errors come back as SQLAlchemy's (an
     IntegrityError for a duplicate key, as an INSERT would raise)."""
     import io
+    from operator import itemgetter
 
     import psycopg2
 
@@ -618,13 +645,17 @@ def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
     present = set().union(*rows)
     names = [c.name for c in table.c
              if c.name in present or (c.default is not None and getattr(c.default, "is_scalar", False))]
-    convs = [(name, _copy_converter(table.c[name], conn.dialect),
-              table.c[name].default.arg if table.c[name].default is not None
-              and getattr(table.c[name].default, "is_scalar", False) else None) for name in names]
+    defaults = {name: table.c[name].default.arg for name in names
+                if table.c[name].default is not None and getattr(table.c[name].default, "is_scalar", False)}
+    convs = [_copy_converter(table.c[name], conn.dialect) for name in names]
+    values = itemgetter(*names) if len(names) > 1 else (lambda r, _n=names[0]: (r[_n],))
+    width = len(names)
     lines = []
     for r in rows:
-        lines.append("\t".join(["\\N" if (v := r.get(name, default)) is None else conv(v)
-                                 for name, conv, default in convs]))
+        if len(r) != width:  # a column left out: its default (or NULL)
+            r = {**defaults, **r}
+            r = {name: r.get(name) for name in names}
+        lines.append("\t".join([conv(v) for conv, v in zip(convs, values(r))]))
     lines.append("")
     buf = io.StringIO("\n".join(lines))
     statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
