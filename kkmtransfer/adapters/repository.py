@@ -410,6 +410,7 @@ class BatchRepository(Repository):
         self._hold_ids = set(fresh)
         self._holds = {r["id"]: r for r in self._read(_HOLDS_BY_IDS, holds, holds.c.id, sorted(set(fresh)))}
         self._promotions: dict[str, Promotion | None] = {}
+        self._rules: dict[str, CardRules] = {}
         self._new_ops: list[dict] = []
         self._new_lots: list[tuple[str, str, Lot]] = []
         self._new_lot_keys: set[int] = set()
@@ -428,6 +429,14 @@ class BatchRepository(Repository):
             stmt = select(table).where(key.in_(values[i:i + 500]))
             found.extend(self.conn.execute(shape(stmt) if shape else stmt).mappings())
         return found
+
+    def card_rules(self, row) -> CardRules:
+        """The card's life rules, made once per card of the batch."""
+        number = row["number"]
+        rules = self._rules.get(number)
+        if rules is None or self._cards.get(number) is not row:
+            rules = self._rules[number] = Repository.card_rules(row)
+        return rules
 
     def get_card(self, number: str, *, lock: bool = False):
         if number in self._cards:

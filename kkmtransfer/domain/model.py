@@ -73,8 +73,26 @@ class Role(str, Enum):
 DEFERRED_ROLES = (Role.CREDIT_DEFERRED, Role.TAKEBACK_DEFERRED)
 
 
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
+_MONEY_SEEN: dict[tuple[str, bool], Decimal] = {}  # text -> its money: amounts in files repeat
+
+
 def money(value, field_name: str, *, allow_negative: bool = False) -> Decimal:
     """A Decimal with at most two fraction digits, or ValidationError."""
+    if isinstance(value, str):  # a text seen before is the same money (Decimals are immutable)
+        key = (value, allow_negative)
+        found = _MONEY_SEEN.get(key)
+        if found is not None:
+            return found
+        found = _money(value, field_name, allow_negative)
+        if len(_MONEY_SEEN) >= 8192:
+            _MONEY_SEEN.clear()
+        _MONEY_SEEN[key] = found
+        return found
+    return _money(value, field_name, allow_negative)
+
+
+def _money(value, field_name: str, allow_negative: bool) -> Decimal:
     if isinstance(value, float):
         raise ValidationError(f"{field_name}: money must not be a float")
     try:
@@ -92,7 +110,12 @@ def money(value, field_name: str, *, allow_negative: bool = False) -> Decimal:
     return dec.quantize(CENT) + ZERO  # also turns -0.00 into 0.00
 
 
+_CANONICAL_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_guid(value, field_name: str = "OperationId") -> str:
+    if isinstance(value, str) and _CANONICAL_GUID.fullmatch(value):  # what str(uuid.UUID(value)) gives
+        return value
     if value is None or str(value).strip() == "":
         raise ValidationError(f"{field_name} is required")
     try:
@@ -251,6 +274,15 @@ class OperationRequest:
         promotion and original operation. Not covered: Store and ReceiptNumber, which are descriptive
         and may be missing on one path (online) and present on the other (offline journal).
         """
+        if not self.lines:  # the same bytes as json.dumps(payload, sort_keys=True, separators=(",", ":"))
+            q = _json_string
+            blob = (f'{{"acc":{q(str(self.accumulation_delta))},"accrued":{q(str(self.bonus_accrued))},'
+                    f'"card":{q(self.card_number)},"count":{int(self.receipt_count_delta)},'
+                    f'"kind":{q(self.kind.value)},"kkm":{q(self.kkm)},"orig":{q(self.original_operation_id or "")},'
+                    f'"promo":{q(self.promotion_code or "")},"spent":{q(str(self.bonus_spent))},'
+                    f'"sum":{q(str(self.receipt_sum))},'
+                    f'"time":{q(self.operation_time.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ"))}}}')
+            return hashlib.sha256(blob.encode()).hexdigest()
         payload = {
             "card": self.card_number,
             "kkm": self.kkm,
