@@ -540,11 +540,35 @@ class BatchRepository(Repository):
                 lot.id = row["id"] = lot_id
             copy_rows(self.conn, lots, rows)
         if self._entries:
-            copy_rows(self.conn, entries, self._entry_rows())
+            self._copy_entries()
         changed = sorted((k, v) for k, v in self._deltas.items() if v != 0)
         if changed:
             self.conn.execute(_ADD_TO_LOTS, {"ids": [k for k, _ in changed],
                                              "deltas": [_raw_cents(v) for _, v in changed]})
+
+    def _copy_entries(self) -> None:
+        """The entries' COPY lines made straight from the moves (the most numerous rows: three a sale),
+        each text through the COPY escaping and each amount as the whole hundredths ``Cents`` stores,
+        both converted once per distinct value."""
+        texts: dict[str, str] = {}
+        cents: dict[Decimal, str] = {}
+
+        def text_of(value: str) -> str:
+            out = texts.get(value)
+            if out is None:
+                out = texts[value] = _copy_text(value)
+            return out
+
+        def cents_of(amount: Decimal) -> str:
+            out = cents.get(amount)
+            if out is None:
+                out = cents[amount] = str(_raw_cents(amount))
+            return out
+
+        lines = [f"{text_of(op_id)}\t{lot.id}\t{text_of(card)}\t{text_of(lot.measure.value)}\t"
+                 f"{text_of(m.role.value)}\t{cents_of(m.amount)}\n" for op_id, lot, card, m in self._entries]
+        copy_lines(self.conn, "entries", ("operation_id", "lot_id", "card_number", "measure", "role", "amount"),
+                   lines)
 
     def return_totals(self, sale_id: str):
         self.flush()
@@ -644,12 +668,7 @@ def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
     """PostgreSQL: insert ``rows`` (dicts of column values, as for ``insert(table)``) with one COPY. A
     column a row leaves out takes its Python default (or NULL). Errors come back as SQLAlchemy's (an
     IntegrityError for a duplicate key, as an INSERT would raise)."""
-    import io
     from operator import itemgetter
-
-    import psycopg2
-
-    from sqlalchemy.exc import DBAPIError
 
     present = set().union(*rows)
     names = [c.name for c in table.c
@@ -664,13 +683,24 @@ def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
         if len(r) != width:  # a column left out: its default (or NULL)
             r = {**defaults, **r}
             r = {name: r.get(name) for name in names}
-        lines.append("\t".join([conv(v) for conv, v in zip(convs, values(r))]))
-    lines.append("")
-    buf = io.StringIO("\n".join(lines))
-    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+        lines.append("\t".join([conv(v) for conv, v in zip(convs, values(r))]) + "\n")
+    copy_lines(conn, table.name, names, lines)
+
+
+def copy_lines(conn: Connection, table_name: str, names, lines: list[str]) -> None:
+    """PostgreSQL: COPY ``lines`` (each a row in COPY's text format, ending in a line break) into the
+    columns ``names`` of ``table_name``; errors come back as SQLAlchemy's."""
+    import io
+
+    import psycopg2
+
+    from sqlalchemy.exc import DBAPIError
+
+    buf = io.StringIO("".join(lines))
+    statement = f"COPY {table_name} ({', '.join(names)}) FROM STDIN"
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.copy_expert(statement, buf)
+        cursor.copy_expert(statement, buf, size=1 << 20)  # the buffer in few reads
     except psycopg2.Error as exc:
         raise DBAPIError.instance(statement, None, exc, psycopg2.Error) from exc
     finally:

@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 
@@ -73,6 +73,14 @@ class Role(str, Enum):
 DEFERRED_ROLES = (Role.CREDIT_DEFERRED, Role.TAKEBACK_DEFERRED)
 
 
+def _utc_second(t: datetime) -> str:
+    """A UTC time as %Y-%m-%dT%H:%M:%SZ (isoformat is cheaper than strftime, and the same from year 1000)."""
+    if t.year >= 1000 and t.utcoffset() == _NO_OFFSET:
+        return t.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+    return t.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_NO_OFFSET = timedelta(0)
 _json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
 _MONEY_SEEN: dict[tuple[str, bool], Decimal] = {}  # text -> its money: amounts in files repeat
 
@@ -281,7 +289,7 @@ class OperationRequest:
                     f'"kind":{q(self.kind.value)},"kkm":{q(self.kkm)},"orig":{q(self.original_operation_id or "")},'
                     f'"promo":{q(self.promotion_code or "")},"spent":{q(str(self.bonus_spent))},'
                     f'"sum":{q(str(self.receipt_sum))},'
-                    f'"time":{q(self.operation_time.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ"))}}}')
+                    f'"time":"{_utc_second(self.operation_time)}"}}')
             return hashlib.sha256(blob.encode()).hexdigest()
         payload = {
             "card": self.card_number,
