@@ -42,12 +42,16 @@ def write_journal(path: Path, rows: int, cards: int) -> None:
                     f"{100 + i % 900}.00;5.00;{spent};;;{op_id};;\n")
 
 
-def import_with_product(url: str, path: Path) -> tuple[float, int]:
-    """(seconds, peak RSS in KiB) of `kkmtransfer journal import` in its own process."""
+def import_with_product(url: str, path: Path) -> tuple[float, int, float]:
+    """(seconds, peak RSS in KiB, CPU seconds) of `kkmtransfer journal import` in its own process. The CPU
+    is the process's user + system time and its children's (a parsing process): on a loaded machine it
+    says more than the wall time. The database server's CPU is not in it."""
     env = dict(os.environ, KKMTRANSFER_DATABASE_URL=url)
     code = ("import resource, sys; from kkmtransfer.cli import main\n"
             "try:\n    main(['journal', 'import', sys.argv[1]])\nexcept SystemExit as e:\n    code = e.code\n"
-            "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+            "own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+            "print('PEAK_RSS_KIB', own.ru_maxrss, file=sys.stderr)\n"
+            "print('CPU_S', own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime, file=sys.stderr)\n"
             "sys.exit(code or 0)")
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True, text=True)
@@ -56,7 +60,8 @@ def import_with_product(url: str, path: Path) -> tuple[float, int]:
         raise SystemExit(f"import failed:\n{proc.stdout}\n{proc.stderr[-2000:]}")
     print("   ", proc.stdout.strip())
     peak = [int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KIB")][0]
-    return seconds, peak
+    cpu = [float(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("CPU_S")][0]
+    return seconds, peak, cpu
 
 
 STAGING = ("CREATE TABLE staging (kkm text, txn text, txn_time timestamptz, kind text, card text, receipt text, "
@@ -64,8 +69,9 @@ STAGING = ("CREATE TABLE staging (kkm text, txn text, txn_time timestamptz, kind
            "op_id text, promo text, orig text)")
 
 
-def bare_load(url: str, path: Path, load) -> float:
-    """Seconds that ``load(cursor, file)`` takes to put the file's rows into an empty staging table."""
+def bare_load(url: str, path: Path, load) -> tuple[float, float]:
+    """(seconds, this process's CPU seconds) that ``load(cursor, file)`` takes to put the file's rows into
+    an empty staging table."""
     engine = create_engine(url)
     raw = engine.raw_connection()
     try:
@@ -73,11 +79,11 @@ def bare_load(url: str, path: Path, load) -> float:
         cur.execute("DROP TABLE IF EXISTS staging")
         cur.execute(STAGING)
         raw.commit()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with open(path, encoding="utf-8") as f:
             load(cur, f)
         raw.commit()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
     finally:
         raw.close()
         engine.dispose()
@@ -118,30 +124,39 @@ def main() -> None:
             engine = create_engine(url)
             seed_cards(engine, args.cards)
             engine.dispose()
-            t_small, rss_small = import_with_product(url, small)
+            t_small, rss_small, cpu_small = import_with_product(url, small)
         with temp_database("kkmbench_journal") as url:
             engine = create_engine(url)
             seed_cards(engine, args.cards)
             engine.dispose()
-            t_big, rss_big = import_with_product(url, big)
-            t_again, _ = import_with_product(url, big)       # the same file again: all AlreadyApplied
-            t_copy = bare_load(url, big, copy_rows)
-            t_many = bare_load(url, big, executemany_rows)
+            t_big, rss_big, cpu_big = import_with_product(url, big)
+            t_again, _, cpu_again = import_with_product(url, big)  # the same file again: all AlreadyApplied
+            t_copy, cpu_copy = bare_load(url, big, copy_rows)
+            t_many, cpu_many = bare_load(url, big, executemany_rows)
+
+        def per10k(cpu: float, n: int) -> str:
+            return f"{cpu * 10_000 / n:.3f}"
+
         rows = [
             ("product: journal import", f"{t_big:.1f}", f"{args.rows / t_big:,.0f}", f"{t_big / t_copy:.0f}x",
-             f"{rss_big / 1024:.0f} MiB"),
+             per10k(cpu_big, args.rows), f"{args.rows / cpu_big:,.0f}", f"{rss_big / 1024:.0f} MiB"),
             ("product: same file again (no-op)", f"{t_again:.1f}", f"{args.rows / t_again:,.0f}",
-             f"{t_again / t_copy:.0f}x", ""),
+             f"{t_again / t_copy:.0f}x", per10k(cpu_again, args.rows), f"{args.rows / cpu_again:,.0f}", ""),
             (f"product: {args.small:,}-row file", f"{t_small:.1f}", f"{args.small / t_small:,.0f}", "",
-             f"{rss_small / 1024:.0f} MiB"),
-            ("bare COPY into a staging table", f"{t_copy:.1f}", f"{args.rows / t_copy:,.0f}", "1x", ""),
+             per10k(cpu_small, args.small), f"{args.small / cpu_small:,.0f}", f"{rss_small / 1024:.0f} MiB"),
+            ("bare COPY into a staging table", f"{t_copy:.1f}", f"{args.rows / t_copy:,.0f}", "1x",
+             per10k(cpu_copy, args.rows), "", ""),
             ("bare executemany (execute_values)", f"{t_many:.1f}", f"{args.rows / t_many:,.0f}",
-             f"{t_many / t_copy:.1f}x", ""),
+             f"{t_many / t_copy:.1f}x", per10k(cpu_many, args.rows), "", ""),
         ]
-        print(table(rows, ("what", "seconds", "rows/s", "time vs COPY", "peak RSS")))
+        print(table(rows, ("what", "seconds", "rows/s", "time vs COPY", "client CPU s/10k rows",
+                           "rows per client CPU s", "peak RSS")))
         print(f"import {args.rows / t_big:,.0f} rows/s = {t_copy / t_big:.4f} of the bare COPY's rate; "
               f"again (all duplicates) {args.rows / t_again:,.0f} rows/s = {t_copy / t_again:.4f} of it; "
               f"target 20,000 rows/s")
+        print(f"client CPU (user + sys of the importing process, not the database server's): "
+              f"{cpu_big * 10_000 / args.rows:.2f} s per 10,000 rows, i.e. {args.rows / cpu_big:,.0f} rows per CPU "
+              f"second; the wall time on a loaded machine is the CPU time stretched by the load")
         load_after = os.getloadavg()
         print("load average (1, 5, 15 min): before " + ", ".join(f"{x:.2f}" for x in load_before)
               + "; after " + ", ".join(f"{x:.2f}" for x in load_after) + f" ({os.cpu_count()} CPUs)")

@@ -33,6 +33,7 @@ are read by the top-level celeryconfig.py.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -90,6 +91,13 @@ def normalise_database_url(url: str) -> str:
         raise ConfigError(f"KKMTRANSFER_DATABASE_URL: driver {parsed.drivername!r} is not installed; "
                           f"use postgresql+psycopg2:// or sqlite:///")
     return parsed.render_as_string(hide_password=False)
+
+
+@functools.lru_cache(maxsize=64)
+def _life_rule(delay_days: int, lifetime_days: int | None):
+    from .domain.rules import LifeRule
+
+    return LifeRule(delay_days=delay_days, lifetime_days=lifetime_days)
 
 
 @dataclass(frozen=True)
@@ -182,10 +190,7 @@ class Settings:
 
     def rule(self, name: str):
         """The configured default LifeRule for 'bonus', 'accumulation' or 'count'."""
-        from .domain.rules import LifeRule
-
-        return LifeRule(delay_days=getattr(self, f"{name}_delay_days"),
-                        lifetime_days=getattr(self, f"{name}_lifetime_days"))
+        return _life_rule(getattr(self, f"{name}_delay_days"), getattr(self, f"{name}_lifetime_days"))
 
     @classmethod
     def from_env(cls, environ=None) -> "Settings":

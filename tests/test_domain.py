@@ -124,6 +124,40 @@ def test_content_hash_sees_amounts_and_time_but_not_descriptive_fields():
     assert _req(operation_id="6F1C1C2E-6D0B-4A5E-9A57-0E0B5F7F1A11").operation_id == _req().operation_id
 
 
+def _json_hash(r: OperationRequest) -> str:
+    """content_hash as it was first written (json.dumps of the payload): stored hashes must stay valid."""
+    import hashlib
+    import json
+
+    payload = {"card": r.card_number, "kkm": r.kkm, "kind": r.kind.value,
+               "time": r.operation_time.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "sum": str(r.receipt_sum), "accrued": str(r.bonus_accrued), "spent": str(r.bonus_spent),
+               "acc": str(r.accumulation_delta), "count": r.receipt_count_delta, "promo": r.promotion_code or "",
+               "orig": r.original_operation_id or ""}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"card_number": 'Карта "7"\\x', "kkm": "К\tA\u2028"}, {"promotion_code": "P\u00e9\U0001F600"},
+    {"kind": "Return", "original_operation_id": "0f1c1c2e-6d0b-4a5e-9a57-0e0b5f7f1a11", "receipt_count_delta": -3,
+     "accumulation_delta": D("-1.5")},
+    {"receipt_sum": D("1000000"), "bonus_spent": "0.5", "accumulation_delta": D("-0.00")},
+])
+def test_content_hash_is_the_json_hash_it_always_was(kw):
+    r = _req(**kw)
+    assert r.content_hash() == _json_hash(r)
+
+
+def test_money_from_text_is_the_same_when_seen_again():
+    assert money("5.5", "X") == D("5.50") and str(money("5.5", "X")) == "5.50"
+    assert str(money("-0.00", "X", allow_negative=True)) == "0.00"
+    with pytest.raises(errors.ValidationError):
+        money("-1.00", "X")  # seen with allow_negative=False: refused, whatever was seen before
+    assert money("-1.00", "X", allow_negative=True) == D("-1.00")
+    with pytest.raises(errors.ValidationError):
+        money("-1.00", "X")
+
+
 def test_requests_are_validated():
     with pytest.raises(errors.ValidationError, match="offset"):
         _req(operation_time=datetime(2026, 1, 1, 12, 0))

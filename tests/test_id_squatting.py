@@ -143,6 +143,13 @@ def test_server_ids_are_stable_per_installation_and_unknown_outside(db):
     assert ns not in (OLD_LINE_NS, OLD_OPENING_NS, OLD_ACTION_NS, OLD_JOURNAL_NS)
 
 
+@pytest.mark.parametrize("parts", [("x",), ("K1", "42", "2026-11-01T06:00:00+00:00"), ("Касса №1", 7, None), ()])
+def test_a_server_id_is_uuid5_of_its_namespace(parts):
+    """Ids stored before stay the same: server_id is uuid5(namespace, purpose/parts) however it is made."""
+    ns = uuid.uuid4()
+    assert server_id(ns, "journal", *parts) == str(uuid.uuid5(ns, "/".join(["journal", *(str(p) for p in parts)])))
+
+
 def test_a_server_id_held_by_a_foreign_row_fails_in_one_line(db):
     db.add_card_range(1, 1, "F", 0, None, issued=ISSUED)
     db.clock.set(msk(2026, 11, 10))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Iterable
 
@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from ..domain.ledger import Move
 from ..domain.model import DEFERRED_ROLES, ZERO, Kind, Lot, Measure, OperationView, Role
 from ..domain.rules import CardRules, LifeRule, Promotion
-from .db import cards, entries, holds, lots, operations, promotions, users
+from .db import UTCDateTime, cards, entries, holds, lots, operations, promotions, users
 
 # a gift certificate's account row in cards (kkmtransfer/domain/certificates.py): no card path sees it
 from ..domain.certificates import ACCOUNT_STATUS as CERTIFICATE_ACCOUNT  # noqa: E402
@@ -424,6 +424,7 @@ class BatchRepository(Repository):
         self._hold_ids = set(fresh)
         self._holds = {r["id"]: r for r in self._read(_HOLDS_BY_IDS, holds, holds.c.id, sorted(set(fresh)))}
         self._promotions: dict[str, Promotion | None] = {}
+        self._rules: dict[str, CardRules] = {}
         self._new_ops: list[dict] = []
         self._new_lots: list[tuple[str, str, Lot]] = []
         self._new_lot_keys: set[int] = set()
@@ -442,6 +443,14 @@ class BatchRepository(Repository):
             stmt = select(table).where(key.in_(values[i:i + 500]))
             found.extend(self.conn.execute(shape(stmt) if shape else stmt).mappings())
         return found
+
+    def card_rules(self, row) -> CardRules:
+        """The card's life rules, made once per card of the batch."""
+        number = row["number"]
+        rules = self._rules.get(number)
+        if rules is None or self._cards.get(number) is not row:
+            rules = self._rules[number] = Repository.card_rules(row)
+        return rules
 
     def get_card(self, number: str, *, lock: bool = False):
         if number in self._cards:
@@ -551,11 +560,35 @@ class BatchRepository(Repository):
                 lot.id = row["id"] = lot_id
             copy_rows(self.conn, lots, rows)
         if self._entries:
-            copy_rows(self.conn, entries, self._entry_rows())
+            self._copy_entries()
         changed = sorted((k, v) for k, v in self._deltas.items() if v != 0)
         if changed:
             self.conn.execute(_ADD_TO_LOTS, {"ids": [k for k, _ in changed],
                                              "deltas": [_raw_cents(v) for _, v in changed]})
+
+    def _copy_entries(self) -> None:
+        """The entries' COPY lines made straight from the moves (the most numerous rows: three a sale),
+        each text through the COPY escaping and each amount as the whole hundredths ``Cents`` stores,
+        both converted once per distinct value."""
+        texts: dict[str, str] = {}
+        cents: dict[Decimal, str] = {}
+
+        def text_of(value: str) -> str:
+            out = texts.get(value)
+            if out is None:
+                out = texts[value] = _copy_text(value)
+            return out
+
+        def cents_of(amount: Decimal) -> str:
+            out = cents.get(amount)
+            if out is None:
+                out = cents[amount] = str(_raw_cents(amount))
+            return out
+
+        lines = [f"{text_of(op_id)}\t{lot.id}\t{text_of(card)}\t{text_of(lot.measure.value)}\t"
+                 f"{text_of(m.role.value)}\t{cents_of(m.amount)}\n" for op_id, lot, card, m in self._entries]
+        copy_lines(self.conn, "entries", ("operation_id", "lot_id", "card_number", "measure", "role", "amount"),
+                   lines)
 
     def return_totals(self, sale_id: str):
         self.flush()
@@ -599,17 +632,21 @@ _ADD_TO_LOTS = text("UPDATE lots SET remaining = lots.remaining + d.delta "
 
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+_MEMO_LIMIT = 4096  # converted values remembered per column and COPY (amounts, names, times repeat)
 
 
 def _copy_text(value: str) -> str:
     """Text in COPY's text format: backslash, tab and line breaks escaped."""
+    if value.isprintable() and "\\" not in value:  # the common case, without a regular expression
+        return value
     if _COPY_SPECIAL.search(value) is None:
         return value
     return _COPY_SPECIAL.sub(lambda m: _COPY_ESCAPES[m.group()], value)
 
 
 def _copy_converter(col, dialect):
-    """value -> its COPY text (never called with None), chosen once per column from its type."""
+    """value -> its COPY text (None -> \\N), chosen once per column from its type. Values that repeat
+    (amounts, measures, roles, a batch's time) are converted once: the result is remembered."""
     proc = col.type.bind_processor(dialect)
     python = getattr(col.type, "impl_instance", col.type)
     try:
@@ -617,40 +654,73 @@ def _copy_converter(col, dialect):
     except NotImplementedError:
         kind = str
     if kind is bool:
-        return lambda v: "t" if v else "f"
+        return lambda v: "\\N" if v is None else ("t" if v else "f")
+    if kind is datetime and isinstance(col.type, UTCDateTime):
+        # stored as naive UTC: an aware UTC time's ISO form is it (PostgreSQL ignores the offset of a
+        # timestamp without time zone), any other offset goes through the column's own conversion
+        def utc_time(v, _utc=timezone.utc):
+            if v is None:
+                return "\\N"
+            return v.isoformat() if v.tzinfo is _utc else proc(v).isoformat()
+        return utc_time
     if kind in (datetime, date):
-        return (lambda v: proc(v).isoformat()) if proc else (lambda v: v.isoformat())
-    if kind in (int, Decimal, float):
-        return (lambda v: str(proc(v))) if proc else str
-    return (lambda v: _copy_text(str(proc(v)))) if proc else (lambda v: _copy_text(str(v)))
+        base = (lambda v: proc(v).isoformat()) if proc else (lambda v: v.isoformat())
+    elif kind in (int, Decimal, float):
+        base = (lambda v: str(proc(v))) if proc else str
+    else:
+        base = (lambda v: _copy_text(str(proc(v)))) if proc else (lambda v: _copy_text(str(v)))
+    memo: dict = {None: "\\N"}
+
+    def remembered(v):
+        try:
+            out = memo.get(v)
+        except TypeError:  # not hashable
+            return base(v)
+        if out is None:
+            out = base(v)
+            if len(memo) < _MEMO_LIMIT:
+                memo[v] = out
+        return out
+    return remembered
 
 
 def copy_rows(conn: Connection, table, rows: list[dict]) -> None:
     """PostgreSQL: insert ``rows`` (dicts of column values, as for ``insert(table)``) with one COPY. A
     column a row leaves out takes its Python default (or NULL). Errors come back as SQLAlchemy's (an
     IntegrityError for a duplicate key, as an INSERT would raise)."""
+    from operator import itemgetter
+
+    present = set().union(*rows)
+    names = [c.name for c in table.c
+             if c.name in present or (c.default is not None and getattr(c.default, "is_scalar", False))]
+    defaults = {name: table.c[name].default.arg for name in names
+                if table.c[name].default is not None and getattr(table.c[name].default, "is_scalar", False)}
+    convs = [_copy_converter(table.c[name], conn.dialect) for name in names]
+    values = itemgetter(*names) if len(names) > 1 else (lambda r, _n=names[0]: (r[_n],))
+    width = len(names)
+    lines = []
+    for r in rows:
+        if len(r) != width:  # a column left out: its default (or NULL)
+            r = {**defaults, **r}
+            r = {name: r.get(name) for name in names}
+        lines.append("\t".join([conv(v) for conv, v in zip(convs, values(r))]) + "\n")
+    copy_lines(conn, table.name, names, lines)
+
+
+def copy_lines(conn: Connection, table_name: str, names, lines: list[str]) -> None:
+    """PostgreSQL: COPY ``lines`` (each a row in COPY's text format, ending in a line break) into the
+    columns ``names`` of ``table_name``; errors come back as SQLAlchemy's."""
     import io
 
     import psycopg2
 
     from sqlalchemy.exc import DBAPIError
 
-    present = set().union(*rows)
-    names = [c.name for c in table.c
-             if c.name in present or (c.default is not None and getattr(c.default, "is_scalar", False))]
-    convs = [(name, _copy_converter(table.c[name], conn.dialect),
-              table.c[name].default.arg if table.c[name].default is not None
-              and getattr(table.c[name].default, "is_scalar", False) else None) for name in names]
-    lines = []
-    for r in rows:
-        lines.append("\t".join(["\\N" if (v := r.get(name, default)) is None else conv(v)
-                                 for name, conv, default in convs]))
-    lines.append("")
-    buf = io.StringIO("\n".join(lines))
-    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+    buf = io.StringIO("".join(lines))
+    statement = f"COPY {table_name} ({', '.join(names)}) FROM STDIN"
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.copy_expert(statement, buf)
+        cursor.copy_expert(statement, buf, size=1 << 20)  # the buffer in few reads
     except psycopg2.Error as exc:
         raise DBAPIError.instance(statement, None, exc, psycopg2.Error) from exc
     finally:

@@ -79,9 +79,10 @@ class CardLedger:
         lot.remaining += amount
         self.moves.append(Move(lot, amount, role))
 
-    def _bucket(self, measure: Measure, available_from, expires_at, exclusive: bool = False) -> Lot:
+    def _bucket(self, measure: Measure, available_from, expires_at, exclusive: bool = False,
+                mine: list[Lot] | None = None) -> Lot:
         if not exclusive:
-            for lot in self._of(measure):
+            for lot in self._of(measure) if mine is None else mine:
                 if lot.available_from == available_from and lot.expires_at == expires_at and not lot.exclusive:
                     return lot
         lot = Lot(id=None, measure=measure, remaining=ZERO,
@@ -112,21 +113,23 @@ class CardLedger:
         ``exclusive``, to a lot of its own)."""
         if amount <= 0:
             return
-        total = sum((lot.remaining for lot in self._of(measure)), ZERO)
+        mine = self._of(measure)
+        total = sum((lot.remaining for lot in mine), ZERO)
         if total + amount > MAX_BALANCE:
             raise ValidationError(f"{measure.value}: the card would hold more than {MAX_BALANCE} "
                                   f"(the ledger's limit); the operation is refused")
         left = amount
         if available_from is None or available_from <= self.now:
-            for lot in sorted(self._of(measure), key=lambda x: x.id or 0):
+            # debts (negative lots) oldest first; paying one never makes another negative
+            for lot in sorted([lot for lot in mine if lot.remaining < 0], key=lambda x: x.id or 0):
                 if left == 0:
                     break
-                if lot.remaining < 0 and lot.is_live(self.now):
+                if lot.is_live(self.now):
                     pay = min(-lot.remaining, left)
                     self._move(lot, pay, Role.CREDIT)
                     left -= pay
         if left > 0:
-            lot = self._bucket(measure, available_from, expires_at, exclusive)
+            lot = self._bucket(measure, available_from, expires_at, exclusive, mine)
             self._move(lot, left, Role.CREDIT_DEFERRED if lot.is_pending(self.now) else Role.CREDIT)
             self._burn_if_expired(lot, left)
 

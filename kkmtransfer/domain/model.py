@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from enum import Enum
 
@@ -73,8 +73,34 @@ class Role(str, Enum):
 DEFERRED_ROLES = (Role.CREDIT_DEFERRED, Role.TAKEBACK_DEFERRED)
 
 
+def _utc_second(t: datetime) -> str:
+    """A UTC time as %Y-%m-%dT%H:%M:%SZ (isoformat is cheaper than strftime, and the same from year 1000)."""
+    if t.year >= 1000 and t.utcoffset() == _NO_OFFSET:
+        return t.replace(microsecond=0, tzinfo=None).isoformat() + "Z"
+    return t.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_NO_OFFSET = timedelta(0)
+_json_string = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
+_MONEY_SEEN: dict[tuple[str, bool], Decimal] = {}  # text -> its money: amounts in files repeat
+
+
 def money(value, field_name: str, *, allow_negative: bool = False) -> Decimal:
     """A Decimal with at most two fraction digits, or ValidationError."""
+    if isinstance(value, str):  # a text seen before is the same money (Decimals are immutable)
+        key = (value, allow_negative)
+        found = _MONEY_SEEN.get(key)
+        if found is not None:
+            return found
+        found = _money(value, field_name, allow_negative)
+        if len(_MONEY_SEEN) >= 8192:
+            _MONEY_SEEN.clear()
+        _MONEY_SEEN[key] = found
+        return found
+    return _money(value, field_name, allow_negative)
+
+
+def _money(value, field_name: str, allow_negative: bool) -> Decimal:
     if isinstance(value, float):
         raise ValidationError(f"{field_name}: money must not be a float")
     try:
@@ -92,7 +118,12 @@ def money(value, field_name: str, *, allow_negative: bool = False) -> Decimal:
     return dec.quantize(CENT) + ZERO  # also turns -0.00 into 0.00
 
 
+_CANONICAL_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_guid(value, field_name: str = "OperationId") -> str:
+    if isinstance(value, str) and _CANONICAL_GUID.fullmatch(value):  # what str(uuid.UUID(value)) gives
+        return value
     if value is None or str(value).strip() == "":
         raise ValidationError(f"{field_name} is required")
     try:
@@ -251,6 +282,15 @@ class OperationRequest:
         promotion and original operation. Not covered: Store and ReceiptNumber, which are descriptive
         and may be missing on one path (online) and present on the other (offline journal).
         """
+        if not self.lines:  # the same bytes as json.dumps(payload, sort_keys=True, separators=(",", ":"))
+            q = _json_string
+            blob = (f'{{"acc":{q(str(self.accumulation_delta))},"accrued":{q(str(self.bonus_accrued))},'
+                    f'"card":{q(self.card_number)},"count":{int(self.receipt_count_delta)},'
+                    f'"kind":{q(self.kind.value)},"kkm":{q(self.kkm)},"orig":{q(self.original_operation_id or "")},'
+                    f'"promo":{q(self.promotion_code or "")},"spent":{q(str(self.bonus_spent))},'
+                    f'"sum":{q(str(self.receipt_sum))},'
+                    f'"time":"{_utc_second(self.operation_time)}"}}')
+            return hashlib.sha256(blob.encode()).hexdigest()
         payload = {
             "card": self.card_number,
             "kkm": self.kkm,

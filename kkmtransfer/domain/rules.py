@@ -8,6 +8,7 @@ be used up to and including that day. No lifetime and no date: it never burns.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 
 from .errors import ValidationError
@@ -34,6 +35,9 @@ class LifeRule:
 
     def life(self, business_day: date, tz: tzinfo) -> tuple[datetime | None, datetime | None]:
         """(available_from, expires_at) in UTC for a credit made on ``business_day``; None: no bound."""
+        return _life(self, business_day, tz)
+
+    def _life(self, business_day: date, tz: tzinfo) -> tuple[datetime | None, datetime | None]:
         start_day = business_day + timedelta(days=self.delay_days)
         available_from = day_start(start_day, tz) if self.delay_days else None
         if self.until is not None:
@@ -53,6 +57,13 @@ class LifeRule:
         else:
             end = "never burns"
         return f"starts {start}, {end}"
+
+
+@lru_cache(maxsize=4096)
+def _life(rule: LifeRule, business_day: date, tz: tzinfo) -> tuple[datetime | None, datetime | None]:
+    """``LifeRule.life``, remembered: a rule gives the same bounds for the same day (bulk loads ask the
+    same few days thousands of times)."""
+    return rule._life(business_day, tz)
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,10 @@ def _describe(grace: timedelta) -> str:
 
 def _message(kind: str, accrued, spent, view: CardView | None, again: bool = False) -> str | None:
     """The cashier's line of a RegisterOperation answer (none without the card's balances: the journal)."""
-    from .program import operation_message
-
     if view is None or accrued is None or spent is None:
         return None
+    from .program import operation_message
+
     return operation_message(kind, accrued, spent, view, again)
 
 
