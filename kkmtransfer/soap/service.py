@@ -376,7 +376,33 @@ def _rule_broken(name: str, cls, text) -> str:
     return f"{name}: invalid value {_got(raw)}"
 
 
-class KKMSoap11(Soap11):
+class _CachedAttrs:
+    """spyne's ``get_cls_attrs`` (about 130 calls a sale, 50 a GetCardInfo) first logs a debug line whose
+    arguments it computes anyway (the length of a WeakKeyDictionary), then looks the class up in that
+    weak dictionary (a new weak reference per call). The same answers from a plain dict in front of it:
+    spyne's models are classes made once at import; the dict is bounded all the same."""
+
+    _ATTRS_MAX = 4096
+
+    def get_cls_attrs(self, cls):
+        try:
+            return self._fast_attrs[cls]
+        except KeyError:
+            pass
+        except AttributeError:
+            self._fast_attrs = {}
+        attrs = super().get_cls_attrs(cls)
+        if len(self._fast_attrs) >= self._ATTRS_MAX:
+            self._fast_attrs.clear()
+        self._fast_attrs[cls] = attrs
+        return attrs
+
+
+class KKMSoap11Out(_CachedAttrs, Soap11):
+    """spyne's SOAP 1.1 writer with the attribute cache above."""
+
+
+class KKMSoap11(_CachedAttrs, Soap11):
     """SOAP 1.1 that refuses documents with a DTD (SOAP forbids them; no entity tricks get through), turns
     whatever spyne's parser raises on nonsense (an empty body, NaN, February 30) into a client fault, and
     writes validation faults that name the element and what it allows (``ReceiptSum: must be ≥ 0, got -100``).
@@ -480,7 +506,7 @@ def make_soap_app(billing) -> KKMWsgiApplication:
         tns=NS,
         name=SERVICE_NAME,
         in_protocol=KKMSoap11(validator="soft"),
-        out_protocol=Soap11(),
+        out_protocol=KKMSoap11Out(),
     )
     app.billing = billing
     from ..service_layer.certificates import CertificateService
