@@ -220,6 +220,29 @@ class Repository:
         if changed:
             self.conn.execute(_ADD_TO_LOT, [{"lot_id": k, "delta": v} for k, v in changed])
 
+    def insert_operation_with_moves(self, values: dict, moves: list[Move], now: datetime) -> None:
+        """``insert_operation(**values)`` then ``save_moves`` of the operation's moves. On PostgreSQL, when the
+        moves touch only existing lots (a sale's usual case), all of it is one statement of fixed shape: the
+        operation, its entries and the lots' new remaining (data-modifying CTEs; the entries' foreign key
+        to the operation is checked at the end of the statement). A duplicate id raises IntegrityError as
+        the separate INSERT did."""
+        if (self.conn.dialect.name == "postgresql" and moves and all(m.lot.id is not None for m in moves)
+                and values.keys() <= _OPERATION_COLUMNS_SET):
+            deltas: dict[int, Decimal] = {}
+            for m in moves:
+                deltas[m.lot.id] = deltas.get(m.lot.id, ZERO) + m.amount
+            changed = sorted((k, v) for k, v in deltas.items() if v != 0)
+            if changed:
+                params = {f"op_{c}": values.get(c) for c in _OPERATION_COLUMNS}
+                params.update({
+                    "lot_ids": [m.lot.id for m in moves], "measures": [m.lot.measure.value for m in moves],
+                    "roles": [m.role.value for m in moves], "amounts": [_raw_cents(m.amount) for m in moves],
+                    "changed_ids": [k for k, _ in changed], "deltas": [_raw_cents(v) for _, v in changed]})
+                self.conn.execute(_OPERATION_ENTRIES_AND_LOTS, params)
+                return
+        self.insert_operation(**values)
+        self.save_moves(values["card_number"], values["id"], moves, now)
+
     # -- operations --------------------------------------------------------------------------
     def get_operation(self, operation_id: str):
         return self.conn.execute(select(operations).where(operations.c.id == operation_id)).mappings().first()
@@ -370,6 +393,25 @@ _ENTRIES_AND_LOTS = text(
     "FROM unnest(CAST(:changed_ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
     "WHERE lots.id = d.lot_id")
 
+# PostgreSQL: a new operation (every column an online sale sets), its entries and the relative updates of
+# its lots' remaining in one statement; typed binds as the Core INSERT would send them
+_OPERATION_COLUMNS = ("id", "card_number", "kind", "source", "kkm", "store", "receipt_number", "operation_time",
+                      "business_date", "content_hash", "receipt_sum", "bonus_accrued", "bonus_spent",
+                      "accumulation_delta", "receipt_count_delta", "promotion_code", "original_operation_id",
+                      "created_at", "actor")
+_OPERATION_COLUMNS_SET = frozenset(_OPERATION_COLUMNS)
+_OPERATION_ENTRIES_AND_LOTS = text(
+    f"WITH new_operation AS (INSERT INTO operations ({', '.join(_OPERATION_COLUMNS)}) "
+    f"VALUES ({', '.join(':op_' + c for c in _OPERATION_COLUMNS)})), "
+    "new_entries AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount) "
+    "SELECT :op_id, e.lot_id, :op_card_number, e.measure, e.role, e.amount "
+    "FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:measures AS text[]), CAST(:roles AS text[]), "
+    "CAST(:amounts AS bigint[])) AS e (lot_id, measure, role, amount)) "
+    "UPDATE lots SET remaining = lots.remaining + d.delta "
+    "FROM unnest(CAST(:changed_ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
+    "WHERE lots.id = d.lot_id").bindparams(
+    *[bindparam(f"op_{c}", type_=operations.c[c].type) for c in _OPERATION_COLUMNS])
+
 
 def _promotion(row) -> Promotion:
     return Promotion(code=row["code"], name=row["name"], valid_from=row["valid_from"], valid_to=row["valid_to"],
@@ -487,6 +529,10 @@ class BatchRepository(Repository):
         self.flush()
         self._lots.pop(card_number, None)
         return super().load_lots(card_number, extra_ids)
+
+    def insert_operation_with_moves(self, values: dict, moves: list[Move], now: datetime) -> None:
+        self.insert_operation(**values)  # kept in memory and written at flush()
+        self.save_moves(values["card_number"], values["id"], moves, now)
 
     def insert_operation(self, **values) -> None:
         self._new_ops.append(values)
