@@ -378,19 +378,20 @@ class _Read:
         self.card_names = [c.name for c in cards.c]
         self.op_names = [c.name for c in operations.c]
         self.hold_names = [c.name for c in holds.c]
-        self._compiled: dict = {}  # dialect -> (SQL string, [(index, processor)])
+        self._compiled: dict = {}  # dialect -> (SQL, [(index, processor)], the same for the lot's columns)
 
     def rows(self, conn: Connection, params: dict) -> list:
         dialect = conn.dialect
         if dialect.driver != "psycopg2" or conn._has_events or conn.engine._has_events:
             return conn.execute(self.clause, params).all()
         try:
-            sql, processors = self._compiled[dialect]
+            sql, processors, lot_processors = self._compiled[dialect]
         except KeyError:
             sql = str(self.clause.compile(dialect=dialect))
             processors = [(i, p) for i, p in enumerate(t.dialect_impl(dialect).result_processor(dialect, None)
                                                        for t in self.types) if p is not None]
-            self._compiled[dialect] = sql, processors
+            lot_processors = [(i, p) for i, p in processors if self.n_card <= i < self.n_card + 6]
+            self._compiled[dialect] = sql, processors, lot_processors
         cursor = None
         try:
             cursor = conn.connection.dbapi_connection.cursor()
@@ -399,12 +400,17 @@ class _Read:
             cursor.close()
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy's handling, as Connection.execute would do
             conn._handle_dbapi_exception(exc, sql, params, cursor, None)
-        if not processors:
+        if not fetched or not processors:
             return fetched
-        out = []
-        for row in fetched:
+        # every column of the first row; of the others only the lot's (the card, operation and hold
+        # columns repeat the first row's and are read from it alone)
+        first = list(fetched[0])
+        for i, p in processors:
+            first[i] = p(first[i])
+        out = [first]
+        for row in fetched[1:]:
             row = list(row)
-            for i, p in processors:
+            for i, p in lot_processors:
                 row[i] = p(row[i])
             out.append(row)
         return out
