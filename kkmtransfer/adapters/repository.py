@@ -61,7 +61,8 @@ class Repository:
             return self._holds_read.pop(operation_id)
         return self.conn.execute(select(holds).where(holds.c.id == operation_id)).mappings().first()
 
-    def _card_rows(self, read: "_Read", params, hold_id: str | None = None) -> tuple[dict | None, list[Lot], dict | None]:
+    def _card_rows(self, read: "_Read", params,
+                   hold_id: str | None = None) -> tuple[dict | None, list[Lot], dict | None]:
         rows = read.rows(self.conn, params)
         if not rows:
             return None, [], None

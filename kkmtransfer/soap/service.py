@@ -329,16 +329,28 @@ XSD_NS = "http://www.w3.org/2001/XMLSchema"
 MIN_YEAR, MAX_YEAR = 1900, 9998
 
 
+def _element_name(element) -> str:
+    """An element's local name, for a fault (computed only when one is raised)."""
+    return etree.QName(element.tag).localname[:64]
+
+
 def _got(text) -> str:
     text = "" if text is None else text.strip()
     return repr(text[:64] + ("…" if len(text) > 64 else ""))
 
 
+_LEXICAL_OF: dict = {}  # spyne type -> its (pattern, what): the types are classes made once at import
+
+
 def _lexical(cls):
-    for base, pattern, what in _LEXICAL:
-        if issubclass(cls, base):
-            return pattern, what
-    return None, None
+    try:
+        return _LEXICAL_OF[cls]
+    except KeyError:
+        pass
+    found = next(((pattern, what) for base, pattern, what in _LEXICAL if issubclass(cls, base)), (None, None))
+    if len(_LEXICAL_OF) < 4096:
+        _LEXICAL_OF[cls] = found
+    return found
 
 
 def _rule_broken(name: str, cls, text) -> str:
@@ -428,19 +440,19 @@ class KKMSoap11(_CachedAttrs, Soap11):
             raise _client_error("a value in the request is invalid", exc)
 
     def from_element(self, ctx, cls, element):
-        name = etree.QName(element.tag).localname[:64]
         simple = issubclass(cls, SimpleModel)
         if simple and element.get(XSI_TYPE) is not None:
             # SOAP::Lite writes xsi:type="xsd:long" on every value: the element's own type decides
             prefix, _, _local = element.get(XSI_TYPE).rpartition(":")
             if element.nsmap.get(prefix or None) != XSD_NS:
-                raise NamedFault(f"{name}: xsi:type {element.get(XSI_TYPE)[:64]!r} is not allowed here")
+                raise NamedFault(f"{_element_name(element)}: xsi:type {element.get(XSI_TYPE)[:64]!r} "
+                                 "is not allowed here")
             del element.attrib[XSI_TYPE]
         nil = (element.get(XSI_NIL) or "").strip() in ("1", "true")
         if simple and not nil:
             pattern, what = _lexical(cls)
             if pattern is not None and not pattern.fullmatch((element.text or "").strip(" \t\r\n")):
-                raise NamedFault(f"{name}: must be {what}, got {_got(element.text)}")
+                raise NamedFault(f"{_element_name(element)}: must be {what}, got {_got(element.text)}")
         try:
             value = super().from_element(ctx, cls, element)
         except NamedFault:
@@ -449,14 +461,14 @@ class KKMSoap11(_CachedAttrs, Soap11):
             if not simple:
                 raise
             if nil:
-                raise NamedFault(f"{name}: must not be nil")
-            raise NamedFault(_rule_broken(name, cls, element.text)) from exc
+                raise NamedFault(f"{_element_name(element)}: must not be nil")
+            raise NamedFault(_rule_broken(_element_name(element), cls, element.text)) from exc
         except (ValueError, TypeError, ArithmeticError, OverflowError) as exc:
             if not simple:
                 raise
-            raise NamedFault(_rule_broken(name, cls, element.text)) from exc
+            raise NamedFault(_rule_broken(_element_name(element), cls, element.text)) from exc
         if isinstance(value, (date, datetime)) and not MIN_YEAR <= value.year <= MAX_YEAR:
-            raise NamedFault(f"{name}: out of range: years {MIN_YEAR}…{MAX_YEAR} are allowed, "
+            raise NamedFault(f"{_element_name(element)}: out of range: years {MIN_YEAR}…{MAX_YEAR} are allowed, "
                              f"got {_got(element.text)}")
         return value
 
