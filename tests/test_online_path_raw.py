@@ -5,6 +5,7 @@ invalidated, the next call works); the folded write stores the same rows as the 
 refuses a duplicate id."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 
 import pytest
@@ -100,8 +101,16 @@ def test_the_folded_write_stores_what_the_separate_statements_stored(db):
     for card in ("F1", "F2"):
         db.register_operation(request(card, accrued="30.00"))
     folded, split = new_id(), new_id()
-    assert db.register_operation(request("F1", receipt_sum="40.00", accrued="2.00", spent="5.00",
-                                         op_id=folded), actor="kassa").status == APPLIED
+    sent = request("F1", receipt_sum="40.00", accrued="2.00", spent="5.00", op_id=folded,
+                   time=datetime(2031, 3, 1, 23, 30, tzinfo=timezone(timedelta(hours=3))))
+    db.clock = lambda: datetime(2031, 3, 1, 21, 0, tzinfo=timezone.utc)
+    assert db.register_operation(sent, actor="kassa").status == APPLIED
+    with db.engine.connect() as conn:  # the typed binds: the time as UTC, the day in the service's zone
+        row = conn.execute(select(operations).where(operations.c.id == folded)).mappings().one()
+        naive = conn.execute(text("SELECT operation_time FROM operations WHERE id = :i"), {"i": folded}).scalar()
+    assert row["operation_time"] == sent.operation_time and naive == datetime(2031, 3, 1, 20, 30)
+    assert row["created_at"] == db.clock() and row["business_date"] == sent.operation_time.astimezone(
+        db.settings.tz).date()
     original = repo_mod.Repository.insert_operation_with_moves
 
     def separate(self, values, moves, now):
