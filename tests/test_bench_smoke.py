@@ -45,3 +45,13 @@ def test_online_benchmark_runs(pg_admin, tmp_path):
     assert rows[0].startswith("section,workers") and len(rows) > 10
     for row in rows[1:]:
         assert row.split(",")[12] == "0", row  # errors
+
+
+def test_in_process_microbenchmark_runs(pg_admin):
+    """bench/micro_online.py (docs/performance.md §5.2): the echo, GetCardInfo and a sale answered in process."""
+    proc = subprocess.run([sys.executable, str(BENCH / "micro_online.py"), "--requests", "20", "--rounds", "1",
+                           "--cards", "50"], cwd=BENCH, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: float(line.split()[2]) for line in proc.stdout.splitlines()
+            if line.split() and line.split()[0] in ("echo", "info", "sale")}
+    assert set(rows) == {"echo", "info", "sale"} and all(v > 0 for v in rows.values())

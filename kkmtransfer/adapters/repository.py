@@ -61,23 +61,25 @@ class Repository:
             return self._holds_read.pop(operation_id)
         return self.conn.execute(select(holds).where(holds.c.id == operation_id)).mappings().first()
 
-    def _card_rows(self, stmt, params, hold_id: str | None = None) -> tuple[dict | None, list[Lot], dict | None]:
-        rows = self.conn.execute(stmt, params).all()
+    def _card_rows(self, read: "_Read", params,
+                   hold_id: str | None = None) -> tuple[dict | None, list[Lot], dict | None]:
+        rows = read.rows(self.conn, params)
         if not rows:
             return None, [], None
-        first = rows[0]._mapping
-        card = {c.name: first[f"c_{c.name}"] for c in cards.c}
+        first = rows[0]
+        card = dict(zip(read.card_names, first[:read.n_card]))
         if card["status"] == CERTIFICATE_ACCOUNT:  # a gift certificate's account is no card
             return None, [], None
         existing = None
-        if "o_id" in first and first["o_id"] is not None:
-            existing = {c.name: first[f"o_{c.name}"] for c in operations.c}
-        if hold_id is not None and "h_id" in first:
-            self._holds_read[hold_id] = ({c.name: first[f"h_{c.name}"] for c in holds.c}
-                                         if first["h_id"] is not None else None)
-        found = [Lot(id=r.l_id, measure=Measure(r.l_measure), remaining=r.l_remaining,
-                     available_from=r.l_available_from, expires_at=r.l_expires_at, exclusive=r.l_exclusive)
-                 for r in rows if r.l_id is not None]
+        if read.op_at is not None and first[read.op_at] is not None:
+            existing = dict(zip(read.op_names, first[read.op_at:read.op_at + len(read.op_names)]))
+        if hold_id is not None and read.hold_at is not None:
+            self._holds_read[hold_id] = (dict(zip(read.hold_names, first[read.hold_at:]))
+                                         if first[read.hold_at] is not None else None)
+        n = read.n_card
+        found = [Lot(id=r[n], measure=Measure(r[n + 1]), remaining=r[n + 2], available_from=r[n + 3],
+                     expires_at=r[n + 4], exclusive=r[n + 5])
+                 for r in rows if r[n] is not None]
         return card, found, existing
 
     def cards_by_phone(self, phone: str):
@@ -220,6 +222,29 @@ class Repository:
         if changed:
             self.conn.execute(_ADD_TO_LOT, [{"lot_id": k, "delta": v} for k, v in changed])
 
+    def insert_operation_with_moves(self, values: dict, moves: list[Move], now: datetime) -> None:
+        """``insert_operation(**values)`` then ``save_moves`` of the operation's moves. On PostgreSQL, when the
+        moves touch only existing lots (a sale's usual case), all of it is one statement of fixed shape: the
+        operation, its entries and the lots' new remaining (data-modifying CTEs; the entries' foreign key
+        to the operation is checked at the end of the statement). A duplicate id raises IntegrityError as
+        the separate INSERT did."""
+        if (self.conn.dialect.name == "postgresql" and moves and all(m.lot.id is not None for m in moves)
+                and values.keys() <= _OPERATION_COLUMNS_SET):
+            deltas: dict[int, Decimal] = {}
+            for m in moves:
+                deltas[m.lot.id] = deltas.get(m.lot.id, ZERO) + m.amount
+            changed = sorted((k, v) for k, v in deltas.items() if v != 0)
+            if changed:
+                params = {f"op_{c}": values.get(c) for c in _OPERATION_COLUMNS}
+                params.update({
+                    "lot_ids": [m.lot.id for m in moves], "measures": [m.lot.measure.value for m in moves],
+                    "roles": [m.role.value for m in moves], "amounts": [_raw_cents(m.amount) for m in moves],
+                    "changed_ids": [k for k, _ in changed], "deltas": [_raw_cents(v) for _, v in changed]})
+                _OPERATION_ENTRIES_AND_LOTS.execute(self.conn, params)
+                return
+        self.insert_operation(**values)
+        self.save_moves(values["card_number"], values["id"], moves, now)
+
     # -- operations --------------------------------------------------------------------------
     def get_operation(self, operation_id: str):
         return self.conn.execute(select(operations).where(operations.c.id == operation_id)).mappings().first()
@@ -334,18 +359,121 @@ _ADD_TO_LOT = (update(lots).where(lots.c.id == bindparam("lot_id"))
                .values(remaining=lots.c.remaining + bindparam("delta", type_=lots.c.remaining.type)))
 
 
-def _card_read(with_operation: bool, lock_first: bool = False):
+def _raw_path(conn: Connection) -> bool:
+    """The hot statements go to the DBAPI cursor (``_Read``, ``_Write``): PostgreSQL through psycopg2, and
+    nobody listening to statements (an APM tool, a test counting them: they see SQLAlchemy's path)."""
+    return conn.dialect.driver == "psycopg2" and not conn._has_events and not conn.engine._has_events
+
+
+def _on_cursor(conn: Connection, sql: str, params: dict, fetch: bool):
+    """Run SQL compiled for ``conn``'s dialect on its DBAPI connection (the unit of work's transaction); a
+    DBAPI error goes through SQLAlchemy's own handling, as ``Connection.execute`` would send it (wrapped as
+    sqlalchemy.exc errors, IntegrityError included; a lost connection invalidated with the pool's older
+    ones)."""
+    cursor = None
+    try:
+        cursor = conn.connection.dbapi_connection.cursor()
+        cursor.execute(sql, params)
+        fetched = cursor.fetchall() if fetch else None
+        cursor.close()
+        return fetched
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's handling
+        conn._handle_dbapi_exception(exc, sql, params, cursor, None)
+
+
+class _Write:
+    """A prebuilt write of the sale's path on the DBAPI cursor (see ``_raw_path``): the SQL compiled once
+    per dialect, the typed parameters bound by their types' bind processors (Cents, UTC times)."""
+
+    def __init__(self, clause):
+        self.clause = clause
+        self._compiled: dict = {}  # dialect -> (SQL, [(name, processor)])
+
+    def execute(self, conn: Connection, params: dict) -> None:
+        if not _raw_path(conn):
+            conn.execute(self.clause, params)
+            return
+        dialect = conn.dialect
+        try:
+            sql, processors = self._compiled[dialect]
+        except KeyError:
+            sql = str(self.clause.compile(dialect=dialect))
+            processors = [(name, p) for name, bp in self.clause._bindparams.items()
+                          if (p := bp.type.dialect_impl(dialect).bind_processor(dialect)) is not None]
+            self._compiled[dialect] = sql, processors
+        params = dict(params)
+        for name, p in processors:
+            params[name] = p(params[name])
+        _on_cursor(conn, sql, params, fetch=False)
+
+
+class _Read:
+    """A prebuilt read of the hot paths (GetCardInfo, a sale's lock and read): its rows as tuples of typed
+    values (Cents, aware UTC times), in the column order of ``_card_read``.
+
+    On PostgreSQL it runs on the DBAPI cursor of the unit of work's connection (same transaction, same
+    autocommit switch): the SQL compiled once per dialect, each column's result processor applied to the
+    fetched tuples. That skips SQLAlchemy's per-call execution context and result objects (about 0.15 ms of
+    CPU a call, half of GetCardInfo's database work in the process); a DBAPI error goes through SQLAlchemy's
+    own handling (wrapped as sqlalchemy.exc errors; a lost connection invalidated with the pool's older
+    ones, as any statement's). When the engine has statement listeners (an APM tool, a test counting
+    statements) the read goes through ``Connection.execute`` so that they see it."""
+
+    def __init__(self, sql: str, cols: list[tuple[str, str, object]], n_card: int, op_at: int | None,
+                 hold_at: int | None):
+        self.clause = text(sql).columns(*[column(label, type_) for _, label, type_ in cols])
+        self.types = [type_ for _, _, type_ in cols]
+        self.n_card, self.op_at, self.hold_at = n_card, op_at, hold_at
+        self.card_names = [c.name for c in cards.c]
+        self.op_names = [c.name for c in operations.c]
+        self.hold_names = [c.name for c in holds.c]
+        self._compiled: dict = {}  # dialect -> (SQL, [(index, processor)], the same for the lot's columns)
+
+    def rows(self, conn: Connection, params: dict) -> list:
+        dialect = conn.dialect
+        if not _raw_path(conn):
+            return conn.execute(self.clause, params).all()
+        try:
+            sql, processors, lot_processors = self._compiled[dialect]
+        except KeyError:
+            sql = str(self.clause.compile(dialect=dialect))
+            processors = [(i, p) for i, p in enumerate(t.dialect_impl(dialect).result_processor(dialect, None)
+                                                       for t in self.types) if p is not None]
+            lot_processors = [(i, p) for i, p in processors if self.n_card <= i < self.n_card + 6]
+            self._compiled[dialect] = sql, processors, lot_processors
+        fetched = _on_cursor(conn, sql, params, fetch=True)
+        if not fetched or not processors:
+            return fetched
+        # every column of the first row; of the others only the lot's (the card, operation and hold
+        # columns repeat the first row's and are read from it alone)
+        first = list(fetched[0])
+        for i, p in processors:
+            first[i] = p(first[i])
+        out = [first]
+        for row in fetched[1:]:
+            row = list(row)
+            for i, p in lot_processors:
+                row[i] = p(row[i])
+            out.append(row)
+        return out
+
+
+def _card_read(with_operation: bool, lock_first: bool = False) -> _Read:
     """The card, its lots that matter now (as ``Repository._lots_of``) and, optionally, the operation
     named by :operation_id, as one SELECT: a card row per lot (one row with NULL lot columns when it has
     none). Written as text so that PostgreSQL can be sent the card's lock in front of it in one round trip;
     typed columns give the same values as the Core queries (Cents, aware UTC times)."""
     cols = [(f"c.{c.name}", f"c_{c.name}", c.type) for c in cards.c]
+    n_card = len(cols)
     cols += [(f"l.{name}", f"l_{name}", lots.c[name].type)
              for name in ("id", "measure", "remaining", "available_from", "expires_at", "exclusive")]
     joins = ("FROM cards c LEFT OUTER JOIN lots l ON l.card_number = c.number "
              "AND (l.remaining <> 0 OR (l.available_from IS NULL AND l.expires_at IS NULL))")
+    op_at = hold_at = None
     if with_operation:  # and the hold of that id (a Sale with a hold's OperationId confirms it)
+        op_at = len(cols)
         cols += [(f"o.{c.name}", f"o_{c.name}", c.type) for c in operations.c]
+        hold_at = len(cols)
         cols += [(f"h.{c.name}", f"h_{c.name}", c.type) for c in holds.c]
         joins += (" LEFT OUTER JOIN operations o ON o.id = :operation_id"
                   " LEFT OUTER JOIN holds h ON h.id = :operation_id")
@@ -353,7 +481,7 @@ def _card_read(with_operation: bool, lock_first: bool = False):
            "WHERE c.number = :number ORDER BY l.id")
     if lock_first:  # PostgreSQL only: two statements, the rows are the second one's
         sql = "SELECT 1 FROM cards WHERE number = :number FOR UPDATE; " + sql
-    return text(sql).columns(*[column(label, type_) for _, label, type_ in cols])
+    return _Read(sql, cols, n_card, op_at, hold_at)
 
 
 _CARD_WITH_LOTS = _card_read(with_operation=False)
@@ -369,6 +497,25 @@ _ENTRIES_AND_LOTS = text(
     "UPDATE lots SET remaining = lots.remaining + d.delta "
     "FROM unnest(CAST(:changed_ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
     "WHERE lots.id = d.lot_id")
+
+# PostgreSQL: a new operation (every column an online sale sets), its entries and the relative updates of
+# its lots' remaining in one statement; typed binds as the Core INSERT would send them
+_OPERATION_COLUMNS = ("id", "card_number", "kind", "source", "kkm", "store", "receipt_number", "operation_time",
+                      "business_date", "content_hash", "receipt_sum", "bonus_accrued", "bonus_spent",
+                      "accumulation_delta", "receipt_count_delta", "promotion_code", "original_operation_id",
+                      "created_at", "actor")
+_OPERATION_COLUMNS_SET = frozenset(_OPERATION_COLUMNS)
+_OPERATION_ENTRIES_AND_LOTS = _Write(text(
+    f"WITH new_operation AS (INSERT INTO operations ({', '.join(_OPERATION_COLUMNS)}) "
+    f"VALUES ({', '.join(':op_' + c for c in _OPERATION_COLUMNS)})), "
+    "new_entries AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount) "
+    "SELECT :op_id, e.lot_id, :op_card_number, e.measure, e.role, e.amount "
+    "FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:measures AS text[]), CAST(:roles AS text[]), "
+    "CAST(:amounts AS bigint[])) AS e (lot_id, measure, role, amount)) "
+    "UPDATE lots SET remaining = lots.remaining + d.delta "
+    "FROM unnest(CAST(:changed_ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
+    "WHERE lots.id = d.lot_id").bindparams(
+    *[bindparam(f"op_{c}", type_=operations.c[c].type) for c in _OPERATION_COLUMNS]))
 
 
 def _promotion(row) -> Promotion:
@@ -496,6 +643,10 @@ class BatchRepository(Repository):
         self.flush()
         self._lots.pop(card_number, None)
         return super().load_lots(card_number, extra_ids)
+
+    def insert_operation_with_moves(self, values: dict, moves: list[Move], now: datetime) -> None:
+        self.insert_operation(**values)  # kept in memory and written at flush()
+        self.save_moves(values["card_number"], values["id"], moves, now)
 
     def insert_operation(self, **values) -> None:
         self._new_ops.append(values)

@@ -289,7 +289,7 @@ class BillingService:
         self._apply_delta(ledger, Measure.RECEIPT_COUNT, Decimal(request.receipt_count_delta),
                           rules.receipt_count.life(day, tz), preferred)
 
-        repo.insert_operation(
+        operation = dict(
             id=request.operation_id, card_number=card["number"], kind=request.kind.value,
             source=source.value, kkm=request.kkm, store=request.store,
             receipt_number=request.receipt_number, operation_time=request.operation_time,
@@ -301,9 +301,12 @@ class BillingService:
             **({"actor": actor[:255]} if actor else {}),
         )
         if hold is not None:
+            repo.insert_operation(**operation)
             repo.save_moves(card["number"], hold["hold_operation_id"], ledger.moves[:hold_moves], now)
             holds.mark_confirmed(repo, hold, now)
-        repo.save_moves(card["number"], request.operation_id, ledger.moves[hold_moves:], now)
+            repo.save_moves(card["number"], request.operation_id, ledger.moves[hold_moves:], now)
+        else:  # on PostgreSQL usually one statement (see Repository.insert_operation_with_moves)
+            repo.insert_operation_with_moves(operation, ledger.moves, now)
         receipts.save_lines(repo, request.operation_id, line_rows)
         view = self._view(repo, card, now, ledger) if with_view else None
         accrued = self._taken_back(ledger) if request.kind is Kind.RETURN else request.bonus_accrued

@@ -18,10 +18,9 @@ import os
 from decimal import Decimal as D
 
 from spyne import Application, ServiceBase, rpc
-from spyne.protocol.soap import Soap11
 
 from .envelope import SoapFault, fault_envelope, inspect_envelope
-from .service import NS, CardInfo, KKMSoap11, KKMWsgiApplication, Text
+from .service import NS, CardInfo, KKMSoap11, KKMSoap11Out, KKMWsgiApplication, Text
 
 ECHO_PATH = "/KKMTransferEcho"
 ECHO_ENV = "KKMTRANSFER_BENCH_ECHO"
@@ -45,7 +44,7 @@ class EchoApp:
         self.settings = settings
         self.soap = KKMWsgiApplication(Application(
             [KKMTransferEcho], tns=NS, name="KKMTransferEcho",
-            in_protocol=KKMSoap11(validator="soft"), out_protocol=Soap11()))
+            in_protocol=KKMSoap11(validator="soft"), out_protocol=KKMSoap11Out()))
 
     def __call__(self, environ, start):
         limit = self.settings.max_request_bytes

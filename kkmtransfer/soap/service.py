@@ -329,16 +329,28 @@ XSD_NS = "http://www.w3.org/2001/XMLSchema"
 MIN_YEAR, MAX_YEAR = 1900, 9998
 
 
+def _element_name(element) -> str:
+    """An element's local name, for a fault (computed only when one is raised)."""
+    return etree.QName(element.tag).localname[:64]
+
+
 def _got(text) -> str:
     text = "" if text is None else text.strip()
     return repr(text[:64] + ("…" if len(text) > 64 else ""))
 
 
+_LEXICAL_OF: dict = {}  # spyne type -> its (pattern, what): the types are classes made once at import
+
+
 def _lexical(cls):
-    for base, pattern, what in _LEXICAL:
-        if issubclass(cls, base):
-            return pattern, what
-    return None, None
+    try:
+        return _LEXICAL_OF[cls]
+    except KeyError:
+        pass
+    found = next(((pattern, what) for base, pattern, what in _LEXICAL if issubclass(cls, base)), (None, None))
+    if len(_LEXICAL_OF) < 4096:
+        _LEXICAL_OF[cls] = found
+    return found
 
 
 def _rule_broken(name: str, cls, text) -> str:
@@ -376,7 +388,33 @@ def _rule_broken(name: str, cls, text) -> str:
     return f"{name}: invalid value {_got(raw)}"
 
 
-class KKMSoap11(Soap11):
+class _CachedAttrs:
+    """spyne's ``get_cls_attrs`` (about 130 calls a sale, 50 a GetCardInfo) first logs a debug line whose
+    arguments it computes anyway (the length of a WeakKeyDictionary), then looks the class up in that
+    weak dictionary (a new weak reference per call). The same answers from a plain dict in front of it:
+    spyne's models are classes made once at import; the dict is bounded all the same."""
+
+    _ATTRS_MAX = 4096
+
+    def get_cls_attrs(self, cls):
+        try:
+            return self._fast_attrs[cls]
+        except KeyError:
+            pass
+        except AttributeError:
+            self._fast_attrs = {}
+        attrs = super().get_cls_attrs(cls)
+        if len(self._fast_attrs) >= self._ATTRS_MAX:
+            self._fast_attrs.clear()
+        self._fast_attrs[cls] = attrs
+        return attrs
+
+
+class KKMSoap11Out(_CachedAttrs, Soap11):
+    """spyne's SOAP 1.1 writer with the attribute cache above."""
+
+
+class KKMSoap11(_CachedAttrs, Soap11):
     """SOAP 1.1 that refuses documents with a DTD (SOAP forbids them; no entity tricks get through), turns
     whatever spyne's parser raises on nonsense (an empty body, NaN, February 30) into a client fault, and
     writes validation faults that name the element and what it allows (``ReceiptSum: must be ≥ 0, got -100``).
@@ -402,19 +440,19 @@ class KKMSoap11(Soap11):
             raise _client_error("a value in the request is invalid", exc)
 
     def from_element(self, ctx, cls, element):
-        name = etree.QName(element.tag).localname[:64]
         simple = issubclass(cls, SimpleModel)
         if simple and element.get(XSI_TYPE) is not None:
             # SOAP::Lite writes xsi:type="xsd:long" on every value: the element's own type decides
             prefix, _, _local = element.get(XSI_TYPE).rpartition(":")
             if element.nsmap.get(prefix or None) != XSD_NS:
-                raise NamedFault(f"{name}: xsi:type {element.get(XSI_TYPE)[:64]!r} is not allowed here")
+                raise NamedFault(f"{_element_name(element)}: xsi:type {element.get(XSI_TYPE)[:64]!r} "
+                                 "is not allowed here")
             del element.attrib[XSI_TYPE]
         nil = (element.get(XSI_NIL) or "").strip() in ("1", "true")
         if simple and not nil:
             pattern, what = _lexical(cls)
             if pattern is not None and not pattern.fullmatch((element.text or "").strip(" \t\r\n")):
-                raise NamedFault(f"{name}: must be {what}, got {_got(element.text)}")
+                raise NamedFault(f"{_element_name(element)}: must be {what}, got {_got(element.text)}")
         try:
             value = super().from_element(ctx, cls, element)
         except NamedFault:
@@ -423,14 +461,14 @@ class KKMSoap11(Soap11):
             if not simple:
                 raise
             if nil:
-                raise NamedFault(f"{name}: must not be nil")
-            raise NamedFault(_rule_broken(name, cls, element.text)) from exc
+                raise NamedFault(f"{_element_name(element)}: must not be nil")
+            raise NamedFault(_rule_broken(_element_name(element), cls, element.text)) from exc
         except (ValueError, TypeError, ArithmeticError, OverflowError) as exc:
             if not simple:
                 raise
-            raise NamedFault(_rule_broken(name, cls, element.text)) from exc
+            raise NamedFault(_rule_broken(_element_name(element), cls, element.text)) from exc
         if isinstance(value, (date, datetime)) and not MIN_YEAR <= value.year <= MAX_YEAR:
-            raise NamedFault(f"{name}: out of range: years {MIN_YEAR}…{MAX_YEAR} are allowed, "
+            raise NamedFault(f"{_element_name(element)}: out of range: years {MIN_YEAR}…{MAX_YEAR} are allowed, "
                              f"got {_got(element.text)}")
         return value
 
@@ -480,7 +518,7 @@ def make_soap_app(billing) -> KKMWsgiApplication:
         tns=NS,
         name=SERVICE_NAME,
         in_protocol=KKMSoap11(validator="soft"),
-        out_protocol=Soap11(),
+        out_protocol=KKMSoap11Out(),
     )
     app.billing = billing
     from ..service_layer.certificates import CertificateService
