@@ -77,3 +77,10 @@ def assert_invariants(billing) -> None:
         assert b.accumulation_pending == pending[(number, "accumulation")], number
         assert b.receipt_count == int(live[(number, "receipt_count")]), number
         assert b.receipt_count_pending == int(pending[(number, "receipt_count")]), number
+
+
+def read_all(engine, stmt):
+    """A statement's whole result on a connection closed at once: a connection left checked out keeps its
+    transaction open on PostgreSQL and blocks the next test's TRUNCATE."""
+    with engine.connect() as conn:
+        return conn.execute(stmt).freeze()()

@@ -14,8 +14,9 @@ from kkmtransfer.domain.certificates import CertificateOperationRequest, CertKin
 from kkmtransfer.service_layer.certificates import CertificateService
 from kkmtransfer.service_layer.reports import Reports
 
-from .helpers import new_id
+from .helpers import new_id, read_all
 from .test_cli import cli
+
 
 
 def cert_op(number, kind, amount, original=None, pin=None, op_id=None):
@@ -49,7 +50,7 @@ def test_add_range_with_pins_show_block_unblock(db, database_url, tmp_path):
     again = cli(database_url, "certificates", "add-range", "--from", "30", "--to", "31", "--nominal", "10",
                 "--pin", "--pins-out", str(pins), check=False)
     assert again.returncode == 1 and "exists" in again.stderr and "Traceback" not in again.stderr
-    assert db.engine.connect().execute(select(func.count()).select_from(certificates)).scalar_one() == 20
+    assert read_all(db.engine, select(func.count()).select_from(certificates)).scalar_one() == 20
     # PINs without a file are refused
     assert cli(database_url, "certificates", "add-range", "--from", "30", "--to", "31", "--nominal", "10",
                "--pin", check=False).returncode != 0
@@ -97,7 +98,7 @@ def test_add_range_refuses_what_makes_no_sense(db, database_url, tmp_path):
                  ["--nominal", "10", "--until", "2000-01-01"], ["--nominal", "abc"]):
         proc = cli(database_url, "certificates", "add-range", "--from", "1", "--to", "2", *args, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, args
-    assert db.engine.connect().execute(select(func.count()).select_from(certificates)).scalar_one() == 0
+    assert read_all(db.engine, select(func.count()).select_from(certificates)).scalar_one() == 0
     # card numbers cannot take the certificates' account key space
     proc = cli(database_url, "cards", "add-range", "--from", "1", "--to", "2", "--prefix", "cert:", check=False)
     assert proc.returncode == 1 and "cert:" in proc.stderr

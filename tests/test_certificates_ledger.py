@@ -20,9 +20,10 @@ from kkmtransfer.service_layer.nightly import Nightly
 from kkmtransfer.service_layer.reports import Reports
 
 from .conftest import empty_tables
-from .helpers import new_id, request
+from .helpers import new_id, read_all, request
 
 MSK = ZoneInfo("Europe/Moscow")
+
 
 
 def msk(y, m, d, hh=12, mm=0) -> datetime:
@@ -75,7 +76,7 @@ def test_the_nightly_writes_expired_certificates_off_in_the_write_off_document(e
     [report] = Nightly(db, batch=1).run(date(2026, 11, 13))   # one lot per transaction
     assert report.expired_lots == 3 and report.write_off_lines == 3
     [write_off] = [d for d in
-                   db.engine.connect().execute(select(documents)).mappings().all() if d["kind"] == "WriteOff"]
+                   read_all(db.engine, select(documents)).mappings().all() if d["kind"] == "WriteOff"]
     with db.engine.connect() as conn:
         lines = conn.execute(select(operations.c.card_number, operations.c.kind,
                                     func.sum(entries.c.amount), entries.c.measure)
@@ -125,7 +126,7 @@ def test_a_write_off_that_fails_mid_way_is_completed_by_the_next_run(expiring, m
     db.clock.set(msk(2026, 11, 13, 2, 11))  # the dead run's lease has run out
     [report] = Nightly(db, batch=1).run(date(2026, 11, 13))
     assert report.expired_lots == 2
-    expiry = db.engine.connect().execute(select(entries.c.lot_id).where(entries.c.role == "expiry")).scalars().all()
+    expiry = read_all(db.engine, select(entries.c.lot_id).where(entries.c.role == "expiry")).scalars().all()
     assert len(expiry) == len(set(expiry)) == 3       # each lot burnt once
     assert count(db, lots, lots.c.remaining != 0, lots.c.expires_at <= msk(2026, 11, 13, 0, 0)) == 0
     r = certs.report(date(2026, 11, 1), date(2026, 11, 30))
