@@ -219,12 +219,18 @@ _PG_STATEMENTS = {
     # the cards of the next due lots (a quarter of a batch of them), with all their due lots up to ``limit``, in
     # card order: a card's lots, which start on different days, mostly fall in one batch and its line is
     # written by one INSERT (a line found again, a card cut at a batch's end or whose lots another run held,
-    # is added to)
+    # is added to). The lots are found card by card through ix_lots_due_accrual_card (the LATERAL with OFFSET 0
+    # keeps the planner from a hash join over every lot still due, which made each batch cost what was left:
+    # quadratic in the document at a small batch). The rows are locked inside it, so the lots of the cards
+    # cut off by ``limit`` (at most the candidates' last ones) are locked too until the batch commits; the
+    # next batch takes them.
     "take_accrual": text(f"""
 WITH c AS (SELECT DISTINCT card_number FROM (SELECT card_number FROM lots WHERE {_PG_DUE_ACCRUAL}
                                              ORDER BY available_from, card_number, id LIMIT :candidates) x),
-b AS (SELECT id, card_number FROM lots WHERE card_number IN (SELECT card_number FROM c) AND {_PG_DUE_ACCRUAL}
-      ORDER BY card_number, id LIMIT :limit FOR UPDATE SKIP LOCKED)
+b AS (SELECT d.id, d.card_number FROM (SELECT card_number FROM c ORDER BY card_number) c2
+      CROSS JOIN LATERAL (SELECT id, card_number FROM lots WHERE card_number = c2.card_number AND {_PG_DUE_ACCRUAL}
+                          OFFSET 0) d
+      ORDER BY d.card_number, d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
 SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text, coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
     .bindparams(_PG_TIMES[0]),
     "expiry": text(_PG_EXPIRE).bindparams(*_PG_TIMES),
