@@ -175,12 +175,14 @@ def _add_to_accrual_lines(conn: Connection, rows: list[dict]) -> None:
 #    caller then raises IdTaken, which rolls the batch back.
 _PG_TAKE = """
 WITH b AS (SELECT id, card_number FROM lots WHERE {due} ORDER BY {order}, id LIMIT :limit FOR UPDATE SKIP LOCKED)
-SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text, coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b"""
+SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
+       coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b"""
 _PG_DUE_EXPIRY = "remaining > 0 AND expires_at <= :cutoff"
 _PG_DUE_ACCRUAL = "accrual_document_id IS NULL AND available_from IS NOT NULL AND available_from <= :cutoff"
 _PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_date, content_hash, receipt_sum, "
                     "bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta, created_at, document_id")
-_PG_V = "v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[])) AS v(card, line))"
+_PG_V = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[])) "
+         "AS v(card, line))")
 _PG_SQUATTED = ("(SELECT count(*) FROM operations o JOIN v ON o.id = v.line WHERE o.kind <> :kind "
                 "OR o.document_id IS DISTINCT FROM :doc OR o.card_number <> v.card)")
 _PG_EXPIRE = f"""
@@ -188,7 +190,8 @@ WITH {_PG_V},
 lines AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
           SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v
           ON CONFLICT (id) DO NOTHING),
-b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[]))),
+b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots
+                   WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[]))),
 burnt AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount)
           SELECT v.line, b.id, b.card_number, b.measure, :role, -b.remaining FROM b JOIN v ON v.card = b.card_number),
 emptied AS (UPDATE lots SET remaining = 0 WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])))
@@ -200,7 +203,8 @@ sums AS (SELECT e.card_number,
                 coalesce(sum(e.amount) FILTER (WHERE e.measure = :bonus), 0) AS b,
                 coalesce(sum(e.amount) FILTER (WHERE e.measure = :accumulation), 0) AS a,
                 coalesce(sum(e.amount) FILTER (WHERE e.measure = :receipts), 0) AS r
-         FROM entries e WHERE e.lot_id = ANY(CAST(CAST(:ids AS text) AS bigint[])) AND e.role = ANY(CAST(:roles AS text[]))
+         FROM entries e
+         WHERE e.lot_id = ANY(CAST(CAST(:ids AS text) AS bigint[])) AND e.role = ANY(CAST(:roles AS text[]))
          GROUP BY e.card_number),
 due AS (SELECT v.line, v.card, s.b, s.a, floor(s.r / 100.0)::int AS r FROM sums s JOIN v ON v.card = s.card_number
         WHERE s.b <> 0 OR s.a <> 0 OR s.r <> 0),
@@ -231,7 +235,8 @@ b AS (SELECT d.id, d.card_number FROM (SELECT card_number FROM c ORDER BY card_n
       CROSS JOIN LATERAL (SELECT id, card_number FROM lots WHERE card_number = c2.card_number AND {_PG_DUE_ACCRUAL}
                           OFFSET 0) d
       ORDER BY d.card_number, d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
-SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text, coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
+SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
+       coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
     .bindparams(_PG_TIMES[0]),
     "expiry": text(_PG_EXPIRE).bindparams(*_PG_TIMES),
     "accrual": text(_PG_ACCRUE).bindparams(*_PG_TIMES),
