@@ -216,6 +216,10 @@ lots = Table(
     Index("ix_lots_due_accrual", "available_from", "card_number", "id",
           postgresql_where=text("accrual_document_id IS NULL AND available_from IS NOT NULL"),
           sqlite_where=text("accrual_document_id IS NULL AND available_from IS NOT NULL")),
+    # the same lots by card: an accrual batch takes all the due lots of its cards, one index probe per card
+    Index("ix_lots_due_accrual_card", "card_number", "available_from", "id",
+          postgresql_where=text("accrual_document_id IS NULL AND available_from IS NOT NULL"),
+          sqlite_where=text("accrual_document_id IS NULL AND available_from IS NOT NULL")),
 )
 
 entries = Table(

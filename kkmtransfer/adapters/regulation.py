@@ -175,12 +175,14 @@ def _add_to_accrual_lines(conn: Connection, rows: list[dict]) -> None:
 #    caller then raises IdTaken, which rolls the batch back.
 _PG_TAKE = """
 WITH b AS (SELECT id, card_number FROM lots WHERE {due} ORDER BY {order}, id LIMIT :limit FOR UPDATE SKIP LOCKED)
-SELECT coalesce(array_agg(id ORDER BY id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b"""
+SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
+       coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b"""
 _PG_DUE_EXPIRY = "remaining > 0 AND expires_at <= :cutoff"
 _PG_DUE_ACCRUAL = "accrual_document_id IS NULL AND available_from IS NOT NULL AND available_from <= :cutoff"
 _PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_date, content_hash, receipt_sum, "
                     "bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta, created_at, document_id")
-_PG_V = "v AS (SELECT * FROM unnest(CAST(:cards AS text[]), CAST(:lines AS text[])) AS v(card, line))"
+_PG_V = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[])) "
+         "AS v(card, line))")
 _PG_SQUATTED = ("(SELECT count(*) FROM operations o JOIN v ON o.id = v.line WHERE o.kind <> :kind "
                 "OR o.document_id IS DISTINCT FROM :doc OR o.card_number <> v.card)")
 _PG_EXPIRE = f"""
@@ -188,19 +190,21 @@ WITH {_PG_V},
 lines AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
           SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v
           ON CONFLICT (id) DO NOTHING),
-b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots WHERE id = ANY(CAST(:ids AS bigint[]))),
+b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots
+                   WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[]))),
 burnt AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount)
           SELECT v.line, b.id, b.card_number, b.measure, :role, -b.remaining FROM b JOIN v ON v.card = b.card_number),
-emptied AS (UPDATE lots SET remaining = 0 WHERE id = ANY(CAST(:ids AS bigint[])))
+emptied AS (UPDATE lots SET remaining = 0 WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])))
 SELECT {_PG_SQUATTED}"""
 _PG_ACCRUE = f"""
 WITH {_PG_V},
-posted AS (UPDATE lots SET accrual_document_id = :doc WHERE id = ANY(CAST(:ids AS bigint[]))),
+posted AS (UPDATE lots SET accrual_document_id = :doc WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[]))),
 sums AS (SELECT e.card_number,
                 coalesce(sum(e.amount) FILTER (WHERE e.measure = :bonus), 0) AS b,
                 coalesce(sum(e.amount) FILTER (WHERE e.measure = :accumulation), 0) AS a,
                 coalesce(sum(e.amount) FILTER (WHERE e.measure = :receipts), 0) AS r
-         FROM entries e WHERE e.lot_id = ANY(CAST(:ids AS bigint[])) AND e.role = ANY(CAST(:roles AS text[]))
+         FROM entries e
+         WHERE e.lot_id = ANY(CAST(CAST(:ids AS text) AS bigint[])) AND e.role = ANY(CAST(:roles AS text[]))
          GROUP BY e.card_number),
 due AS (SELECT v.line, v.card, s.b, s.a, floor(s.r / 100.0)::int AS r FROM sums s JOIN v ON v.card = s.card_number
         WHERE s.b <> 0 OR s.a <> 0 OR s.r <> 0),
@@ -219,32 +223,45 @@ _PG_STATEMENTS = {
     # the cards of the next due lots (a quarter of a batch of them), with all their due lots up to ``limit``, in
     # card order: a card's lots, which start on different days, mostly fall in one batch and its line is
     # written by one INSERT (a line found again, a card cut at a batch's end or whose lots another run held,
-    # is added to)
+    # is added to). The lots are found card by card through ix_lots_due_accrual_card (the LATERAL with OFFSET 0
+    # keeps the planner from a hash join over every lot still due, which made each batch cost what was left:
+    # quadratic in the document at a small batch). The rows are locked inside it, so the lots of the cards
+    # cut off by ``limit`` (at most the candidates' last ones) are locked too until the batch commits; the
+    # next batch takes them.
     "take_accrual": text(f"""
 WITH c AS (SELECT DISTINCT card_number FROM (SELECT card_number FROM lots WHERE {_PG_DUE_ACCRUAL}
                                              ORDER BY available_from, card_number, id LIMIT :candidates) x),
-b AS (SELECT id, card_number FROM lots WHERE card_number IN (SELECT card_number FROM c) AND {_PG_DUE_ACCRUAL}
-      ORDER BY card_number, id LIMIT :limit FOR UPDATE SKIP LOCKED)
-SELECT coalesce(array_agg(id ORDER BY id), '{{}}'), coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
+b AS (SELECT d.id, d.card_number FROM (SELECT card_number FROM c ORDER BY card_number) c2
+      CROSS JOIN LATERAL (SELECT id, card_number FROM lots WHERE card_number = c2.card_number AND {_PG_DUE_ACCRUAL}
+                          OFFSET 0) d
+      ORDER BY d.card_number, d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
+SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
+       coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
     .bindparams(_PG_TIMES[0]),
     "expiry": text(_PG_EXPIRE).bindparams(*_PG_TIMES),
     "accrual": text(_PG_ACCRUE).bindparams(*_PG_TIMES),
 }
 
 
+def _pg_array(items: list[str]) -> str:
+    """A text[] literal, each element quoted: sent as one text value and cast in the statement, so the planner
+    does not walk a constant array of thousands of elements (ids, cards, line ids) at every batch."""
+    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
+
+
 def _pg_batch(conn: Connection, what: str, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
               kind: Kind, **params) -> int:
-    ids, cards = conn.execute(_PG_STATEMENTS[f"take_{what}"],
-                              {"cutoff": cutoff, "limit": limit, "candidates": max(1, limit // 4)}).one()
-    if not ids:
+    taken, ids, cards = conn.execute(_PG_STATEMENTS[f"take_{what}"],
+                                     {"cutoff": cutoff, "limit": limit, "candidates": max(1, limit // 4)}).one()
+    if not taken:
         return 0
     squatted = conn.execute(_PG_STATEMENTS[what], dict(
-        params, cards=cards, lines=[line_id(doc_id, c) for c in cards], ids=ids, doc=doc_id, day=day,
-        cutoff=cutoff, now=now, kind=kind.value, source=Source.NIGHTLY.value)).scalar_one()
+        params, cards=_pg_array(cards), lines=_pg_array([line_id(doc_id, c) for c in cards]), ids=ids, doc=doc_id,
+        day=day, cutoff=cutoff, now=now, kind=kind.value, source=Source.NIGHTLY.value)).scalar_one()
     if squatted:
         raise IdTaken(f"{squatted} operation(s) hold the ids of {kind.value} lines of document {doc_id}: "
                       "run `kkmtransfer ledger verify`")
-    return len(ids)
+    return taken
 
 
 def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
