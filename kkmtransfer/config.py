@@ -197,23 +197,20 @@ class Settings:
         env = os.environ if environ is None else environ
         url = normalise_database_url(env.get("KKMTRANSFER_DATABASE_URL") or f"sqlite:///{DEFAULT_SQLITE_PATH}")
 
-        def whole(name: str, default):
+        def number(name: str, default, convert, what: str):
             raw = env.get(name, "")
             if raw.strip() == "":
                 return default
             try:
-                return int(raw)
+                return convert(raw)
             except ValueError as exc:
-                raise ConfigError(f"{name}: not a whole number: {raw!r}") from exc
+                raise ConfigError(f"{name}: not {what}: {raw!r}") from exc
+
+        def whole(name: str, default):
+            return number(name, default, int, "a whole number")
 
         def seconds(name: str, default: float) -> float:
-            raw = env.get(name, "")
-            if raw.strip() == "":
-                return default
-            try:
-                return float(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{name}: not a number of seconds: {raw!r}") from exc
+            return number(name, default, float, "a number of seconds")
 
         return cls(
             database_url=url,
