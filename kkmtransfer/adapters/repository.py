@@ -362,7 +362,18 @@ _ADD_TO_LOT = (update(lots).where(lots.c.id == bindparam("lot_id"))
 def _raw_path(conn: Connection) -> bool:
     """The hot statements go to the DBAPI cursor (``_Read``, ``_Write``): PostgreSQL through psycopg2, and
     nobody listening to statements (an APM tool, a test counting them: they see SQLAlchemy's path)."""
-    return conn.dialect.driver == "psycopg2" and not conn._has_events and not conn.engine._has_events
+    return conn.dialect.driver == "psycopg2" and not _listening(conn) and not _listening(conn.engine)
+
+
+_STATEMENT_EVENTS = ("before_execute", "after_execute", "before_cursor_execute", "after_cursor_execute")
+
+
+def _listening(target) -> bool:
+    """Whether statement listeners are registered now (``_has_events`` stays set once any listener was ever
+    added, even after ``event.remove``)."""
+    if not target._has_events:
+        return False
+    return any(getattr(target.dispatch, name) for name in _STATEMENT_EVENTS)
 
 
 def _on_cursor(conn: Connection, sql: str, params: dict, fetch: bool):
