@@ -149,3 +149,13 @@ def mount(soap_app, web_app):
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
     return DispatcherMiddleware(soap_app, {PREFIX: web_app})
+
+
+def page_arg(name: str = "page") -> int:
+    """A table's page number from the query string (1 when absent, malformed or below 1)."""
+    from flask import request
+
+    try:
+        return max(1, int(request.args.get(name, "1")))
+    except ValueError:
+        return 1

@@ -8,7 +8,7 @@ from ..domain.model import CardStatus
 from ..domain.operators import Permission
 from ..service_layer import console
 from ..service_layer.operators import record_audit
-from . import billing_of
+from . import billing_of, page_arg
 from .auth import requires
 
 bp = Blueprint("cards", __name__, url_prefix="/cards")
@@ -40,11 +40,7 @@ def _search_error(exc: errors.DomainError, text: str) -> str:
 @requires(Permission.READ)
 def show(number):
     try:
-        page = int(request.args.get("page", "1"))
-    except ValueError:
-        page = 1
-    try:
-        data = console.card_page(billing_of(), number, page)
+        data = console.card_page(billing_of(), number, page_arg())
     except errors.CardNotFound:
         abort(404)
     return render_template("card.html", p=data)

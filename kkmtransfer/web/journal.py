@@ -13,7 +13,7 @@ from ..domain import errors
 from ..domain.operators import Permission
 from ..service_layer import console, inbox
 from ..service_layer.operators import record_audit
-from . import billing_of
+from . import billing_of, page_arg
 from .actions import dispatch
 from .auth import requires
 from .csvout import csv_response
@@ -28,18 +28,11 @@ def inbox_dir() -> Path:
     return Path(current_app.config.get("INBOX_DIR") or billing_of().settings.inbox_dir)
 
 
-def _page(name: str) -> int:
-    try:
-        return max(1, int(request.args.get(name, "1")))
-    except ValueError:
-        return 1
-
-
 @bp.route("/")
 @requires(Permission.READ)
 def index():
-    rows, total, page, pages = console.rejects(billing_of(), _page("page"))
-    files, files_total, fpage, fpages = inbox.files(billing_of(), inbox_dir(), _page("fpage"))
+    rows, total, page, pages = console.rejects(billing_of(), page_arg())
+    files, files_total, fpage, fpages = inbox.files(billing_of(), inbox_dir(), page_arg("fpage"))
     busy = any(f["state"] in ("queued", "processing") for f in files)
     return render_template("journal.html", rows=rows, total=total, page=page, pages=pages, files=files,
                            files_total=files_total, fpage=fpage, fpages=fpages, refresh=busy,

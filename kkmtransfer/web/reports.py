@@ -10,7 +10,7 @@ from ..domain import errors
 from ..domain.operators import Permission
 from ..service_layer.console import BALANCES_HEADER, balances_rows
 from ..service_layer.reports import TURNOVERS, Reports
-from . import billing_of
+from . import billing_of, page_arg
 from .auth import requires
 from .csvout import csv_response
 from .formatting import parse_day
@@ -37,10 +37,7 @@ def balances():
         report = Reports(billing_of()).balances(first, last, card)
     except errors.DomainError as exc:
         return render_template("balances.html", error=exc.message, report=None, args=request.args), 400
-    try:
-        page = max(1, int(request.args.get("page", "1")))
-    except ValueError:
-        page = 1
+    page = page_arg()
     pages = max(1, -(-len(report.lines) // LINES_PER_PAGE))
     page = min(page, pages)
     lines = report.lines[(page - 1) * LINES_PER_PAGE: page * LINES_PER_PAGE]
