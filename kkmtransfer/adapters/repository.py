@@ -636,11 +636,7 @@ class BatchRepository(Repository):
             return self._holds.get(hold_id)
         return super().get_hold(hold_id)
 
-    def hold_named(self, operation_id: str):
-        """As ``get_hold``: the batch read its holds in one statement."""
-        if operation_id in self._hold_ids:
-            return self._holds.get(operation_id)
-        return super().hold_named(operation_id)
+    hold_named = get_hold  # the batch read its holds in one statement (its lock_card_for reads none)
 
     def get_promotion(self, code: str) -> Promotion | None:
         if code not in self._promotions:
