@@ -184,7 +184,10 @@ _PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_dat
                     "bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta, created_at, document_id")
 _PG_V = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[])) "
          "AS v(card, line))")
-_PG_SQUATTED = ("(SELECT count(*) FROM operations o JOIN v ON o.id = v.line WHERE o.kind <> :kind "
+# one primary-key probe per line (LATERAL ... OFFSET 0): as a join, the planner hashed the whole operations table
+# at every batch while it was small next to the batch (a sequential scan of 40,000 rows: 20-50 ms a batch)
+_PG_SQUATTED = ("(SELECT count(*) FROM v CROSS JOIN LATERAL (SELECT kind, document_id, card_number FROM operations o "
+                "WHERE o.id = v.line OFFSET 0) o WHERE o.kind <> :kind "
                 "OR o.document_id IS DISTINCT FROM :doc OR o.card_number <> v.card)")
 _PG_EXPIRE = f"""
 WITH {_PG_V},
@@ -227,10 +230,11 @@ _PG_TIMES = (bindparam("cutoff", type_=UTCDateTime()), bindparam("now", type_=UT
 # the lots of the cards cut off by ``limit`` are locked too until the batch commits.
 # The candidates are read by keyset (``take_accrual_after``): after the last candidate (available_from,
 # card_number, id) of the run's previous batch, so a batch does not step over the index entries of the lots the
-# earlier batches posted (they stay in ix_lots_due_accrual, dead, until a vacuum): without it each batch walked
-# them all, quadratic in the document. The statement answers its last candidate, the next batch's start; what
-# the keyset leaves behind (a card cut at ``limit``, a lot another transaction held) is found by a sweep from
-# the start (``take_accrual``), see accrue_batch.
+# earlier batches posted (they stay in ix_lots_due_accrual, dead, until a vacuum; the index scan marks them
+# dead on its first look, after that each costs a share of a page read): from the start, each batch read them
+# all again, which grows with the square of the document. The statement answers its last candidate, the next
+# batch's start; what the keyset leaves behind (a card cut at ``limit``, a lot another transaction held) is
+# found by a sweep from the start (``take_accrual``), see _pg_take_accrual.
 _PG_AFTER = " AND (available_from, card_number, id) > (:after_from, :after_card, :after_id)"
 _PG_TAKE_ACCRUAL = """
 WITH x AS (SELECT available_from, card_number, id FROM lots WHERE {due}{after}
