@@ -1,6 +1,6 @@
 """Benchmark of the nightly regulation on PostgreSQL: the product beside the bare SQL, in one run.
 
-    .venv/bin/python bench/bench_nightly.py [--lots 1000000] [--batch 10000] [--cards 100000]
+    .venv/bin/python bench/bench_nightly.py [--lots 1000000] [--batch N] [--cards 100000]
                                             [--background N] [--day YYYY-MM-DD] [--keep] [--profile]
     make bench                      (the same with the defaults; make bench BENCH_ARGS="--lots 20000")
 
@@ -452,7 +452,9 @@ def due_before(url: str, cutoff: datetime) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lots", type=int, default=1_000_000, help="due lots: half expire, half are accrued")
-    parser.add_argument("--batch", type=int, default=10_000, help="the product's batch (lots per transaction)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="the product's batch, lots per transaction (default: the product's own, "
+                             "KKMTRANSFER_NIGHTLY_BATCH or its default, as production runs it)")
     parser.add_argument("--cards", type=int, default=None, help="cards (default: min(100000, lots / 10))")
     parser.add_argument("--background", type=int, default=None,
                         help="lots that are not due (default: as many as --lots)")
@@ -462,6 +464,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also print where the product's time goes, statement by statement (slows it a little)")
     args = parser.parse_args(argv)
+    if args.batch is None:
+        args.batch = Settings.from_env().nightly_batch
     if args.lots < 2 or args.batch <= 0:
         parser.error("--lots must be at least 2 and --batch positive")
     cards = args.cards or max(1, min(100_000, args.lots // 10))

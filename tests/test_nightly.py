@@ -200,3 +200,102 @@ def test_a_card_whose_deferred_lots_span_batches_gets_one_accrual_line_with_all_
     [line] = rows(db, operations, operations.c.kind == "Accrual")
     assert (line["bonus_accrued"], line["accumulation_delta"]) == (D("10.00"), D("50.00"))
     assert history_total(db, "N3", "bonus") == db.card_info("N3").balances.bonus
+
+
+def seed_deferred(db, cards: int, days: int, cutoff: datetime) -> dict[str, D]:
+    """Cards each with one Sale and ``days`` deferred bonus lots that started on different days before
+    ``cutoff`` (one credit_pending entry each; lot k holds k.00). Every other card's lots are made latest day
+    first, so its highest lot id is its earliest lot: a batch that cuts such a card leaves behind a lot that
+    lies before the keyset's position. Returns the bonus each card's Accrual line must show."""
+    from tests.helpers import new_id
+
+    now = datetime.now(timezone.utc)
+    numbers = [f"K{i:06d}" for i in range(cards)]
+    db.add_card_range(0, cards - 1, "K", 6, None, issued=ISSUED)
+    per_lot = {n: [D(k + 1) for k in range(days)] for n in numbers}
+    ops = [dict(id=new_id(), card_number=n, kind="Sale", source="Offline", kkm="K", operation_time=now,
+                business_date=now.date(), content_hash="x", receipt_sum=D("0.00"), bonus_accrued=sum(per_lot[n]),
+                bonus_spent=D("0.00"), accumulation_delta=D("0.00"), receipt_count_delta=0, created_at=now)
+           for n in numbers]
+    with db.engine.begin() as conn:
+        conn.execute(insert(operations), ops)
+        for i, n in enumerate(numbers):
+            order = range(days) if i % 2 == 0 else reversed(range(days))
+            conn.execute(insert(lots), [dict(card_number=n, measure="bonus", remaining=per_lot[n][k],
+                                             available_from=cutoff - timedelta(days=days - k, hours=i % 3),
+                                             expires_at=None, created_at=now) for k in order])
+        lot_rows = conn.execute(select(lots.c.id, lots.c.card_number, lots.c.remaining)).all()
+        op_of = {o["card_number"]: o["id"] for o in ops}
+        conn.execute(insert(entries), [dict(operation_id=op_of[c], lot_id=i, card_number=c, measure="bonus",
+                                            role="credit_pending", amount=r) for i, c, r in lot_rows])
+    return {n: sum(per_lot[n]) for n in numbers}
+
+
+def test_an_accrual_cut_by_its_keyset_posts_every_lot_once(db, engine):
+    """Small batches over cards with due lots on many days: batches cut cards (their other lots come in a later
+    batch or a later sweep from the beginning), a lot is held by another transaction for the first half of the
+    run (skipped, then posted by a later sweep). Every lot is posted once, each card gets one line with all of
+    its lots: what one batch of everything gives."""
+    from sqlalchemy import event, update
+
+    from kkmtransfer.adapters import regulation as sql
+    from kkmtransfer.domain.rules import day_start
+
+    db.clock.set(datetime.now(timezone.utc))
+    day = datetime.now(MSK).date()
+    cutoff = day_start(day, db.settings.tz)
+    expected = seed_deferred(db, cards=30, days=6, cutoff=cutoff)
+    total = 30 * 6
+    postgres = engine.dialect.name == "postgresql"
+
+    takes = Counter()
+
+    def spy(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("WITH x AS"):
+            takes["after" if "> (" in statement else "from the start"] += 1
+
+    held = None
+    with engine.connect() as conn:  # the lot that comes first in the keyset's order: the first batch's
+        first = conn.execute(select(lots.c.id).order_by(lots.c.available_from, lots.c.card_number, lots.c.id)
+                             .limit(1)).scalar_one()
+    if postgres:
+        held = engine.connect()
+        held.begin()
+        held.execute(select(lots.c.id).where(lots.c.id == first).with_for_update())
+    released = []
+
+    def progress(kind, done, n):
+        if held is not None and kind == sql.ACCRUAL and done >= total // 2 and not released:
+            posted = count(db, lots, lots.c.accrual_document_id.is_not(None))
+            assert 0 < posted < total and count(db, lots, lots.c.id == first,
+                                                lots.c.accrual_document_id.is_(None)) == 1
+            held.rollback()
+            released.append(done)
+
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        [report] = Nightly(db, batch=5, progress=progress).run(day)
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+        if held is not None:
+            held.close()
+    if postgres:
+        assert released, "the held lot was never released: make the data larger"
+        assert takes["after"] > 10 and takes["from the start"] >= 2, takes  # keyset batches, then another sweep
+    assert report.accrued_lots == total and report.accrual_lines == 30
+    assert count(db, lots, lots.c.accrual_document_id.is_(None)) == 0
+    [doc] = rows(db, documents, documents.c.kind == "Accrual")
+    assert doc["status"] == "done" and doc["lines"] == 30
+    lines = rows(db, operations, operations.c.kind == "Accrual")
+    assert sorted((l["card_number"], l["bonus_accrued"]) for l in lines) == sorted(expected.items())
+    assert count(db, lots, lots.c.accrual_document_id == doc["id"]) == total
+    # the same as one batch of everything: undo the document, run it again in one batch
+    with db.engine.begin() as conn:
+        conn.execute(update(lots).values(accrual_document_id=None))
+        conn.execute(operations.delete().where(operations.c.kind == "Accrual"))
+        conn.execute(documents.delete().where(documents.c.kind == "Accrual"))
+    [again] = Nightly(db, batch=10_000).run(day)
+    assert (again.accrued_lots, again.accrual_lines) == (total, 30)
+    assert sorted((l["card_number"], l["bonus_accrued"], l["id"])
+                  for l in rows(db, operations, operations.c.kind == "Accrual")) == sorted(
+        (l["card_number"], l["bonus_accrued"], l["id"]) for l in lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -183,7 +184,10 @@ _PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_dat
                     "bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta, created_at, document_id")
 _PG_V = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[])) "
          "AS v(card, line))")
-_PG_SQUATTED = ("(SELECT count(*) FROM operations o JOIN v ON o.id = v.line WHERE o.kind <> :kind "
+# one primary-key probe per line (LATERAL ... OFFSET 0): as a join, the planner hashed the whole operations table
+# at every batch while it was small next to the batch (a sequential scan of 40,000 rows: 20-50 ms a batch)
+_PG_SQUATTED = ("(SELECT count(*) FROM v CROSS JOIN LATERAL (SELECT kind, document_id, card_number FROM operations o "
+                "WHERE o.id = v.line OFFSET 0) o WHERE o.kind <> :kind "
                 "OR o.document_id IS DISTINCT FROM :doc OR o.card_number <> v.card)")
 _PG_EXPIRE = f"""
 WITH {_PG_V},
@@ -218,25 +222,37 @@ written AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
             RETURNING 1)
 SELECT (SELECT count(*) FROM due) - (SELECT count(*) FROM written)"""
 _PG_TIMES = (bindparam("cutoff", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
+# The accrual's take: the cards of the next due lots (a quarter of a batch of them, the candidates), with all
+# their due lots up to ``limit``, in card order: a card's lots, which start on different days, mostly fall in
+# one batch and its line is written by one INSERT (a line found again, a card cut at a batch's end or whose lots
+# another run held, is added to). The lots are found card by card through ix_lots_due_accrual_card (the LATERAL
+# with OFFSET 0 keeps the planner from a hash join over every lot still due). The rows are locked inside it, so
+# the lots of the cards cut off by ``limit`` are locked too until the batch commits.
+# The candidates are read by keyset (``take_accrual_after``): after the last candidate (available_from,
+# card_number, id) of the run's previous batch, so a batch does not step over the index entries of the lots the
+# earlier batches posted (they stay in ix_lots_due_accrual, dead, until a vacuum; the index scan marks them
+# dead on its first look, after that each costs a share of a page read): from the start, each batch read them
+# all again, which grows with the square of the document. The statement answers its last candidate, the next
+# batch's start; what the keyset leaves behind (a card cut at ``limit``, a lot another transaction held) is
+# found by a sweep from the start (``take_accrual``), see _pg_take_accrual.
+_PG_AFTER = " AND (available_from, card_number, id) > (:after_from, :after_card, :after_id)"
+_PG_TAKE_ACCRUAL = """
+WITH x AS (SELECT available_from, card_number, id FROM lots WHERE {due}{after}
+           ORDER BY available_from, card_number, id LIMIT :candidates),
+c AS (SELECT DISTINCT card_number FROM x),
+b AS (SELECT d.id, d.card_number FROM (SELECT card_number FROM c ORDER BY card_number) c2
+      CROSS JOIN LATERAL (SELECT id, card_number FROM lots WHERE card_number = c2.card_number AND {due}
+                          OFFSET 0) d
+      ORDER BY d.card_number, d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED),
+last AS (SELECT available_from, card_number, id FROM x
+         ORDER BY available_from DESC, card_number DESC, id DESC LIMIT 1)
+SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
+       coalesce(array_agg(DISTINCT card_number), '{{}}'),
+       (SELECT available_from FROM last), (SELECT card_number FROM last), (SELECT id FROM last) FROM b"""
 _PG_STATEMENTS = {
     "take_expiry": text(_PG_TAKE.format(due=_PG_DUE_EXPIRY, order="expires_at")).bindparams(_PG_TIMES[0]),
-    # the cards of the next due lots (a quarter of a batch of them), with all their due lots up to ``limit``, in
-    # card order: a card's lots, which start on different days, mostly fall in one batch and its line is
-    # written by one INSERT (a line found again, a card cut at a batch's end or whose lots another run held,
-    # is added to). The lots are found card by card through ix_lots_due_accrual_card (the LATERAL with OFFSET 0
-    # keeps the planner from a hash join over every lot still due, which made each batch cost what was left:
-    # quadratic in the document at a small batch). The rows are locked inside it, so the lots of the cards
-    # cut off by ``limit`` (at most the candidates' last ones) are locked too until the batch commits; the
-    # next batch takes them.
-    "take_accrual": text(f"""
-WITH c AS (SELECT DISTINCT card_number FROM (SELECT card_number FROM lots WHERE {_PG_DUE_ACCRUAL}
-                                             ORDER BY available_from, card_number, id LIMIT :candidates) x),
-b AS (SELECT d.id, d.card_number FROM (SELECT card_number FROM c ORDER BY card_number) c2
-      CROSS JOIN LATERAL (SELECT id, card_number FROM lots WHERE card_number = c2.card_number AND {_PG_DUE_ACCRUAL}
-                          OFFSET 0) d
-      ORDER BY d.card_number, d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED)
-SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
-       coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b""")
+    "take_accrual": text(_PG_TAKE_ACCRUAL.format(due=_PG_DUE_ACCRUAL, after="")).bindparams(_PG_TIMES[0]),
+    "take_accrual_after": text(_PG_TAKE_ACCRUAL.format(due=_PG_DUE_ACCRUAL, after=_PG_AFTER))
     .bindparams(_PG_TIMES[0]),
     "expiry": text(_PG_EXPIRE).bindparams(*_PG_TIMES),
     "accrual": text(_PG_ACCRUE).bindparams(*_PG_TIMES),
@@ -250,9 +266,12 @@ def _pg_array(items: list[str]) -> str:
 
 
 def _pg_batch(conn: Connection, what: str, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
-              kind: Kind, **params) -> int:
-    taken, ids, cards = conn.execute(_PG_STATEMENTS[f"take_{what}"],
-                                     {"cutoff": cutoff, "limit": limit, "candidates": max(1, limit // 4)}).one()
+              kind: Kind, taken=None, **params) -> int:
+    if taken is None:
+        taken, ids, cards = conn.execute(_PG_STATEMENTS[f"take_{what}"],
+                                         {"cutoff": cutoff, "limit": limit, "candidates": max(1, limit // 4)}).one()
+    else:
+        taken, ids, cards = taken
     if not taken:
         return 0
     squatted = conn.execute(_PG_STATEMENTS[what], dict(
@@ -285,13 +304,58 @@ def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
     return len(ids)
 
 
+@dataclass
+class AccrualKeyset:
+    """Where a run's accrual stands, in memory (one per run of a document; a run that starts again after a crash
+    starts from the beginning): the last candidate (available_from, card_number, id) of its previous batch, or
+    None at the start of a sweep; and whether the current sweep took anything."""
+    after: tuple | None = None
+    took: bool = False
+
+
+def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: AccrualKeyset):
+    """The next batch of the accrual (taken, lot ids, cards): after ``keyset.after``, which it moves on.
+
+    A sweep reads the due lots in (available_from, card_number, id) order, each batch after the previous one's
+    last candidate. It leaves behind the lots of a card cut at a batch's end and the lots another transaction
+    held (SKIP LOCKED) that lie before its position; so when a sweep comes to the end having taken something, a
+    new sweep starts from the beginning. The document is done when a sweep from the beginning takes nothing (as
+    before the keyset: a lot still held by another transaction then is left to the next day's document). Each
+    sweep that goes on took at least one lot, so this ends; in practice a run makes two or three sweeps, the
+    later ones over what the first left behind. A take whose candidates were all held moves on in the same
+    transaction (it locked nothing)."""
+    candidates = max(1, limit // 4)
+    while True:
+        params = {"cutoff": cutoff, "limit": limit, "candidates": candidates}
+        if keyset.after is None:
+            row = conn.execute(_PG_STATEMENTS["take_accrual"], params).one()
+        else:
+            after_from, after_card, after_id = keyset.after
+            row = conn.execute(_PG_STATEMENTS["take_accrual_after"], dict(
+                params, after_from=after_from, after_card=after_card, after_id=after_id)).one()
+        taken, ids, cards, last_from, last_card, last_id = row
+        if last_id is None:  # nothing due after the position: the sweep is over
+            if keyset.after is None or not keyset.took:
+                return 0, ids, cards  # a whole sweep from the beginning took nothing: done
+            keyset.after, keyset.took = None, False  # again from the beginning, for what this sweep left behind
+            continue
+        keyset.after = (last_from, last_card, last_id)
+        if taken:
+            keyset.took = True
+            return taken, ids, cards
+
+
 def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
-                 postgres: bool) -> int:
+                 postgres: bool, keyset: AccrualKeyset | None = None) -> int:
     """Post up to ``limit`` deferred lots whose start came by ``cutoff``: one Accrual line per card that
     shows what became usable (what was credited into the lot before it started, less what was taken back
-    before it started). Returns lots done."""
+    before it started). Returns lots done; 0 when the document is complete.
+
+    On PostgreSQL ``keyset`` carries the run's position from batch to batch (without it, each batch starts from
+    the beginning); SQLite takes each batch from the beginning."""
     if postgres:
-        return _pg_batch(conn, "accrual", doc_id, day, cutoff, now, limit, Kind.ACCRUAL,
+        taken = _pg_take_accrual(conn, cutoff, limit, keyset or AccrualKeyset())
+        return _pg_batch(conn, "accrual", doc_id, day, cutoff, now, limit, Kind.ACCRUAL, taken=taken,
                          bonus=Measure.BONUS.value, accumulation=Measure.ACCUMULATION.value,
                          receipts=Measure.RECEIPT_COUNT.value, roles=[r.value for r in DEFERRED_ROLES])
     # in card order within a start day: a card's lots fall in one batch, so its line is written once

@@ -18,6 +18,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import partial
 from typing import Callable
 
 from ..adapters import regulation as sql
@@ -106,8 +107,10 @@ class Nightly:
         report = DayReport(day)
         cutoff = day_start(day, self.settings.tz)
         done_before = 0
+        # the accrual's batches go by keyset: its position is this run's, in memory (see sql.accrue_batch)
+        accrue = partial(sql.accrue_batch, keyset=sql.AccrualKeyset())
         for kind, step, count in ((sql.WRITE_OFF, sql.expire_batch, sql.due_expiry_count),
-                                  (sql.ACCRUAL, sql.accrue_batch, sql.due_accrual_count)):
+                                  (sql.ACCRUAL, accrue, sql.due_accrual_count)):
             doc, lots, lines = self._run_document(kind, day, cutoff, step, count)
             if doc is None:
                 done_before += 1
