@@ -197,11 +197,18 @@ def test_a_session_reset_by_a_pooler_costs_the_register_nothing(db, reset, sent)
         since = len(sent)
         assert call() is not None
         assert _prepared_again(sent, since)
-    # a reserve: its first statements are SQLAlchemy's, so its entries-and-lots write goes as text; then
-    # the confirmation (a sale that begins with the lock + read)
+    # a reserve: its first statements are SQLAlchemy's, so its entries-and-lots write is sent in a savepoint,
+    # rolled back to and sent again with the PREPAREs; then the confirmation (a sale that begins with the
+    # lock + read)
     assert _reset_sessions(db.engine, reset) >= 1
     hold = new_id()
+    since = len(sent)
     HoldService(db).reserve(hold, "R1", "KKM-1", D("3.00"))
+    assert _prepared_again(sent, since) and sent[-1].endswith("RELEASE SAVEPOINT kkm_prepared")
+    since = len(sent)
+    HoldService(db).reserve(new_id(), "R1", "KKM-1", D("1.00"))
+    assert sent[since:] == [next(s for s in sent if s.startswith("SAVEPOINT kkm_prepared; "))]
+    assert _reset_sessions(db.engine, reset) >= 1
     assert _reset_sessions(db.engine, reset) >= 1
     since = len(sent)
     assert db.register_operation(request("R1", spent="3.00", op_id=hold)).status == APPLIED
@@ -213,7 +220,7 @@ def test_a_session_reset_by_a_pooler_costs_the_register_nothing(db, reset, sent)
         card, card_lots = uow.repo.card_with_lots("R1")
     assert _prepared_again(sent, since)
     assert card["number"] == "R1"
-    assert sum(lot.remaining for lot in card_lots if lot.measure.value == "bonus") == D("15.00")
+    assert sum(lot.remaining for lot in card_lots if lot.measure.value == "bonus") == D("14.00")
     assert KKM_NAMES <= set().union(*_prepared_names(db.engine))
 
 

@@ -389,7 +389,7 @@ def _on_cursor(conn: Connection, sql: str, params: dict, fetch: bool, prepared: 
         dbapi = fairy.dbapi_connection
         cursor = dbapi.cursor()
         if prepared is not None and conn.get_execution_options().get(PREPARED_OPTION, True):
-            sql = _send_prepared(conn, fairy, dbapi, cursor, prepared, sql, params)
+            sql = _send_prepared(conn, fairy, dbapi, cursor, prepared, sql, params, fetch)
         else:
             cursor.execute(sql, params)
         fetched = cursor.fetchall() if fetch else None
@@ -470,7 +470,8 @@ def _prepare_all(dialect) -> str:
     return _PREPARE_ALL[dialect]
 
 
-def _send_prepared(conn: Connection, fairy, dbapi, cursor, prepared: _Prepared, sql: str, params: dict) -> str:
+def _send_prepared(conn: Connection, fairy, dbapi, cursor, prepared: _Prepared, sql: str, params: dict,
+                   fetch: bool) -> str:
     """Execute ``prepared`` on ``cursor``; answers the SQL sent (for an error's message).
 
     The first use on a DBAPI connection sends every PREPARE with the EXECUTE (one round trip). Later ones send
@@ -478,32 +479,49 @@ def _send_prepared(conn: Connection, fairy, dbapi, cursor, prepared: _Prepared, 
     (or runs in autocommit), or an EXECUTE succeeded earlier in this transaction. If a pooler reset the
     session (``DISCARD ALL``: "prepared statement does not exist"), a statement that started the transaction
     lost nothing: the transaction is rolled back and the statement sent again with the PREPAREs. In the
-    middle of a transaction that no EXECUTE has vouched for, the statement goes as text (it may follow a
-    reset, and an error there would lose the transaction): the first statement of a reserve, for one."""
+    middle of a transaction that no EXECUTE has vouched for (a reserve begins with SQLAlchemy's statements),
+    an error would lose the transaction: a write is sent inside a savepoint released in the same round trip
+    (after a reset: rolled back to it, and sent again with the PREPAREs), a read as text (a savepoint could
+    not be released behind its rows)."""
     state = fairy.info.get(_STATE_KEY)
     if state is None or state.dbapi is not dbapi:  # a new connection (or one that replaced it)
         state = fairy.info[_STATE_KEY] = _PrepState(dbapi)
     dialect = conn.dialect
     prepare, execute = prepared.forms(dialect, sql)
     tx = conn.get_transaction()
+    guarded = False
     if state.ready:
         starts = dbapi.autocommit or dbapi.get_transaction_status() == _IDLE
         if not starts and (state.tx is None or tx is None or state.tx() is not tx):
-            cursor.execute(sql, params)  # not vouched for in this transaction: as text
-            return sql
+            if fetch:
+                cursor.execute(sql, params)  # not vouched for in this transaction: as text
+                return sql
+            guarded = True
+        sent = f"SAVEPOINT kkm_prepared; {execute}; RELEASE SAVEPOINT kkm_prepared" if guarded else execute
         try:
-            cursor.execute(execute, params)
+            cursor.execute(sent, params)
         except Exception as exc:  # noqa: BLE001
             if getattr(exc, "pgcode", None) != "26000":  # invalid_sql_statement_name
                 raise
             state.ready = False  # the session lost them (DISCARD ALL, DEALLOCATE): prepare again
-            if not starts:
+            if guarded:
+                cursor.execute("ROLLBACK TO SAVEPOINT kkm_prepared")
+            elif not starts:  # vouched for, yet gone: a pooler that changes sessions within a transaction
                 raise
-            if not dbapi.autocommit:
+            elif not dbapi.autocommit:
                 dbapi.rollback()  # the failed EXECUTE was the transaction's first statement
         else:
             state.tx = weakref.ref(tx) if tx is not None else None
-            return execute
+            return sent
+    sent = _prepare_all(dialect) + execute + ("; RELEASE SAVEPOINT kkm_prepared" if guarded else "")
+    state.ready, state.tx = True, None
+    try:
+        cursor.execute(sent, params)
+    except Exception:
+        state.ready = False  # whether the PREPAREs went through is unknown: send them again next time
+        raise
+    state.tx = weakref.ref(tx) if tx is not None else None
+    return sent
     execute = _prepare_all(dialect) + execute
     state.ready, state.tx = True, None
     try:
