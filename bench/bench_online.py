@@ -419,7 +419,8 @@ BARE_READ = ("SELECT c.number, c.status, c.holder, l.id, l.measure, l.remaining,
              "(l.available_from IS NULL AND l.expires_at IS NULL)) WHERE c.number = %(card)s ORDER BY l.id")
 BARE_LOCK = ("SELECT c.status, l.id, l.measure, l.remaining, l.expires_at FROM cards c "
              "LEFT JOIN lots l ON l.card_number = c.number AND (l.remaining <> 0 OR "
-             "(l.available_from IS NULL AND l.expires_at IS NULL)) WHERE c.number = %(card)s ORDER BY l.id FOR UPDATE OF c")
+             "(l.available_from IS NULL AND l.expires_at IS NULL)) WHERE c.number = %(card)s "
+             "ORDER BY l.id FOR UPDATE OF c")
 # the operation, its four entries (spend from the dated lot, accrual into the bonus bucket, accumulation
 # and receipt count into theirs) and the lots' new remaining, in one statement
 BARE_WRITE = """
