@@ -22,7 +22,7 @@ What it does, in one run:
 4. runs the bare psycopg2 transactions at the same concurrencies (processes): the read GetCardInfo needs
    (the card and its lots, one statement) and the ledger writes of the same sale (lock the card and read
    its lots; the operation, its entries and the lots' new remaining in one statement; commit): the
-   database's ceiling;
+   database's ceiling; prepared once per connection as the product's are (``--bare-text``: as text);
 5. restarts gunicorn with 1 and 2 workers (``--scaling``) and runs the echo, GetCardInfo and
    RegisterOperation at 8 connections: how the service scales with processes;
 6. checks the ledger: every answered RegisterOperation wrote its operation exactly once (the operations
@@ -416,10 +416,11 @@ def check_envelopes(base: str, scns: dict[str, Scenario], op_time: str) -> list[
 # --------------------------------------------------------------------------------------------------
 BARE_READ = ("SELECT c.number, c.status, c.holder, l.id, l.measure, l.remaining, l.available_from, l.expires_at "
              "FROM cards c LEFT JOIN lots l ON l.card_number = c.number AND (l.remaining <> 0 OR "
-             "(l.available_from IS NULL AND l.expires_at IS NULL)) WHERE c.number = %s ORDER BY l.id")
+             "(l.available_from IS NULL AND l.expires_at IS NULL)) WHERE c.number = %(card)s ORDER BY l.id")
 BARE_LOCK = ("SELECT c.status, l.id, l.measure, l.remaining, l.expires_at FROM cards c "
              "LEFT JOIN lots l ON l.card_number = c.number AND (l.remaining <> 0 OR "
-             "(l.available_from IS NULL AND l.expires_at IS NULL)) WHERE c.number = %s ORDER BY l.id FOR UPDATE OF c")
+             "(l.available_from IS NULL AND l.expires_at IS NULL)) WHERE c.number = %(card)s "
+             "ORDER BY l.id FOR UPDATE OF c")
 # the operation, its four entries (spend from the dated lot, accrual into the bonus bucket, accumulation
 # and receipt count into theirs) and the lots' new remaining, in one statement
 BARE_WRITE = """
@@ -437,6 +438,21 @@ e AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amo
       SELECT op.id, m.lot_id, %(card)s, m.measure, m.role, m.amount FROM op, moves m)
 UPDATE lots SET remaining = lots.remaining + m.amount FROM moves m WHERE lots.id = m.lot_id
 """
+# As the product sends its hot statements (KKMTRANSFER_PG_PREPARED, on by default): prepared once per
+# connection, the write with the generic plan (docs/performance.md §5.3). ``--bare-text`` sends them as text.
+_BARE_PARAMS = {"read": ("card",), "lock": ("card",),
+                "write": ("id", "card", "sum", "acc", "spent", "spend_lot", "bonus_lot", "acc_lot", "cnt_lot")}
+_BARE_TYPES = {"id": "text", "card": "text"}
+
+
+def _bare_prepared(name: str, sql: str, params: tuple) -> tuple[str, str]:
+    """(PREPARE bare_NAME (...) AS sql-with-$n, EXECUTE bare_NAME (%(p)s, ...))"""
+    body = sql
+    for i, p in enumerate(params):
+        body = body.replace(f"%({p})s", f"${i + 1}")
+    types = ", ".join(_BARE_TYPES.get(p, "bigint") for p in params)
+    return (f"PREPARE bare_{name} ({types}) AS {body}",
+            f"EXECUTE bare_{name} ({', '.join(f'%({p})s' for p in params)})")
 
 
 def _dsn(url: str) -> str:
@@ -450,7 +466,7 @@ def _dsn(url: str) -> str:
     return " ".join(parts)
 
 
-def _bare_worker(dsn, kind, n_cards, seconds, worker, barrier, queue, finished) -> None:
+def _bare_worker(dsn, kind, n_cards, seconds, worker, barrier, queue, finished, prepared=True) -> None:
     import psycopg2
 
     try:
@@ -460,6 +476,15 @@ def _bare_worker(dsn, kind, n_cards, seconds, worker, barrier, queue, finished) 
         barrier.abort()  # the others stop waiting
         return
     cur = conn.cursor()
+    read_sql, lock_sql, write_sql = BARE_READ, BARE_LOCK, BARE_WRITE
+    if prepared:
+        forms = {name: _bare_prepared(name, sql, _BARE_PARAMS[name])
+                 for name, sql in (("read", BARE_READ), ("lock", BARE_LOCK), ("write", BARE_WRITE))}
+        for prepare, _ in forms.values():
+            cur.execute(prepare)
+        cur.execute("SET plan_cache_mode = force_generic_plan")
+        conn.commit()
+        read_sql, lock_sql, write_sql = (forms[n][1] for n in ("read", "lock", "write"))
     latencies: list[float] = []
     i = 0
     try:
@@ -476,18 +501,18 @@ def _bare_worker(dsn, kind, n_cards, seconds, worker, barrier, queue, finished) 
         i += 1
         card = card_number((i * 64 + worker) * 7919 % n_cards + 1)
         if kind == "read":
-            cur.execute(BARE_READ, (card,))
+            cur.execute(read_sql, {"card": card})
             cur.fetchall()
             conn.commit()
         else:
-            cur.execute(BARE_LOCK, (card,))
+            cur.execute(lock_sql, {"card": card})
             found = {}
             for status, lot_id, measure, remaining, expires_at in cur.fetchall():
                 if measure == "bonus" and expires_at is not None and remaining >= 1 and "spend" not in found:
                     found["spend"] = lot_id
                 if expires_at is None:
                     found.setdefault(measure, lot_id)
-            cur.execute(BARE_WRITE, dict(
+            cur.execute(write_sql, dict(
                 id=str(uuid.uuid4()), card=card, sum=10_000, acc=500, spent=100,
                 spend_lot=found.get("spend", found["bonus"]), bonus_lot=found["bonus"],
                 acc_lot=found["accumulation"], cnt_lot=found["receipt_count"]))
@@ -498,12 +523,12 @@ def _bare_worker(dsn, kind, n_cards, seconds, worker, barrier, queue, finished) 
     conn.close()
 
 
-def bare(url: str, kind: str, concurrency: int, seconds: float, n_cards: int) -> dict:
+def bare(url: str, kind: str, concurrency: int, seconds: float, n_cards: int, prepared: bool = True) -> dict:
     """``concurrency`` processes, each on its own connection, doing the bare transaction for ``seconds``."""
     ctx = get_context("spawn")
     barrier, queue, finished = ctx.Barrier(concurrency), ctx.Queue(), ctx.Event()
     procs = [ctx.Process(target=_bare_worker,
-                         args=(_dsn(url), kind, n_cards, seconds, w + 1, barrier, queue, finished))
+                         args=(_dsn(url), kind, n_cards, seconds, w + 1, barrier, queue, finished, prepared))
              for w in range(concurrency)]
     for p in procs:
         p.start()
@@ -617,6 +642,9 @@ def main(argv=None) -> int:
     parser.add_argument("--bare-max", type=int, default=8,
                         help="at most this many bare psycopg2 processes (connections); 2 cores are saturated by "
                              "far fewer, and the server's max_connections is shared")
+    parser.add_argument("--bare-text", action="store_true",
+                        help="send the bare statements as text (before §5.3 the ceiling did; the product "
+                             "prepares them unless KKMTRANSFER_PG_PREPARED=off)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write py-spy flame graphs of GetCardInfo and RegisterOperation into this folder")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the CSV (default bench/results)")
@@ -716,7 +744,8 @@ def main(argv=None) -> int:
             log("bare psycopg2 (the database's ceiling)")
             for kind in ("read", "write"):
                 for c in conns:
-                    raw = bare(url, kind, min(c, args.bare_max), args.seconds, args.cards)
+                    raw = bare(url, kind, min(c, args.bare_max), args.seconds, args.cards,
+                               prepared=not args.bare_text)
                     res = to_result("bare", min(c, args.bare_max), 0, f"bare {kind}", c, raw)
                     res.db_cpu_ms = raw["db_cpu_s"] * 1000 / res.requests if res.requests else None
                     log(f"  bare {kind:<5} c={c:<3} {res.rate:>8,.0f} tx/s  p50 {res.p50_ms:6.1f} ms  "

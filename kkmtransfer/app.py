@@ -33,7 +33,7 @@ def require_schema(engine, url: str) -> None:
 
 def create_billing(settings: Settings | None = None, engine=None, clock=utcnow) -> BillingService:
     settings = settings or Settings.from_env()
-    engine = engine or make_engine(settings.database_url)
+    engine = engine or make_engine(settings.database_url, pg_prepared=settings.pg_prepared)
     return BillingService(engine, settings, clock)
 
 
@@ -45,7 +45,8 @@ def web_engine(settings: Settings):
     if make_url(settings.database_url).get_backend_name() != "postgresql":
         return make_engine(settings.database_url)
     ms = settings.db_statement_timeout * 1000
-    return make_engine(settings.database_url, pool_timeout=settings.db_connect_timeout, connect_args={
+    return make_engine(settings.database_url, pg_prepared=settings.pg_prepared,
+                       pool_timeout=settings.db_connect_timeout, connect_args={
         "connect_timeout": settings.db_connect_timeout,
         "options": f"-c statement_timeout={ms}",
         # unacknowledged data (packets dropped) or a silent peer ends the connection instead of a hang

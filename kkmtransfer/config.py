@@ -14,6 +14,7 @@
 | KKMTRANSFER_PUBLIC_URL          | empty: the WSDL's address is built from the request's Host; set e.g. https://kkm.example.org |
 | KKMTRANSFER_DB_CONNECT_TIMEOUT  | 3 seconds to connect to PostgreSQL (the web service) |
 | KKMTRANSFER_DB_STATEMENT_TIMEOUT | 5 seconds per SQL statement of a SOAP call (PostgreSQL) |
+| KKMTRANSFER_PG_PREPARED         | on: the online path's hot statements are server-side prepared on each connection (PostgreSQL); 0/off behind PgBouncer in transaction pooling |
 | KKMTRANSFER_MAX_ELEMENTS / _MAX_ATTRIBUTES | 5000 / 1000 per SOAP request, counted before spyne parses it |
 | KKMTRANSFER_MAX_FUTURE_HOURS    | 24: an OperationTime further ahead of the server's clock is refused |
 | KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE | 30d: an OperationTime more than this before the card's created_at is refused; `off` turns the rule off (e.g. 7d, 36h, 90m, 0) |
@@ -116,6 +117,7 @@ class Settings:
     public_url: str | None = None
     db_connect_timeout: int = 3
     db_statement_timeout: int = 5
+    pg_prepared: bool = True  # PREPARE/EXECUTE the hot statements (off: PgBouncer in transaction pooling)
     max_elements: int = 5000
     max_attributes: int = 1000
     max_future_hours: int = 24
@@ -212,6 +214,16 @@ class Settings:
         def seconds(name: str, default: float) -> float:
             return number(name, default, float, "a number of seconds")
 
+        def switch(name: str, default: bool) -> bool:
+            raw = (env.get(name) or "").strip().lower()
+            if raw == "":
+                return default
+            if raw in ("1", "on", "yes", "true"):
+                return True
+            if raw in ("0", "off", "no", "false"):
+                return False
+            raise ConfigError(f"{name}: not on or off: {env.get(name)!r}")
+
         return cls(
             database_url=url,
             timezone_name=env.get("KKMTRANSFER_TIMEZONE") or "Europe/Moscow",
@@ -227,6 +239,7 @@ class Settings:
             public_url=env.get("KKMTRANSFER_PUBLIC_URL") or None,
             db_connect_timeout=whole("KKMTRANSFER_DB_CONNECT_TIMEOUT", 3),
             db_statement_timeout=whole("KKMTRANSFER_DB_STATEMENT_TIMEOUT", 5),
+            pg_prepared=switch("KKMTRANSFER_PG_PREPARED", True),
             max_elements=whole("KKMTRANSFER_MAX_ELEMENTS", 5000),
             max_attributes=whole("KKMTRANSFER_MAX_ATTRIBUTES", 1000),
             max_future_hours=whole("KKMTRANSFER_MAX_FUTURE_HOURS", 24),

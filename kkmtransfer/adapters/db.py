@@ -490,8 +490,10 @@ certificates = Table(
 )
 
 
-def make_engine(url: str, **kwargs) -> Engine:
-    """An engine for the URL; SQLite gets a busy timeout, WAL and BEGIN IMMEDIATE for writers."""
+def make_engine(url: str, *, pg_prepared: bool = True, **kwargs) -> Engine:
+    """An engine for the URL; SQLite gets a busy timeout, WAL and BEGIN IMMEDIATE for writers.
+    ``pg_prepared=False`` (KKMTRANSFER_PG_PREPARED=off): the online path's hot statements go to PostgreSQL
+    as text instead of server-side prepared statements (``repository._send_prepared``)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -501,6 +503,8 @@ def make_engine(url: str, **kwargs) -> Engine:
         _sqlite_tuning(engine)
         return engine
     engine = create_engine(url, **kwargs)
+    if not pg_prepared:
+        engine.update_execution_options(kkm_pg_prepared=False)  # repository.PREPARED_OPTION
     if not kwargs.get("pool_pre_ping"):
         _liveness_check(engine)
     return engine

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Iterable
@@ -211,7 +212,7 @@ class Repository:
         if rows and changed and self.conn.dialect.name == "postgresql":
             # the entries and the lots' new remaining in one statement (one round trip), of one shape
             # whatever the number of moves (arrays), so it is parsed and compiled once
-            self.conn.execute(_ENTRIES_AND_LOTS, {
+            _ENTRIES_AND_LOTS.execute(self.conn, {
                 "operation_id": operation_id, "card_number": card_number,
                 "lot_ids": [r["lot_id"] for r in rows], "measures": [r["measure"] for r in rows],
                 "roles": [r["role"] for r in rows], "amounts": [_raw_cents(r["amount"]) for r in rows],
@@ -376,15 +377,21 @@ def _listening(target) -> bool:
     return any(getattr(target.dispatch, name) for name in _STATEMENT_EVENTS)
 
 
-def _on_cursor(conn: Connection, sql: str, params: dict, fetch: bool):
+def _on_cursor(conn: Connection, sql: str, params: dict, fetch: bool, prepared: "_Prepared | None" = None):
     """Run SQL compiled for ``conn``'s dialect on its DBAPI connection (the unit of work's transaction); a
     DBAPI error goes through SQLAlchemy's own handling, as ``Connection.execute`` would send it (wrapped as
     sqlalchemy.exc errors, IntegrityError included; a lost connection invalidated with the pool's older
-    ones)."""
+    ones). With ``prepared`` (and KKMTRANSFER_PG_PREPARED on) it is sent as EXECUTE of the connection's
+    server-side prepared statement (``_send_prepared``)."""
     cursor = None
     try:
-        cursor = conn.connection.dbapi_connection.cursor()
-        cursor.execute(sql, params)
+        fairy = conn.connection
+        dbapi = fairy.dbapi_connection
+        cursor = dbapi.cursor()
+        if prepared is not None and conn.get_execution_options().get(PREPARED_OPTION, True):
+            sql = _send_prepared(conn, fairy, dbapi, cursor, prepared, sql, params, fetch)
+        else:
+            cursor.execute(sql, params)
         fetched = cursor.fetchall() if fetch else None
         cursor.close()
         return fetched
@@ -392,30 +399,189 @@ def _on_cursor(conn: Connection, sql: str, params: dict, fetch: bool):
         conn._handle_dbapi_exception(exc, sql, params, cursor, None)
 
 
+# -- server-side prepared statements (PostgreSQL, the raw path) ------------------------------------------
+# Sent as text, each hot statement is parsed and planned by PostgreSQL on every call (GetCardInfo's read:
+# about 0.17 of its 0.28 ms of database CPU). Each pooled DBAPI connection PREPAREs all of them once, the
+# first time one is used on it, then sends ``EXECUTE kkm_<name>(...)`` with the parameters interpolated by
+# psycopg2 as before; the PREPARE declares the parameters' types, so the values cast as the text did.
+PREPARED_OPTION = "kkm_pg_prepared"  # an engine execution option: False sends text (KKMTRANSFER_PG_PREPARED)
+_PREPARED: list["_Prepared"] = []  # every statement prepared on a connection, all in one go
+_PREPARE_ALL: dict = {}  # dialect -> "DEALLOCATE ALL; PREPARE ...; ...; "
+_STATE_KEY = "kkm_prepared"  # in the pool's connection info (cleared when the connection is replaced)
+_IDLE = 0  # psycopg2.extensions.TRANSACTION_STATUS_IDLE: no transaction open on the server
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+class _PrepState:
+    """What one DBAPI connection has prepared: ``ready`` once the PREPAREs were sent on it; ``tx`` the
+    SQLAlchemy transaction in which an EXECUTE last succeeded (so the session still has them)."""
+    __slots__ = ("dbapi", "ready", "tx")
+
+    def __init__(self, dbapi):
+        self.dbapi, self.ready, self.tx = dbapi, False, None
+
+
+class _Prepared:
+    """The prepared form of a raw-path statement: one or more statements (the lock and the read are two)
+    named ``kkm_<name>``, ``kkm_<name>_2``..., their PREPARE text and the EXECUTE text that replaces the
+    statement (psycopg2 interpolates the EXECUTE's arguments, as it did the text's). ``types``: the SQL
+    type of each parameter. ``generic``: run it with the generic plan (``SET LOCAL plan_cache_mode``):
+    PostgreSQL's choice would replan it on every call (a sale's write: its arrays' sizes make the generic
+    plan's estimate look dearer than the custom one, for the same plan)."""
+
+    def __init__(self, name: str, types: dict[str, str], generic: bool = False):
+        self.name, self.types, self.generic = name, types, generic
+        self._forms: dict = {}  # dialect -> (PREPARE statements, EXECUTE text)
+        _PREPARED.append(self)
+
+    def forms(self, dialect, sql: str) -> tuple[str, str]:
+        try:
+            return self._forms[dialect]
+        except KeyError:
+            pass
+        prepares, executes = [], []
+        for i, part in enumerate(sql.split("; ")):  # the hot statements hold no "; " in a literal
+            name = f"kkm_{self.name}" + (f"_{i + 1}" if i else "")
+            order: list[str] = []
+
+            def number(m, order=order):
+                if m.group(1) not in order:
+                    order.append(m.group(1))
+                return f"${order.index(m.group(1)) + 1}"
+            body = _PLACEHOLDER.sub(number, part)
+            prepares.append(f"PREPARE {name} ({', '.join(self.types[n] for n in order)}) AS {body}")
+            executes.append(f"EXECUTE {name} ({', '.join(f'%({n})s' for n in order)})")
+        execute = "; ".join(executes)
+        if self.generic:
+            execute = "SET LOCAL plan_cache_mode = force_generic_plan; " + execute
+        self._forms[dialect] = "; ".join(prepares), execute
+        return self._forms[dialect]
+
+
+def _prepare_all(dialect) -> str:
+    """Every hot statement's PREPARE, after DEALLOCATE ALL (so that it cannot fail on a name the session has
+    already, whatever happened to it: the pool's connections run no other prepared statements)."""
+    try:
+        return _PREPARE_ALL[dialect]
+    except KeyError:
+        pass
+    parts = ["DEALLOCATE ALL"] + [p.forms(dialect, p.owner.sql_for(dialect))[0] for p in _PREPARED]
+    _PREPARE_ALL[dialect] = "; ".join(parts) + "; "
+    return _PREPARE_ALL[dialect]
+
+
+def _send_prepared(conn: Connection, fairy, dbapi, cursor, prepared: _Prepared, sql: str, params: dict,
+                   fetch: bool) -> str:
+    """Execute ``prepared`` on ``cursor``; answers the SQL sent (for an error's message).
+
+    The first use on a DBAPI connection sends every PREPARE with the EXECUTE (one round trip). Later ones send
+    the EXECUTE alone when the session is known to have the statements: the statement starts a transaction
+    (or runs in autocommit), or an EXECUTE succeeded earlier in this transaction. If a pooler reset the
+    session (``DISCARD ALL``: "prepared statement does not exist"), a statement that started the transaction
+    lost nothing: the transaction is rolled back and the statement sent again with the PREPAREs. In the
+    middle of a transaction that no EXECUTE has vouched for (a reserve begins with SQLAlchemy's statements),
+    an error would lose the transaction: a write is sent inside a savepoint released in the same round trip
+    (after a reset: rolled back to it, and sent again with the PREPAREs), a read as text (a savepoint could
+    not be released behind its rows)."""
+    state = fairy.info.get(_STATE_KEY)
+    if state is None or state.dbapi is not dbapi:  # a new connection (or one that replaced it)
+        state = fairy.info[_STATE_KEY] = _PrepState(dbapi)
+    dialect = conn.dialect
+    prepare, execute = prepared.forms(dialect, sql)
+    tx = conn.get_transaction()
+    guarded = False
+    if state.ready:
+        starts = dbapi.autocommit or dbapi.get_transaction_status() == _IDLE
+        if not starts and (state.tx is None or tx is None or state.tx() is not tx):
+            if fetch:
+                cursor.execute(sql, params)  # not vouched for in this transaction: as text
+                return sql
+            guarded = True
+        sent = f"SAVEPOINT kkm_prepared; {execute}; RELEASE SAVEPOINT kkm_prepared" if guarded else execute
+        try:
+            cursor.execute(sent, params)
+        except Exception as exc:  # noqa: BLE001
+            if getattr(exc, "pgcode", None) != "26000":  # invalid_sql_statement_name
+                raise
+            state.ready = False  # the session lost them (DISCARD ALL, DEALLOCATE): prepare again
+            if guarded:
+                cursor.execute("ROLLBACK TO SAVEPOINT kkm_prepared")
+            elif not starts:  # vouched for, yet gone: a pooler that changes sessions within a transaction
+                raise
+            elif not dbapi.autocommit:
+                dbapi.rollback()  # the failed EXECUTE was the transaction's first statement
+        else:
+            state.tx = weakref.ref(tx) if tx is not None else None
+            return sent
+    sent = _prepare_all(dialect) + execute + ("; RELEASE SAVEPOINT kkm_prepared" if guarded else "")
+    state.ready, state.tx = True, None
+    try:
+        cursor.execute(sent, params)
+    except Exception:
+        state.ready = False  # whether the PREPAREs went through is unknown: send them again next time
+        raise
+    state.tx = weakref.ref(tx) if tx is not None else None
+    return sent
+    execute = _prepare_all(dialect) + execute
+    state.ready, state.tx = True, None
+    try:
+        cursor.execute(execute, params)
+    except Exception:
+        state.ready = False  # whether the PREPAREs went through is unknown: send them again next time
+        raise
+    state.tx = weakref.ref(tx) if tx is not None else None
+    return execute
+
+
 class _Write:
     """A prebuilt write of the sale's path on the DBAPI cursor (see ``_raw_path``): the SQL compiled once
-    per dialect, the typed parameters bound by their types' bind processors (Cents, UTC times)."""
+    per dialect, the typed parameters bound by their types' bind processors (Cents, UTC times); sent as
+    the connection's prepared statement ``kkm_<name>`` (``_Prepared``). ``types``: the SQL types of the
+    untyped parameters (the typed ones' come from their types)."""
 
-    def __init__(self, clause):
+    def __init__(self, clause, name: str, types: dict[str, str] | None = None, generic: bool = False):
         self.clause = clause
         self._compiled: dict = {}  # dialect -> (SQL, [(name, processor)])
+        types = dict(types or {})
+        for bp_name, bp in clause._bindparams.items():
+            if bp_name not in types:
+                types[bp_name] = _param_type(bp.type)
+        self.prepared = _Prepared(name, types, generic)
+        self.prepared.owner = self
 
-    def execute(self, conn: Connection, params: dict) -> None:
-        if not _raw_path(conn):
-            conn.execute(self.clause, params)
-            return
-        dialect = conn.dialect
+    def sql_for(self, dialect) -> str:
+        return self._compile(dialect)[0]
+
+    def _compile(self, dialect):
         try:
-            sql, processors = self._compiled[dialect]
+            return self._compiled[dialect]
         except KeyError:
             sql = str(self.clause.compile(dialect=dialect))
             processors = [(name, p) for name, bp in self.clause._bindparams.items()
                           if (p := bp.type.dialect_impl(dialect).bind_processor(dialect)) is not None]
             self._compiled[dialect] = sql, processors
-        params = dict(params)
-        for name, p in processors:
-            params[name] = p(params[name])
-        _on_cursor(conn, sql, params, fetch=False)
+            return sql, processors
+
+    def execute(self, conn: Connection, params: dict) -> None:
+        if not _raw_path(conn):
+            conn.execute(self.clause, params)
+            return
+        sql, processors = self._compile(conn.dialect)
+        if processors:
+            params = dict(params)
+            for name, p in processors:
+                params[name] = p(params[name])
+        _on_cursor(conn, sql, params, fetch=False, prepared=self.prepared)
+
+
+def _param_type(type_) -> str:
+    """A prepared statement's parameter type for a column's SQLAlchemy type: strings as text (a
+    varchar(n) parameter would cut a longer value where the text path refused or missed it), the rest
+    as the column's own type (Cents: bigint; UTC times: timestamp)."""
+    from sqlalchemy.dialects import postgresql
+
+    compiled = type_.compile(dialect=postgresql.dialect())
+    return "text" if compiled.startswith(("VARCHAR", "CHAR", "TEXT")) else compiled
 
 
 class _Read:
@@ -431,8 +597,12 @@ class _Read:
     statements) the read goes through ``Connection.execute`` so that they see it."""
 
     def __init__(self, sql: str, cols: list[tuple[str, str, object]], n_card: int, op_at: int | None,
-                 hold_at: int | None):
+                 hold_at: int | None, name: str | None = None):
         self.clause = text(sql).columns(*[column(label, type_) for _, label, type_ in cols])
+        self.prepared = None
+        if name is not None:  # sent as the connection's prepared statement kkm_<name>
+            self.prepared = _Prepared(name, {"number": "text", "operation_id": "text"})
+            self.prepared.owner = self
         self.types = [type_ for _, _, type_ in cols]
         self.n_card, self.op_at, self.hold_at = n_card, op_at, hold_at
         self.card_names = [c.name for c in cards.c]
@@ -440,19 +610,25 @@ class _Read:
         self.hold_names = [c.name for c in holds.c]
         self._compiled: dict = {}  # dialect -> (SQL, [(index, processor)], the same for the lot's columns)
 
-    def rows(self, conn: Connection, params: dict) -> list:
-        dialect = conn.dialect
-        if not _raw_path(conn):
-            return conn.execute(self.clause, params).all()
+    def _compile(self, dialect):
         try:
-            sql, processors, lot_processors = self._compiled[dialect]
+            return self._compiled[dialect]
         except KeyError:
             sql = str(self.clause.compile(dialect=dialect))
             processors = [(i, p) for i, p in enumerate(t.dialect_impl(dialect).result_processor(dialect, None)
                                                        for t in self.types) if p is not None]
             lot_processors = [(i, p) for i, p in processors if self.n_card <= i < self.n_card + 6]
             self._compiled[dialect] = sql, processors, lot_processors
-        fetched = _on_cursor(conn, sql, params, fetch=True)
+            return self._compiled[dialect]
+
+    def sql_for(self, dialect) -> str:
+        return self._compile(dialect)[0]
+
+    def rows(self, conn: Connection, params: dict) -> list:
+        if not _raw_path(conn):
+            return conn.execute(self.clause, params).all()
+        sql, processors, lot_processors = self._compile(conn.dialect)
+        fetched = _on_cursor(conn, sql, params, fetch=True, prepared=self.prepared)
         if not fetched or not processors:
             return fetched
         # every column of the first row; of the others only the lot's (the card, operation and hold
@@ -469,7 +645,7 @@ class _Read:
         return out
 
 
-def _card_read(with_operation: bool, lock_first: bool = False) -> _Read:
+def _card_read(with_operation: bool, lock_first: bool = False, name: str | None = None) -> _Read:
     """The card, its lots that matter now (as ``Repository._lots_of``) and, optionally, the operation
     named by :operation_id, as one SELECT: a card row per lot (one row with NULL lot columns when it has
     none). Written as text so that PostgreSQL can be sent the card's lock in front of it in one round trip;
@@ -492,22 +668,25 @@ def _card_read(with_operation: bool, lock_first: bool = False) -> _Read:
            "WHERE c.number = :number ORDER BY l.id")
     if lock_first:  # PostgreSQL only: two statements, the rows are the second one's
         sql = "SELECT 1 FROM cards WHERE number = :number FOR UPDATE; " + sql
-    return _Read(sql, cols, n_card, op_at, hold_at)
+    return _Read(sql, cols, n_card, op_at, hold_at, name)
 
 
-_CARD_WITH_LOTS = _card_read(with_operation=False)
-_CARD_WITH_LOTS_AND_OPERATION = _card_read(with_operation=True)
-_LOCK_AND_READ = _card_read(with_operation=True, lock_first=True)
+_CARD_WITH_LOTS = _card_read(with_operation=False, name="card")
+_CARD_WITH_LOTS_AND_OPERATION = _card_read(with_operation=True)  # SQLite's (the writer holds the database)
+_LOCK_AND_READ = _card_read(with_operation=True, lock_first=True, name="lock")  # kkm_lock, then kkm_lock_2
 
 # PostgreSQL: an operation's entries and the relative updates of its lots' remaining (whole hundredths)
-_ENTRIES_AND_LOTS = text(
+_ARRAY_TYPES = {"lot_ids": "bigint[]", "measures": "text[]", "roles": "text[]", "amounts": "bigint[]",
+                "changed_ids": "bigint[]", "deltas": "bigint[]"}
+_ENTRIES_AND_LOTS = _Write(text(
     "WITH new_entries AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount) "
     "SELECT :operation_id, e.lot_id, :card_number, e.measure, e.role, e.amount "
     "FROM unnest(CAST(:lot_ids AS bigint[]), CAST(:measures AS text[]), CAST(:roles AS text[]), "
     "CAST(:amounts AS bigint[])) AS e (lot_id, measure, role, amount)) "
     "UPDATE lots SET remaining = lots.remaining + d.delta "
     "FROM unnest(CAST(:changed_ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
-    "WHERE lots.id = d.lot_id")
+    "WHERE lots.id = d.lot_id"), "moves", {"operation_id": "text", "card_number": "text", **_ARRAY_TYPES},
+    generic=True)
 
 # PostgreSQL: a new operation (every column an online sale sets), its entries and the relative updates of
 # its lots' remaining in one statement; typed binds as the Core INSERT would send them
@@ -526,7 +705,8 @@ _OPERATION_ENTRIES_AND_LOTS = _Write(text(
     "UPDATE lots SET remaining = lots.remaining + d.delta "
     "FROM unnest(CAST(:changed_ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
     "WHERE lots.id = d.lot_id").bindparams(
-    *[bindparam(f"op_{c}", type_=operations.c[c].type) for c in _OPERATION_COLUMNS]))
+    *[bindparam(f"op_{c}", type_=operations.c[c].type) for c in _OPERATION_COLUMNS]), "sale", _ARRAY_TYPES,
+    generic=True)
 
 
 def _promotion(row) -> Promotion:
