@@ -48,15 +48,27 @@ def test_echo_is_not_served_unless_asked(serve):
 
 def test_echo_answers_a_card_info_without_the_database(serve, db):
     base = serve(echo=True)
+    # the echo passes the same HTTP front as the endpoint: a register user's credentials are required
     r = requests.post(base + ECHO_PATH, data=ECHO_BODY.format(card="NO-SUCH-CARD"), timeout=10,
                       headers={"Content-Type": "text/xml"})
+    assert r.status_code == 401
+    db.add_user("echo-test", "echo-test-password")
+    r = requests.post(base + ECHO_PATH, data=ECHO_BODY.format(card="NO-SUCH-CARD"), timeout=10,
+                      headers={"Content-Type": "text/xml"}, auth=("echo-test", "echo-test-password"))
     assert r.status_code == 200, r.text
     assert "NO-SUCH-CARD</" in r.text and "1234.56</" in r.text  # no such card exists: no database read
+    # every element of a card with a holder and a dated lot: serialized as much as the real answer
+    assert "<tns:Holder>" in r.text and "<tns:NextExpiryDate>" in r.text
     assert r.headers["X-Request-Id"]
-    # the contract's endpoint and WSDL are the same as without the echo
+    # the envelope inspection applies: a SOAP 1.2 envelope is refused as at the endpoint
+    r = requests.post(base + ECHO_PATH, data=ECHO_BODY.replace("http://schemas.xmlsoap.org/soap/envelope/",
+                                                               "http://www.w3.org/2003/05/soap-envelope"),
+                      timeout=10, headers={"Content-Type": "text/xml"}, auth=("echo-test", "echo-test-password"))
+    assert r.status_code == 500 and "VersionMismatch" in r.text
+    # the contract's endpoint and WSDL are the same as without the echo; the echo serves no WSDL
     served = requests.get(base + "/KKMTransfer?wsdl", timeout=10).text
     assert "KKMTransferEcho" not in served and "GetCardInfo" in served
-    db.add_user("echo-test", "echo-test-password")
+    assert requests.get(base + ECHO_PATH + "?wsdl", timeout=10).status_code == 405
     client = zeep_client(base + "/KKMTransfer", "echo-test", "echo-test-password")
     with pytest.raises(Exception, match="not found"):
         client.service.GetCardInfo("NO-SUCH-CARD")

@@ -14,7 +14,6 @@ store it may post for), for ``ttl`` seconds:
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import threading
@@ -45,8 +44,8 @@ class CredentialCache:
         self._lock = threading.Lock()
 
     def _digest(self, name: str, password: str) -> bytes:
-        return hmac.new(self._key, "\0".join((name, password)).encode("utf-8", "surrogatepass"),
-                        hashlib.sha256).digest()
+        # hmac.digest: the same bytes as hmac.new(...).digest(), in one C call (no HMAC object)
+        return hmac.digest(self._key, "\0".join((name, password)).encode("utf-8", "surrogatepass"), "sha256")
 
     def get(self, name: str, password: str) -> Principal | None:
         """The principal of these credentials if they were verified less than ``ttl`` seconds ago."""

@@ -475,24 +475,42 @@ class KKMSoap11(_CachedAttrs, Soap11):
     def complex_from_element(self, ctx, cls, elt):
         """Each member's count first, so that the fault names it (``KKM: required``); unknown members
         are refused rather than dropped."""
-        members = cls.get_flat_type_info(cls)
+        members, limits = self._member_limits(cls)
         counts: dict[str, int] = {}
         for child in elt:
-            if not isinstance(child.tag, str):
+            tag = child.tag
+            if not isinstance(tag, str):
                 continue
-            key = etree.QName(child.tag).localname
+            key = tag.rpartition("}")[2]  # the local name (what etree.QName(tag).localname gives)
             if key not in members:
                 raise NamedFault(f"{key[:64]}: not an element of {cls.get_type_name()}; allowed: "
                                  f"{', '.join(members)}")
             counts[key] = counts.get(key, 0) + 1
+        for key, min_occurs, max_occurs in limits:
+            n = counts.get(key, 0)
+            if n < min_occurs:
+                raise NamedFault(f"{key}: required")
+            if n > max_occurs:
+                raise NamedFault(f"{key}: at most {max_occurs} allowed, got {n}")
+        return super().complex_from_element(ctx, cls, elt)
+
+    def _member_limits(self, cls):
+        """A complex type's members and their (name, min_occurs, max_occurs), in order: computed once per
+        class (spyne's models are classes made at import; bounded all the same)."""
+        try:
+            return self._limits[cls]
+        except KeyError:
+            pass
+        except AttributeError:
+            self._limits = {}
+        members = cls.get_flat_type_info(cls)
+        limits = []
         for key, member in members.items():
             a = self.get_cls_attrs(member)
-            n = counts.get(key, 0)
-            if n < a.min_occurs:
-                raise NamedFault(f"{key}: required")
-            if n > a.max_occurs:
-                raise NamedFault(f"{key}: at most {a.max_occurs} allowed, got {n}")
-        return super().complex_from_element(ctx, cls, elt)
+            limits.append((key, a.min_occurs, a.max_occurs))
+        if len(self._limits) < 4096:
+            self._limits[cls] = members, limits
+        return members, limits
 
 
 class KKMWsgiApplication(WsgiApplication):
