@@ -207,7 +207,10 @@ def test_a_session_reset_by_a_pooler_costs_the_register_nothing(db, reset, sent)
     assert _prepared_again(sent, since) and sent[-1].endswith("RELEASE SAVEPOINT kkm_prepared")
     since = len(sent)
     HoldService(db).reserve(new_id(), "R1", "KKM-1", D("1.00"))
-    assert sent[since:] == [next(s for s in sent if s.startswith("SAVEPOINT kkm_prepared; "))]
+    # one round trip: guarded by the savepoint on the connection prepared above, or with the PREPAREs on
+    # another of the pool's connections (the pool hands out its idle connections in turn)
+    assert len(sent[since:]) == 1
+    assert sent[-1].startswith(("SAVEPOINT kkm_prepared; ", "DEALLOCATE ALL; PREPARE"))
     assert _reset_sessions(db.engine, reset) >= 1
     assert _reset_sessions(db.engine, reset) >= 1
     since = len(sent)

@@ -522,15 +522,6 @@ def _send_prepared(conn: Connection, fairy, dbapi, cursor, prepared: _Prepared, 
         raise
     state.tx = weakref.ref(tx) if tx is not None else None
     return sent
-    execute = _prepare_all(dialect) + execute
-    state.ready, state.tx = True, None
-    try:
-        cursor.execute(execute, params)
-    except Exception:
-        state.ready = False  # whether the PREPAREs went through is unknown: send them again next time
-        raise
-    state.tx = weakref.ref(tx) if tx is not None else None
-    return execute
 
 
 class _Write:
