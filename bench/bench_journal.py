@@ -154,11 +154,18 @@ def dump_written(url: str, folder: Path, rows_per_batch: int) -> list[list[tuple
     return [batches[b] for b in sorted(batches)]
 
 
-def schema_floor(url: str, folder: Path, updates: list[list[tuple[int, int]]]) -> tuple[float, float | None, int]:
-    """(seconds, the backend's CPU seconds, rows written) of writing the dumped rows into this database's real
-    tables with COPY, then the lots' updates, one UPDATE ... FROM unnest and one commit per batch."""
+def schema_floor(url: str, folder: Path, updates: list[list[tuple[int, int]]]) -> tuple[float, float | None, int,
+                                                                                   list[tuple]]:
+    """(seconds, the backend's CPU seconds, rows written, steps) of writing the dumped rows into this database's
+    real tables with COPY, then the lots' updates, one UPDATE ... FROM unnest and one commit per batch. Each step
+    is (what, rows, seconds, backend CPU seconds or None)."""
     engine = create_engine(url)
     written = 0
+    steps = []
+
+    def step(what, rows, t0, c0):
+        c1 = _backend_cpu(pid)
+        steps.append((what, rows, time.perf_counter() - t0, c1 - c0 if c0 is not None and c1 is not None else None))
     try:
         raw = engine.raw_connection()
         try:
@@ -169,22 +176,29 @@ def schema_floor(url: str, folder: Path, updates: list[list[tuple[int, int]]]) -
             cpu0 = _backend_cpu(pid)
             start = time.perf_counter()
             for name in FLOOR_TABLES:
+                t0, c0 = time.perf_counter(), _backend_cpu(pid)
                 with open(folder / f"{name}.copy", encoding="utf-8") as f:
                     cur.copy_expert(f"COPY {name} FROM STDIN", f)
                     written += cur.rowcount
+                    step(f"COPY {name}", cur.rowcount, t0, c0)
+            t0, c0 = time.perf_counter(), _backend_cpu(pid)
             raw.commit()
+            step("COMMIT", 0, t0, c0)
+            t0, c0, n = time.perf_counter(), _backend_cpu(pid), 0
             for batch in updates:
                 cur.execute("UPDATE lots l SET remaining = v.r FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, r) "
                             "WHERE l.id = v.id", ([i for i, _ in batch], [r for _, r in batch]))
-                written += cur.rowcount
+                n += cur.rowcount
                 raw.commit()
+            written += n
+            step(f"UPDATE lots FROM unnest + COMMIT, x{len(updates)}", n, t0, c0)
             seconds = time.perf_counter() - start
             cpu1 = _backend_cpu(pid)
         finally:
             raw.close()
     finally:
         engine.dispose()
-    return seconds, (cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None), written
+    return seconds, (cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None), written, steps
 
 
 def main() -> None:
@@ -219,7 +233,7 @@ def main() -> None:
             engine = create_engine(url)
             seed_cards(engine, args.cards)
             engine.dispose()
-            t_floor, db_cpu_floor, floor_rows = schema_floor(url, Path(tmp), updates)
+            t_floor, db_cpu_floor, floor_rows, floor_steps = schema_floor(url, Path(tmp), updates)
 
         def per10k(cpu: float, n: int) -> str:
             return f"{cpu * 10_000 / n:.3f}"
@@ -249,6 +263,9 @@ def main() -> None:
               + (f"; database backend CPU {db_cpu_floor * 10_000 / args.rows:.2f} s per 10,000 file rows"
                  if db_cpu_floor is not None else "")
               + f"); the import takes {t_big / t_floor:.1f}x the floor's time")
+        print(table([(what, f"{n:,}", f"{sec:.2f}", "" if cpu is None else f"{cpu:.2f}")
+                     for what, n, sec, cpu in floor_steps],
+                    ("schema floor, step", "rows", "seconds", "backend CPU s")))
         print(f"client CPU (user + sys of the importing process, not the database server's): "
               f"{cpu_big * 10_000 / args.rows:.2f} s per 10,000 rows, i.e. {args.rows / cpu_big:,.0f} rows per CPU "
               f"second; the wall time on a loaded machine is the CPU time stretched by the load")
