@@ -241,7 +241,9 @@ def seed(url: str, cards: int, n_expiring: int, n_deferred: int, n_background: i
 LINE_COLUMNS = ("id, card_number, kind, source, kkm, store, receipt_number, operation_time, business_date, "
                 "content_hash, receipt_sum, bonus_accrued, bonus_spent, accumulation_delta, "
                 "receipt_count_delta, promotion_code, original_operation_id, note, created_at, document_id")
-DUE_EXPIRY = "l.remaining > 0 AND l.expires_at <= :cutoff"
+# the product's selection: every expired lot no WriteOff took yet is taken (and marked); what holds something burns
+DUE_EXPIRY = "l.expiry_document_id IS NULL AND l.expires_at <= :cutoff"
+BURN = DUE_EXPIRY + " AND l.remaining > 0"
 DUE_ACCRUAL = "l.accrual_document_id IS NULL AND l.available_from IS NOT NULL AND l.available_from <= :cutoff"
 
 BARE_SQL = [
@@ -253,14 +255,14 @@ BARE_SQL = [
      f"SELECT u.id, u.card_number, {K_EXPIRY}, {NIGHTLY}, NULL, NULL, NULL, :cutoff, :day, u.id, "
      "0, 0, 0, 0, 0, NULL, NULL, NULL, :now, :wo "
      "FROM (SELECT gen_random_uuid()::text AS id, d.card_number "
-     f"      FROM (SELECT DISTINCT l.card_number FROM lots l WHERE {DUE_EXPIRY}) d) u"),
+     f"      FROM (SELECT DISTINCT l.card_number FROM lots l WHERE {BURN}) d) u"),
     (regulation.WRITE_OFF, "expiry entries: INSERT entries SELECT",
      "INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount) "
      f"SELECT o.id, l.id, l.card_number, l.measure, {EXPIRY}, -l.remaining "
      "FROM lots l JOIN operations o ON o.document_id = :wo AND o.card_number = l.card_number "
-     f"WHERE {DUE_EXPIRY}"),
-    (regulation.WRITE_OFF, "UPDATE lots SET remaining = 0",
-     f"UPDATE lots l SET remaining = 0 WHERE {DUE_EXPIRY}"),
+     f"WHERE {BURN}"),
+    (regulation.WRITE_OFF, "UPDATE lots SET remaining = 0, expiry_document_id",
+     f"UPDATE lots l SET remaining = least(l.remaining, 0), expiry_document_id = :wo WHERE {DUE_EXPIRY}"),
     # before the UPDATE below, so that it still finds the lots through ix_lots_due_accrual
     (regulation.ACCRUAL, "accrual lines: INSERT operations SELECT ... GROUP BY card",
      f"INSERT INTO operations ({LINE_COLUMNS}) "
@@ -407,9 +409,10 @@ CHECKS = {
         "SELECT coalesce(sum(hashtextextended(card_number || '/' || bonus_accrued || '/' || accumulation_delta "
         "|| '/' || receipt_count_delta, 0)::numeric), 0) FROM operations WHERE document_id = :ac",
     "lots posted by the accrual": "SELECT count(*) FROM lots WHERE accrual_document_id = :ac",
-    "lots (id, remaining, posted) (hash)":
-        "SELECT sum(hashtextextended(id || '/' || remaining || '/' || coalesce(accrual_document_id, '-'), 0)"
-        "::numeric) FROM lots",
+    "lots taken by the write-off": "SELECT count(*) FROM lots WHERE expiry_document_id = :wo",
+    "lots (id, remaining, posted, taken) (hash)":
+        "SELECT sum(hashtextextended(id || '/' || remaining || '/' || coalesce(accrual_document_id, '-') || '/' "
+        "|| coalesce(expiry_document_id, '-'), 0)::numeric) FROM lots",
     "documents done": f"SELECT count(*) FROM documents WHERE id IN (:wo, :ac) AND status = {DONE}",
     "document lines": "SELECT coalesce(sum(lines), 0) FROM documents WHERE id IN (:wo, :ac)",
     "lots whose entries do not sum to remaining":
@@ -436,10 +439,10 @@ def due_before(url: str, cutoff: datetime) -> dict:
     try:
         with engine.connect() as conn:
             row = conn.execute(text(
-                f"SELECT count(*) FILTER (WHERE {DUE_EXPIRY}), "
-                f"coalesce(sum(remaining) FILTER (WHERE {DUE_EXPIRY}), 0), "
+                f"SELECT count(*) FILTER (WHERE {BURN}), "
+                f"coalesce(sum(remaining) FILTER (WHERE {BURN}), 0), "
                 f"count(*) FILTER (WHERE {DUE_ACCRUAL}), count(*), "
-                f"count(DISTINCT card_number) FILTER (WHERE {DUE_EXPIRY}), "
+                f"count(DISTINCT card_number) FILTER (WHERE {BURN}), "
                 f"count(DISTINCT card_number) FILTER (WHERE {DUE_ACCRUAL}) FROM lots l"),
                 {"cutoff": cutoff}).one()
             return dict(expiring=row[0], expiring_sum=row[1], deferred=row[2], lots=row[3],
@@ -564,7 +567,7 @@ def main(argv=None) -> int:
             "expiry entries": n_expiring, "lots with an expiry entry": n_expiring,
             "expiry entries on write-off lines": n_expiring, "sum burnt (hundredths)": -before["expiring_sum"],
             "write-off lines": before["expiring_cards"], "accrual lines": before["deferred_cards"],
-            "lots posted by the accrual": n_deferred, "documents done": 2,
+            "lots posted by the accrual": n_deferred, "lots taken by the write-off": n_expiring, "documents done": 2,
             "document lines": before["expiring_cards"] + before["deferred_cards"],
             "lots whose entries do not sum to remaining": 0,
         }

@@ -82,6 +82,11 @@ def main() -> None:
                   f"{(server1 - server0) * 10_000 / args.rows:.2f} s per 10,000 rows")
         print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         engine.dispose()
+        time.sleep(1.5)  # the backends' table statistics reach the shared counters within a second
+        with create_engine(url).connect() as conn:
+            upd, hot = conn.execute(text("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                                         "WHERE relname = 'lots'")).one()
+        print(f"lots: {upd:,} row updates, {hot:,} of them HOT ({hot / upd if upd else 0:.0%})")
         if profiler:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(args.top)
 

@@ -3,6 +3,12 @@
 Each function works on one batch inside the caller's transaction. Batches are read through partial
 indexes (``ix_lots_due_expiry``, ``ix_lots_due_accrual``) that hold only what is still due, so a batch
 costs the same however large the ledger is.
+
+The write-off takes each expired lot once: the lots whose end came by the cutoff and that no WriteOff has
+taken (``expiry_document_id IS NULL``). It burns what they hold (``remaining > 0``: an entry under the card's
+Expiry line, the lot emptied) and marks every lot it takes with its document, also a lot that holds nothing
+(no entry, no line for it). Nothing lands in a burnt lot afterwards without burning at once in its own
+operation (``CardLedger._burn_if_expired``), so a lot taken once never has anything left to burn.
 """
 from __future__ import annotations
 
@@ -87,8 +93,8 @@ def finish(conn: Connection, doc_id: str, now: datetime) -> int:
 
 
 def _due_expiry(cutoff: datetime):
-    """Lots that burnt by ``cutoff`` and still hold something (read through ix_lots_due_expiry)."""
-    return (lots.c.remaining > 0, lots.c.expires_at <= cutoff)
+    """Lots that burnt by ``cutoff`` and that no WriteOff has taken yet (read through ix_lots_due_expiry)."""
+    return (lots.c.expiry_document_id.is_(None), lots.c.expires_at <= cutoff)
 
 
 def _due_accrual(cutoff: datetime):
@@ -98,7 +104,9 @@ def _due_accrual(cutoff: datetime):
 
 
 def due_expiry_count(conn: Connection, cutoff: datetime) -> int:
-    return conn.execute(select(func.count()).select_from(lots).where(*_due_expiry(cutoff))).scalar_one()
+    """The due lots that hold something to burn (the ones the write-off counts)."""
+    return conn.execute(select(func.count()).select_from(lots)
+                        .where(*_due_expiry(cutoff), lots.c.remaining > 0)).scalar_one()
 
 
 def due_accrual_count(conn: Connection, cutoff: datetime) -> int:
@@ -174,11 +182,7 @@ def _add_to_accrual_lines(conn: Connection, rows: list[dict]) -> None:
 #    a line an earlier batch made (a card's lots may span batches) is kept (expiry) or added to (accrual);
 #    the same statement counts the rows under a line's id that are not that line (a squatted id), and the
 #    caller then raises IdTaken, which rolls the batch back.
-_PG_TAKE = """
-WITH b AS (SELECT id, card_number FROM lots WHERE {due} ORDER BY {order}, id LIMIT :limit FOR UPDATE SKIP LOCKED)
-SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
-       coalesce(array_agg(DISTINCT card_number), '{{}}') FROM b"""
-_PG_DUE_EXPIRY = "remaining > 0 AND expires_at <= :cutoff"
+_PG_DUE_EXPIRY = "expiry_document_id IS NULL AND expires_at <= :cutoff"
 _PG_DUE_ACCRUAL = "accrual_document_id IS NULL AND available_from IS NOT NULL AND available_from <= :cutoff"
 _PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_date, content_hash, receipt_sum, "
                     "bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta, created_at, document_id")
@@ -195,10 +199,11 @@ lines AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
           SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v
           ON CONFLICT (id) DO NOTHING),
 b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots
-                   WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[]))),
+                   WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])) AND remaining > 0),
 burnt AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role, amount)
           SELECT v.line, b.id, b.card_number, b.measure, :role, -b.remaining FROM b JOIN v ON v.card = b.card_number),
-emptied AS (UPDATE lots SET remaining = 0 WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])))
+taken AS (UPDATE lots SET remaining = least(remaining, 0), expiry_document_id = :doc
+          WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])))
 SELECT {_PG_SQUATTED}"""
 _PG_ACCRUE = f"""
 WITH {_PG_V},
@@ -250,7 +255,14 @@ SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
        coalesce(array_agg(DISTINCT card_number), '{{}}'),
        (SELECT available_from FROM last), (SELECT card_number FROM last), (SELECT id FROM last) FROM b"""
 _PG_STATEMENTS = {
-    "take_expiry": text(_PG_TAKE.format(due=_PG_DUE_EXPIRY, order="expires_at")).bindparams(_PG_TIMES[0]),
+    # every due lot is taken (and marked by the write); only the cards of the lots that hold something get a
+    # line; answers (lots taken, lots to burn, their ids, the cards)
+    "take_expiry": text(f"""
+WITH b AS (SELECT id, card_number, remaining FROM lots WHERE {_PG_DUE_EXPIRY} ORDER BY expires_at, id LIMIT :limit
+           FOR UPDATE SKIP LOCKED)
+SELECT count(*), count(*) FILTER (WHERE remaining > 0), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
+       coalesce(array_agg(DISTINCT card_number) FILTER (WHERE remaining > 0), '{{}}') FROM b""")
+    .bindparams(_PG_TIMES[0]),
     "take_accrual": text(_PG_TAKE_ACCRUAL.format(due=_PG_DUE_ACCRUAL, after="")).bindparams(_PG_TIMES[0]),
     "take_accrual_after": text(_PG_TAKE_ACCRUAL.format(due=_PG_DUE_ACCRUAL, after=_PG_AFTER))
     .bindparams(_PG_TIMES[0]),
@@ -283,25 +295,46 @@ def _pg_batch(conn: Connection, what: str, doc_id: str, day: date, cutoff: datet
     return taken
 
 
+def _pg_expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime,
+                     limit: int) -> tuple[int, int]:
+    taken, burning, ids, cards = conn.execute(_PG_STATEMENTS["take_expiry"],
+                                              {"cutoff": cutoff, "limit": limit}).one()
+    if not taken:
+        return 0, 0
+    squatted = conn.execute(_PG_STATEMENTS["expiry"], dict(
+        cards=_pg_array(cards), lines=_pg_array([line_id(doc_id, c) for c in cards]), ids=ids, doc=doc_id,
+        day=day, cutoff=cutoff, now=now, kind=Kind.EXPIRY.value, source=Source.NIGHTLY.value,
+        role=Role.EXPIRY.value)).scalar_one()
+    if squatted:
+        raise IdTaken(f"{squatted} operation(s) hold the ids of {Kind.EXPIRY.value} lines of document {doc_id}: "
+                      "run `kkmtransfer ledger verify`")
+    return taken, burning
+
+
 def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
-                 postgres: bool) -> int:
-    """Burn up to ``limit`` lots whose life ended by ``cutoff``; one Expiry line per card. Returns lots done."""
+                 postgres: bool) -> tuple[int, int]:
+    """Take up to ``limit`` lots whose life ended by ``cutoff`` and that no WriteOff took yet, burn what they
+    hold (one Expiry line per card with something to burn) and mark them all with the document. Returns
+    (lots taken, lots burnt): 0 taken means nothing is left."""
     if postgres:
-        return _pg_batch(conn, "expiry", doc_id, day, cutoff, now, limit, Kind.EXPIRY, role=Role.EXPIRY.value)
+        return _pg_expire_batch(conn, doc_id, day, cutoff, now, limit)
     batch = _take_batch(conn, _due_expiry(cutoff), lots.c.expires_at, limit, postgres)
     if not batch:
-        return 0
-    ids = [r.id for r in batch]
-    _insert_missing_lines(conn, _line_rows(doc_id, Kind.EXPIRY, sorted({r.card_number for r in batch}), day,
-                                           cutoff, now))
-    # the batch's entries in one multi-row insert (the line ids are known: no join through the document,
-    # whose fresh rows the planner cannot estimate mid-run), then one statement empties the lots
-    conn.execute(insert(entries), [
-        dict(operation_id=line_id(doc_id, r.card_number), lot_id=r.id, card_number=r.card_number,
-             measure=r.measure, role=Role.EXPIRY.value, amount=-r.remaining) for r in batch])
-    conn.execute(update(lots).where(lots.c.id.in_(bindparam("ids", expanding=True))).values(remaining=0),
-                 {"ids": ids})
-    return len(ids)
+        return 0, 0
+    burn = [r for r in batch if r.remaining > 0]
+    if burn:
+        _insert_missing_lines(conn, _line_rows(doc_id, Kind.EXPIRY, sorted({r.card_number for r in burn}), day,
+                                               cutoff, now))
+        # the batch's entries in one multi-row insert (the line ids are known: no join through the document,
+        # whose fresh rows the planner cannot estimate mid-run), then one statement empties the lots
+        conn.execute(insert(entries), [
+            dict(operation_id=line_id(doc_id, r.card_number), lot_id=r.id, card_number=r.card_number,
+                 measure=r.measure, role=Role.EXPIRY.value, amount=-r.remaining) for r in burn])
+        conn.execute(update(lots).where(lots.c.id.in_(bindparam("ids", expanding=True))).values(remaining=0),
+                     {"ids": [r.id for r in burn]})
+    conn.execute(update(lots).where(lots.c.id.in_(bindparam("ids", expanding=True)))
+                 .values(expiry_document_id=doc_id), {"ids": [r.id for r in batch]})
+    return len(batch), len(burn)
 
 
 @dataclass

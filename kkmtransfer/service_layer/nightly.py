@@ -144,7 +144,10 @@ class Nightly:
                 if not sql.claim(uow.conn, doc["id"], self.runner, now, now + LEASE):
                     raise RegulationBusy(f"{kind} of {day}: the lease was lost to another run")
                 n = step(uow.conn, doc["id"], day, cutoff, now, self.batch, self.postgres)
-                if n == 0:
+                # the write-off answers (lots taken, lots burnt): an expired lot that holds nothing is taken
+                # once and marked, and not counted
+                taken, n = n if isinstance(n, tuple) else (n, n)
+                if taken == 0:
                     lines = sql.finish(uow.conn, doc["id"], now)
                     uow.commit()
                     return doc, done, lines
