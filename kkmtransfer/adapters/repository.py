@@ -623,6 +623,19 @@ class BatchRepository(Repository):
         card = self.get_card(number, lock=True)
         return None, card, (self._lots.get(number) if card is not None else None)
 
+    def plain_card(self, number: str, operation_id: str) -> tuple[dict, list[Lot]] | None:
+        """(card row, its lots) when ``operation_id`` is known new (read at the start, not applied since),
+        names no hold, and the batch holds the card with its lots; else None (see
+        ``BillingService.apply_plain_sale``)."""
+        if operation_id in self._ops or operation_id not in self._looked_up or operation_id not in self._hold_ids \
+                or self._holds.get(operation_id) is not None:
+            return None
+        card = self._cards.get(number)
+        lots = self._lots.get(number)
+        if card is None or lots is None:
+            return None
+        return card, lots
+
     def get_operation(self, operation_id: str):
         if operation_id in self._ops:
             return self._ops[operation_id]
@@ -710,7 +723,7 @@ class BatchRepository(Repository):
         """PostgreSQL: operations, lots (their ids taken from the sequence first) and entries with COPY,
         the lots' new remaining in one UPDATE over arrays."""
         if self._new_ops:
-            copy_rows(self.conn, operations, self._new_ops)
+            self._copy_operations()
         if self._new_lots:
             ids = sorted(self.conn.execute(_NEXT_LOT_IDS, {"n": len(self._new_lots)}).scalars())
             rows = self._new_lot_rows()
@@ -723,6 +736,58 @@ class BatchRepository(Repository):
         if changed:
             self.conn.execute(_ADD_TO_LOTS, {"ids": [k for k, _ in changed],
                                              "deltas": [_raw_cents(v) for _, v in changed]})
+
+    def _copy_operations(self) -> None:
+        """The operations' COPY lines, those of ``apply``'s shape (every column of
+        ``_OPERATION_COLUMNS``, ``actor`` may be left out) made straight from their values as
+        ``copy_rows`` would write them (texts escaped, amounts as whole hundredths, times as naive UTC),
+        the values that repeat converted once; any other shape through ``copy_rows``."""
+        plain, other = [], []
+        full, lean = _OPERATION_COLUMNS_SET, _OPERATION_COLUMNS_SET - {"actor"}
+        for values in self._new_ops:
+            keys = values.keys()
+            (plain if keys == full or keys == lean else other).append(values)
+        if other:
+            copy_rows(self.conn, operations, other)
+        if not plain:
+            return
+        memo: dict = {None: "\\N"}
+
+        def text_of(value) -> str:  # a text that repeats (card, kind, register, store, the file's name)
+            out = memo.get(value)
+            if out is None:
+                out = memo[value] = _copy_text(str(value))
+            return out
+
+        def cents_of(amount: Decimal) -> str:
+            out = memo.get(("c", amount))
+            if out is None:
+                out = memo[("c", amount)] = str(_raw_cents(amount))
+            return out
+
+        def time_of(value: datetime, _utc=timezone.utc) -> str:
+            if value.tzinfo is _utc:
+                return value.isoformat()
+            return value.astimezone(_utc).replace(tzinfo=None).isoformat()
+
+        def day_of(value) -> str:  # a business date, the batch's time: repeat
+            out = memo.get(("d", value))
+            if out is None:
+                out = memo[("d", value)] = value.isoformat() if type(value) is date else time_of(value)
+            return out
+
+        def unique(value, _null="\\N") -> str:
+            return _null if value is None else _copy_text(str(value))
+        lines = [f"{unique(v['id'])}\t{text_of(v['card_number'])}\t{text_of(v['kind'])}\t{text_of(v['source'])}\t"
+                 f"{text_of(v['kkm'])}\t{text_of(v['store'])}\t"
+                 f"{unique(v['receipt_number'])}\t"
+                 f"{time_of(v['operation_time'])}\t{day_of(v['business_date'])}\t{unique(v['content_hash'])}\t"
+                 f"{cents_of(v['receipt_sum'])}\t{cents_of(v['bonus_accrued'])}\t{cents_of(v['bonus_spent'])}\t"
+                 f"{cents_of(v['accumulation_delta'])}\t{int(v['receipt_count_delta'])}\t"
+                 f"{text_of(v['promotion_code'])}\t"
+                 f"{unique(v['original_operation_id'])}\t"
+                 f"{day_of(v['created_at'])}\t{text_of(v.get('actor'))}\n" for v in plain]
+        copy_lines(self.conn, "operations", _OPERATION_COLUMNS, lines)
 
     def _copy_entries(self) -> None:
         """The entries' COPY lines made straight from the moves (the most numerous rows: three a sale),

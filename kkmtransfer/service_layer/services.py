@@ -68,6 +68,10 @@ def _message(kind: str, accrued, spent, view: CardView | None, again: bool = Fal
 
 
 _UNREAD = object()  # apply(): the hold this operation confirms is not looked up yet
+# apply_plain_sale(): enum members and counts as constants (an enum member's lookup is a descriptor call)
+_SALE, _SALE_VALUE, _ACTIVE = Kind.SALE, Kind.SALE.value, CardStatus.ACTIVE.value
+_BONUS, _ACCUMULATION, _RECEIPT_COUNT = Measure.BONUS, Measure.ACCUMULATION, Measure.RECEIPT_COUNT
+_COUNTS = {n: Decimal(n) for n in (-1, 0, 1)}
 HISTORY_MAX_RECORDS = 1000  # GetCardOperations: the default and the upper limit of MaxRecords
 MIN_PASSWORD_LENGTH = 12
 
@@ -312,6 +316,50 @@ class BillingService:
         accrued = self._taken_back(ledger) if request.kind is Kind.RETURN else request.bonus_accrued
         return ApplyResult(request.operation_id, APPLIED, view, accrued, request.bonus_spent,
                            _message(request.kind.value, accrued, request.bonus_spent, view))
+
+    def apply_plain_sale(self, repo, request: OperationRequest, source: Source, now: datetime,
+                         actor: str | None = None) -> str | None:
+        """``apply`` of the common receipt of a bulk load, on a batch repository (the journal import):
+        a Sale that spends nothing (it may accrue), with no promotion, no lines, whose OperationId is new
+        and names no hold, on a card the batch holds with its lots. The same rules in the same order as
+        ``apply`` (card status, the card's existence at the receipt's time, the business day, the bonus
+        and card rules' life, ``CardLedger.credit`` and its debts, buckets and limits), without what
+        such a row cannot need (hold, spend code, promotion, lines, the card's view). Returns APPLIED,
+        or None when the row is not such a row (nothing done: ``apply`` takes it); a refusal raises
+        the DomainError ``apply`` would raise."""
+        if (request.kind is not _SALE or request.bonus_spent or request.promotion_code is not None
+                or request.lines):
+            return None
+        held = repo.plain_card(request.card_number, request.operation_id)
+        if held is None:
+            return None
+        card, lots = held
+        if card["status"] != _ACTIVE:
+            return None  # apply() refuses it (CardBlocked)
+        self.check_card_existed(card, request.operation_time)
+        tz = self.settings.tz
+        day = request.operation_time.astimezone(tz).date()
+        content_hash = request.content_hash()
+        rules = repo.card_rules(card)
+        ledger = CardLedger(lots, now)
+        ledger.credit(_BONUS, request.bonus_accrued, *self.settings.rule("bonus").life(day, tz))
+        self._apply_delta(ledger, _ACCUMULATION, request.accumulation_delta, rules.accumulation.life(day, tz))
+        count = request.receipt_count_delta
+        self._apply_delta(ledger, _RECEIPT_COUNT, _COUNTS[count] if count in _COUNTS else Decimal(count),
+                          rules.receipt_count.life(day, tz))
+        number = card["number"]
+        operation = dict(
+            id=request.operation_id, card_number=number, kind=_SALE_VALUE,
+            source=source.value, kkm=request.kkm, store=request.store,
+            receipt_number=request.receipt_number, operation_time=request.operation_time,
+            business_date=day, content_hash=content_hash, receipt_sum=request.receipt_sum,
+            bonus_accrued=request.bonus_accrued, bonus_spent=request.bonus_spent,
+            accumulation_delta=request.accumulation_delta, receipt_count_delta=count, promotion_code=None,
+            original_operation_id=request.original_operation_id, created_at=now,
+            **({"actor": actor[:255]} if actor else {}),
+        )
+        repo.insert_operation_with_moves(operation, ledger.moves, now)
+        return APPLIED
 
     @staticmethod
     def _taken_back(ledger: CardLedger) -> Decimal:
