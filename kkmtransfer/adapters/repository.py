@@ -18,6 +18,9 @@ from .db import UTCDateTime, cards, entries, holds, lots, operations, promotions
 from ..domain.certificates import ACCOUNT_STATUS as CERTIFICATE_ACCOUNT  # noqa: E402
 
 
+_CARD_RULES: dict[tuple, CardRules] = {}  # (the card's four rule columns) -> its rules
+
+
 class Repository:
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -111,10 +114,16 @@ class Repository:
 
     @staticmethod
     def card_rules(row) -> CardRules:
-        return CardRules(
-            accumulation=LifeRule(row["accumulation_delay_days"], row["accumulation_lifetime_days"]),
-            receipt_count=LifeRule(row["count_delay_days"], row["count_lifetime_days"]),
-        )
+        """The card's life rules (immutable: cards with the same rules share them)."""
+        key = (row["accumulation_delay_days"], row["accumulation_lifetime_days"], row["count_delay_days"],
+               row["count_lifetime_days"])
+        rules = _CARD_RULES.get(key)
+        if rules is None:
+            rules = CardRules(accumulation=LifeRule(key[0], key[1]), receipt_count=LifeRule(key[2], key[3]))
+            if len(_CARD_RULES) >= 1024:
+                _CARD_RULES.clear()
+            _CARD_RULES[key] = rules
+        return rules
 
     # -- promotions --------------------------------------------------------------------------
     def get_promotion(self, code: str) -> Promotion | None:
@@ -572,8 +581,7 @@ class BatchRepository(Repository):
         self._lots: dict[str, list[Lot]] = {n: [] for n in self._cards}
         held = sorted(self._cards)
         if self._pg:
-            for r in self.conn.execute(_LOTS_OF_CARDS, {"numbers": held}):
-                self._lots[r.card_number].append(_lot(r))
+            self._read_lots(held)
         else:
             for i in range(0, len(held), 500):
                 self._lots.update(self._lots_of(held[i:i + 500]))
@@ -582,12 +590,32 @@ class BatchRepository(Repository):
         self._hold_ids = set(fresh)
         self._holds = {r["id"]: r for r in self._read(_HOLDS_BY_IDS, holds, holds.c.id, sorted(set(fresh)))}
         self._promotions: dict[str, Promotion | None] = {}
-        self._rules: dict[str, CardRules] = {}
         self._new_ops: list[dict] = []
         self._new_lots: list[tuple[str, str, Lot]] = []
         self._new_lot_keys: set[int] = set()
         self._entries: list[tuple[str, Lot, str, Move]] = []
         self._deltas: dict[int, Decimal] = {}
+
+    def _read_lots(self, numbers: list[str]) -> None:
+        """PostgreSQL: the lots of the batch's cards (``_LOTS_OF_CARDS_SQL``'s rows) as the driver returns them,
+        converted as their column types convert them (``Cents``: whole hundredths to money, ``UTCDateTime``:
+        naive UTC to aware), each distinct amount and time once (a batch's lots repeat them)."""
+        cents: dict[int, Decimal] = {}
+        times: dict[datetime, datetime] = {None: None}
+        to_money, utc, measures, by_card = _CENTS.process_result_value, timezone.utc, _MEASURES, self._lots
+        for lot_id, number, measure, raw, start, end, exclusive in self.conn.exec_driver_sql(
+                _LOTS_OF_CARDS_SQL, {"numbers": numbers}):
+            remaining = cents.get(raw)
+            if remaining is None:
+                remaining = cents[raw] = to_money(raw, None)
+            available_from = times.get(start)
+            if available_from is None and start is not None:
+                available_from = times[start] = start.replace(tzinfo=utc)
+            expires_at = times.get(end)
+            if expires_at is None and end is not None:
+                expires_at = times[end] = end.replace(tzinfo=utc)
+            by_card[number].append(Lot(id=lot_id, measure=measures[measure], remaining=remaining,
+                                       available_from=available_from, expires_at=expires_at, exclusive=exclusive))
 
     def _read(self, pg_stmt, table, key, values: list, shape=None) -> list:
         """Rows of ``table`` whose ``key`` is one of ``values``: one statement on PostgreSQL, chunks of
@@ -601,14 +629,6 @@ class BatchRepository(Repository):
             stmt = select(table).where(key.in_(values[i:i + 500]))
             found.extend(self.conn.execute(shape(stmt) if shape else stmt).mappings())
         return found
-
-    def card_rules(self, row) -> CardRules:
-        """The card's life rules, made once per card of the batch."""
-        number = row["number"]
-        rules = self._rules.get(number)
-        if rules is None or self._cards.get(number) is not row:
-            rules = self._rules[number] = Repository.card_rules(row)
-        return rules
 
     def get_card(self, number: str, *, lock: bool = False):
         if number in self._cards:
@@ -790,26 +810,24 @@ class BatchRepository(Repository):
         copy_lines(self.conn, "operations", _OPERATION_COLUMNS, lines)
 
     def _copy_entries(self) -> None:
-        """The entries' COPY lines made straight from the moves (the most numerous rows: three a sale),
-        each text through the COPY escaping and each amount as the whole hundredths ``Cents`` stores,
-        both converted once per distinct value."""
-        texts: dict[str, str] = {}
+        """The entries' COPY lines made straight from the moves (the most numerous rows: three a sale):
+        an operation's id and card escaped once for its consecutive moves, measure and role as their
+        texts (keyed by the members' identity: an enum member's hash is a Python call), each amount as
+        the whole hundredths ``Cents`` stores, converted once per distinct amount."""
         cents: dict[Decimal, str] = {}
-
-        def text_of(value: str) -> str:
-            out = texts.get(value)
-            if out is None:
-                out = texts[value] = _copy_text(value)
-            return out
-
-        def cents_of(amount: Decimal) -> str:
-            out = cents.get(amount)
-            if out is None:
-                out = cents[amount] = str(_raw_cents(amount))
-            return out
-
-        lines = [f"{text_of(op_id)}\t{lot.id}\t{text_of(card)}\t{text_of(lot.measure.value)}\t"
-                 f"{text_of(m.role.value)}\t{cents_of(m.amount)}\n" for op_id, lot, card, m in self._entries]
+        names = _ENUM_TEXTS
+        lines = []
+        add = lines.append
+        last_op = last_card = head = mid = None
+        for op_id, lot, card, m in self._entries:
+            if op_id is not last_op or card is not last_card:
+                last_op, last_card = op_id, card
+                head, mid = _copy_text(op_id) + "\t", "\t" + _copy_text(card) + "\t"
+            amount = m.amount
+            text = cents.get(amount)
+            if text is None:
+                text = cents[amount] = str(_raw_cents(amount))
+            add(f"{head}{lot.id}{mid}{names[id(lot.measure)]}\t{names[id(m.role)]}\t{text}\n")
         copy_lines(self.conn, "entries", ("operation_id", "lot_id", "card_number", "measure", "role", "amount"),
                    lines)
 
@@ -826,11 +844,6 @@ class BatchRepository(Repository):
         return super().credited_lots(sale_id)
 
 
-def _lot(r) -> Lot:
-    return Lot(id=r.id, measure=Measure(r.measure), remaining=r.remaining, available_from=r.available_from,
-               expires_at=r.expires_at, exclusive=r.exclusive)
-
-
 def _typed(sql: str, table) -> text:
     return text(sql).columns(*[column(c.name, c.type) for c in table.c])
 
@@ -841,18 +854,19 @@ _HOLDS_BY_IDS = _typed("SELECT * FROM holds WHERE id = ANY(CAST(:keys AS text[])
 _CARDS_LOCKED = _typed(  # locked in number order (the rows are locked as the sorted rows come)
     f"SELECT * FROM cards WHERE number = ANY(CAST(:keys AS text[])) AND status <> '{CERTIFICATE_ACCOUNT}' "
     "ORDER BY number FOR UPDATE", cards)
-_LOTS_OF_CARDS = text(
+_LOTS_OF_CARDS_SQL = (  # read through the driver (BatchRepository._read_lots converts the values)
     "SELECT id, card_number, measure, remaining, available_from, expires_at, exclusive FROM lots "
-    "WHERE card_number = ANY(CAST(:numbers AS text[])) "
-    "AND (remaining <> 0 OR (available_from IS NULL AND expires_at IS NULL)) ORDER BY id"
-).columns(*[column(n, lots.c[n].type) for n in
-            ("id", "card_number", "measure", "remaining", "available_from", "expires_at", "exclusive")])
+    "WHERE card_number = ANY(CAST(%(numbers)s AS text[])) "
+    "AND (remaining <> 0 OR (available_from IS NULL AND expires_at IS NULL)) ORDER BY id")
+_CENTS = lots.c.remaining.type
+_MEASURES = {m.value: m for m in Measure}
 _NEXT_LOT_IDS = text("SELECT nextval(pg_get_serial_sequence('lots', 'id')) FROM generate_series(1, :n)")
 _ADD_TO_LOTS = text("UPDATE lots SET remaining = lots.remaining + d.delta "
                     "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
                     "WHERE lots.id = d.lot_id")
 
 
+_ENUM_TEXTS = {id(member): member.value for member in (*Measure, *Role)}  # COPY-safe texts (no tab, backslash)
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _MEMO_LIMIT = 4096  # converted values remembered per column and COPY (amounts, names, times repeat)
