@@ -297,7 +297,7 @@ def test_texts_with_backslashes_and_tabs_are_stored_as_written(cards, tmp_path):
 
 def test_plain_sales_and_the_other_rows_mixed_on_the_same_cards_give_what_row_by_row_gives(
         db, engine, tmp_path, monkeypatch):
-    """The batch's fast path (``apply_plain_sale``: a Sale without spend, promotion or hold) interleaved on
+    """The batch's fast path (``BillingService._apply_plain_sale``: a Sale without spend, promotion or hold) interleaved on
     the same cards with every other kind of row: spends, returns (which make debts the next plain sales
     pay), a promotion, sales confirming a hold reserved online, refusals (blocked card, unknown card,
     a receipt before the card existed, too large a spend), the same row twice in the file, ids applied

@@ -646,7 +646,7 @@ class BatchRepository(Repository):
     def plain_card(self, number: str, operation_id: str) -> tuple[dict, list[Lot]] | None:
         """(card row, its lots) when ``operation_id`` is known new (read at the start, not applied since),
         names no hold, and the batch holds the card with its lots; else None (see
-        ``BillingService.apply_plain_sale``)."""
+        ``BillingService._apply_plain_sale``)."""
         if operation_id in self._ops or operation_id not in self._looked_up or operation_id not in self._hold_ids \
                 or self._holds.get(operation_id) is not None:
             return None
@@ -746,10 +746,15 @@ class BatchRepository(Repository):
             self._copy_operations()
         if self._new_lots:
             ids = sorted(self.conn.execute(_NEXT_LOT_IDS, {"n": len(self._new_lots)}).scalars())
-            rows = self._new_lot_rows()
-            for (_, _, lot), row, lot_id in zip(self._new_lots, rows, ids):
-                lot.id = row["id"] = lot_id
-            copy_rows(self.conn, lots, rows)
+            texts = _CopyTexts()
+            created = texts.repeated(self._now)
+            lines = []
+            for (card, op_id, lot), lot_id in zip(self._new_lots, ids):
+                lot.id = lot_id
+                lines.append(f"{lot_id}\t{texts.text(card)}\t{_ENUM_TEXTS[id(lot.measure)]}\t{texts.cents(lot.remaining)}\t"
+                             f"{texts.repeated(lot.available_from)}\t{texts.repeated(lot.expires_at)}\t{created}\t"
+                             f"{texts.unique(op_id)}\t{'t' if lot.exclusive else 'f'}\n")
+            copy_lines(self.conn, "lots", _NEW_LOT_COLUMNS, lines)
         if self._entries:
             self._copy_entries()
         changed = sorted((k, v) for k, v in self._deltas.items() if v != 0)
@@ -771,33 +776,8 @@ class BatchRepository(Repository):
             copy_rows(self.conn, operations, other)
         if not plain:
             return
-        memo: dict = {None: "\\N"}
-
-        def text_of(value) -> str:  # a text that repeats (card, kind, register, store, the file's name)
-            out = memo.get(value)
-            if out is None:
-                out = memo[value] = _copy_text(str(value))
-            return out
-
-        def cents_of(amount: Decimal) -> str:
-            out = memo.get(("c", amount))
-            if out is None:
-                out = memo[("c", amount)] = str(_raw_cents(amount))
-            return out
-
-        def time_of(value: datetime, _utc=timezone.utc) -> str:
-            if value.tzinfo is _utc:
-                return value.isoformat()
-            return value.astimezone(_utc).replace(tzinfo=None).isoformat()
-
-        def day_of(value) -> str:  # a business date, the batch's time: repeat
-            out = memo.get(("d", value))
-            if out is None:
-                out = memo[("d", value)] = value.isoformat() if type(value) is date else time_of(value)
-            return out
-
-        def unique(value, _null="\\N") -> str:
-            return _null if value is None else _copy_text(str(value))
+        texts = _CopyTexts()
+        text_of, cents_of, time_of, day_of, unique = texts.text, texts.cents, texts.time, texts.repeated, texts.unique
         lines = [f"{unique(v['id'])}\t{text_of(v['card_number'])}\t{text_of(v['kind'])}\t{text_of(v['source'])}\t"
                  f"{text_of(v['kkm'])}\t{text_of(v['store'])}\t"
                  f"{unique(v['receipt_number'])}\t"
@@ -919,6 +899,63 @@ def _copy_converter(col, dialect):
                 memo[v] = out
         return out
     return remembered
+
+
+class _CopyTexts:
+    """Values in COPY's text format as ``copy_rows``' converters write them (NULL as \\N, texts escaped,
+    money as the whole hundredths ``Cents`` stores, times as naive UTC ``UTCDateTime`` stores), for the
+    COPY lines the batch makes straight from its values; those that repeat are converted once."""
+
+    def __init__(self):
+        self.memo: dict = {None: "\\N"}
+        self.money: dict = {None: "\\N"}
+
+    def text(self, value) -> str:
+        """A text that repeats (a card, a kind, a register, a file's name)."""
+        out = self.memo.get(value)
+        if out is None:
+            out = self.memo[value] = _copy_text(str(value))
+        return out
+
+    @staticmethod
+    def unique(value, _null="\\N") -> str:
+        return _null if value is None else _copy_text(str(value))
+
+    def cents(self, amount) -> str:
+        out = self.money.get(amount)
+        if out is None:
+            out = self.money[amount] = str(_raw_cents(amount))
+        return out
+
+    @staticmethod
+    def time(value, _utc=timezone.utc) -> str:
+        if value is None:
+            return "\\N"
+        if value.tzinfo is _utc:
+            return value.isoformat()
+        return value.astimezone(_utc).replace(tzinfo=None).isoformat()
+
+    def repeated(self, value) -> str:
+        """A date, or a time that repeats (the batch's time, a lot's start and end)."""
+        key = (type(value), value)
+        out = self.memo.get(key)
+        if out is None:
+            out = self.memo[key] = value.isoformat() if type(value) is date else self.time(value)
+        return out
+
+
+def copy_journal_keys(conn: Connection, rows: list[dict]) -> None:
+    """PostgreSQL: ``journal_keys`` rows (kkm, transaction_number, transaction_time, operation_id,
+    created_at) with one COPY, the lines made straight from the values."""
+    texts = _CopyTexts()
+    copy_lines(conn, "journal_keys", _JOURNAL_KEY_COLUMNS, [
+        f"{texts.text(r['kkm'])}\t{texts.unique(r['transaction_number'])}\t{texts.time(r['transaction_time'])}\t"
+        f"{texts.unique(r['operation_id'])}\t{texts.repeated(r['created_at'])}\n" for r in rows])
+
+
+_JOURNAL_KEY_COLUMNS = ("kkm", "transaction_number", "transaction_time", "operation_id", "created_at")
+_NEW_LOT_COLUMNS = ("id", "card_number", "measure", "remaining", "available_from", "expires_at", "created_at",
+                    "origin_operation_id", "exclusive")
 
 
 def copy_rows(conn: Connection, table, rows: list[dict]) -> None:

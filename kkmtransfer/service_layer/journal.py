@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import metrics
 from ..adapters.db import journal_keys, journal_rejects
-from ..adapters.repository import BatchRepository, copy_rows
+from ..adapters.repository import BatchRepository, copy_journal_keys
 from ..adapters.server_ids import engine_namespace
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
 from ..domain import errors
@@ -128,9 +128,7 @@ class JournalImport:
             applied_kinds: dict = {}
             for row in rows:
                 summary.rows += 1
-                outcome = None if savepoints else self._apply_plain(uow, row, now, file_name)
-                if outcome is None:
-                    outcome = self._apply_row(uow, row, now, savepoints, actor=file_name)
+                outcome = self._apply_row(uow, row, now, savepoints, actor=file_name)
                 if isinstance(outcome, errors.DomainError):
                     summary.rejected += 1
                     summary.reasons[outcome.code] = summary.reasons.get(outcome.code, 0) + 1
@@ -152,22 +150,6 @@ class JournalImport:
         for kind, count in applied_kinds.items():
             metrics.record_applied(kind, "journal", count)
         return summary
-
-    def _apply_plain(self, uow, row: JournalRow, now, actor: str):
-        """A plain sale (``BillingService.apply_plain_sale``) inside a batch without savepoints: 'Applied'
-        or the DomainError that refused it; None when the row is not one (``_apply_row`` takes it)."""
-        request = row.request
-        if row.error is not None or type(request) is not OperationRequest:
-            return None
-        try:
-            status = self.billing.apply_plain_sale(uow.repo, request, Source.OFFLINE, now, actor)
-            if status is not None and row.journal_key is not None:
-                self._remember_key(uow, row, now, new=True)
-        except errors.DomainError as exc:  # raised before anything of the row was written
-            return exc
-        except Exception as exc:  # noqa: BLE001 - as _apply_row: the batch again, row by row
-            raise _RowFailed() from exc
-        return status
 
     def _apply_row(self, uow, row: JournalRow, now, savepoint: bool = True, actor: str | None = None):
         """'Applied' / 'AlreadyApplied', or the DomainError that refused the row (nothing of it written)."""
@@ -233,7 +215,7 @@ class JournalImport:
     @staticmethod
     def _store_keys(conn, keys: list[dict]) -> None:
         if conn.dialect.name == "postgresql":
-            copy_rows(conn, journal_keys, keys)
+            copy_journal_keys(conn, keys)
         else:
             conn.execute(insert(journal_keys), keys)
 

@@ -68,7 +68,7 @@ def _message(kind: str, accrued, spent, view: CardView | None, again: bool = Fal
 
 
 _UNREAD = object()  # apply(): the hold this operation confirms is not looked up yet
-# apply_plain_sale(): enum members and counts as constants (an enum member's lookup is a descriptor call)
+# _apply_plain_sale(): enum members and counts as constants (an enum member's lookup is a descriptor call)
 _SALE, _SALE_VALUE, _ACTIVE = Kind.SALE, Kind.SALE.value, CardStatus.ACTIVE.value
 _BONUS, _ACCUMULATION, _RECEIPT_COUNT = Measure.BONUS, Measure.ACCUMULATION, Measure.RECEIPT_COUNT
 _COUNTS = {n: Decimal(n) for n in (-1, 0, 1)}
@@ -247,6 +247,8 @@ class BillingService:
               *, with_view: bool = True, actor: str | None = None, spend_code: str | None = None) -> ApplyResult:
         """Apply one operation inside the caller's transaction (the journal import applies many in
         one, each under a savepoint). ``with_view=False`` skips computing the card's balances."""
+        if not with_view and hasattr(repo, "plain_card") and self._apply_plain_sale(repo, request, source, now, actor):
+            return ApplyResult(request.operation_id, APPLIED, None, request.bonus_accrued, request.bonus_spent)
         # the card locked, its lots and whether the id was applied already, read under the lock: one round trip
         existing, card, lots = repo.lock_card_for(request.card_number, request.operation_id)
         if existing is not None:
@@ -317,25 +319,25 @@ class BillingService:
         return ApplyResult(request.operation_id, APPLIED, view, accrued, request.bonus_spent,
                            _message(request.kind.value, accrued, request.bonus_spent, view))
 
-    def apply_plain_sale(self, repo, request: OperationRequest, source: Source, now: datetime,
-                         actor: str | None = None) -> str | None:
+    def _apply_plain_sale(self, repo, request: OperationRequest, source: Source, now: datetime,
+                          actor: str | None = None) -> bool:
         """``apply`` of the common receipt of a bulk load, on a batch repository (the journal import):
         a Sale that spends nothing (it may accrue), with no promotion, no lines, whose OperationId is new
         and names no hold, on a card the batch holds with its lots. The same rules in the same order as
         ``apply`` (card status, the card's existence at the receipt's time, the business day, the bonus
         and card rules' life, ``CardLedger.credit`` and its debts, buckets and limits), without what
-        such a row cannot need (hold, spend code, promotion, lines, the card's view). Returns APPLIED,
-        or None when the row is not such a row (nothing done: ``apply`` takes it); a refusal raises
-        the DomainError ``apply`` would raise."""
+        such a row cannot need (hold, spend code, promotion, lines, the card's view). True when applied,
+        False when the row is not such a row (nothing done: ``apply`` goes on); a refusal raises the
+        DomainError ``apply`` would raise."""
         if (request.kind is not _SALE or request.bonus_spent or request.promotion_code is not None
                 or request.lines):
-            return None
+            return False
         held = repo.plain_card(request.card_number, request.operation_id)
         if held is None:
-            return None
+            return False
         card, lots = held
         if card["status"] != _ACTIVE:
-            return None  # apply() refuses it (CardBlocked)
+            return False  # apply() refuses it (CardBlocked)
         self.check_card_existed(card, request.operation_time)
         tz = self.settings.tz
         day = request.operation_time.astimezone(tz).date()
@@ -359,7 +361,7 @@ class BillingService:
             **({"actor": actor[:255]} if actor else {}),
         )
         repo.insert_operation_with_moves(operation, ledger.moves, now)
-        return APPLIED
+        return True
 
     @staticmethod
     def _taken_back(ledger: CardLedger) -> Decimal:
