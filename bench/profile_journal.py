@@ -1,6 +1,6 @@
 """CPU profile of the journal import on PostgreSQL: where the importing process spends its CPU.
 
-    .venv/bin/python bench/profile_journal.py [--rows 10000] [--cards 10000] [--top 40] [--no-profile]
+    .venv/bin/python bench/profile_journal.py [--rows 10000] [--cards 10000] [--batch 500] [--top 40] [--no-profile]
 
 Imports a file of ``--rows`` rows (the shape of bench_journal.py's) into a fresh database, in this
 process, and prints the process's user + system CPU seconds per 10,000 rows, the database backend's CPU
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--cards", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=500, help="rows per transaction (journal import --batch)")
     parser.add_argument("--again", action="store_true", help="profile loading the same file a second time")
     parser.add_argument("--no-profile", action="store_true", help="CPU seconds only, without cProfile")
     args = parser.parse_args()
@@ -55,7 +56,7 @@ def main() -> None:
 
         os.environ["KKMTRANSFER_DATABASE_URL"] = url
         billing = create_billing(Settings.from_env(), engine=engine)
-        importer = JournalImport(billing)
+        importer = JournalImport(billing, batch=args.batch)
         if args.again:
             importer.import_file(path)
         with engine.connect() as conn:  # the pool's one connection: the import's backend
@@ -80,6 +81,8 @@ def main() -> None:
         if server0 is not None and server1 is not None:
             print(f"database backend CPU {server1 - server0:.2f} s = "
                   f"{(server1 - server0) * 10_000 / args.rows:.2f} s per 10,000 rows")
+        print(f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB "
+              f"(batch {args.batch})")
         print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         engine.dispose()
         time.sleep(1.5)  # the backends' table statistics reach the shared counters within a second

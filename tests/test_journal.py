@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from kkmtransfer.adapters.db import entries, journal_keys, operations
+from kkmtransfer.adapters.db import entries, journal_keys, lots, operations
 from kkmtransfer.adapters.journal_file import HEADER
 from kkmtransfer.domain import errors
 from kkmtransfer.service_layer.billing_admin import BillingAdmin
@@ -293,3 +293,105 @@ def test_texts_with_backslashes_and_tabs_are_stored_as_written(cards, tmp_path):
     assert tuple(row) == ("K\\1", odd) and tuple(key) == ("K\\1", "n\\1")
     again = JournalImport(cards).import_file(path)
     assert (again.applied, again.already) == (0, 1)
+
+
+def test_plain_sales_and_the_other_rows_mixed_on_the_same_cards_give_what_row_by_row_gives(
+        db, engine, tmp_path, monkeypatch):
+    """The batch's fast path (``BillingService._apply_plain_sale``: a Sale without spend, promotion or hold) interleaved on
+    the same cards with every other kind of row: spends, returns (which make debts the next plain sales
+    pay), a promotion, sales confirming a hold reserved online, refusals (blocked card, unknown card,
+    a receipt before the card existed, too large a spend), the same row twice in the file, ids applied
+    online before (the same receipt, and another receipt under a used id), rows without an OperationId,
+    a card whose accumulation starts later: batched, it must end where applying row by row ends."""
+    import random
+
+    from kkmtransfer.domain.model import CardStatus
+    from kkmtransfer.service_layer.holds import HoldService
+
+    from .conftest import empty_tables
+
+    rnd = random.Random(11)
+    online_same, online_other = new_id(), new_id()
+    hold_ids = [new_id() for _ in range(3)]
+    lines, sales = [], []
+    lines.append(line(number="on1", when=T0, card="P1", total="20.00", accrued="2.00", op_id=online_same))
+    lines.append(line(number="on2", when=T0, card="P1", total="99.00", accrued="9.00", op_id=online_other))
+    for i, hold in enumerate(hold_ids):      # confirm the holds reserved online (spend within the hold)
+        lines.append(line(number=f"h{i}", when=T0 + timedelta(minutes=i), card="P2", total="30.00",
+                          accrued="1.00", spent="2.00", op_id=hold))
+    for i in range(500):
+        card = f"P{rnd.randint(1, 4)}"
+        when = T0 + timedelta(minutes=10 + i, seconds=rnd.randint(0, 59))
+        roll = rnd.random()
+        op_id = new_id() if i % 3 else ""
+        if roll < 0.12 and sales:                               # a return: may take back more than is left
+            sale_id, sale_card, accrued = rnd.choice(sales)
+            lines.append(line(number=f"r{i}", when=when, kind="Return", card=sale_card, total="5.00",
+                              accrued=str(accrued), original=sale_id))
+        elif roll < 0.2 and lines:
+            lines.append(rnd.choice(lines))                     # the same row again
+        elif roll < 0.3:                                        # a spend (sometimes more than there is)
+            lines.append(line(number=str(i), when=when, card=card, total="10.00", accrued="0.10",
+                              spent=str(D(rnd.randint(1, 900)).scaleb(-2)), op_id=op_id))
+        elif roll < 0.33:
+            lines.append(line(number=str(i), when=when, card=card, total="10.00", accrued="1.00", promo="PR",
+                              op_id=op_id))
+        elif roll < 0.36:
+            lines.append(line(number=str(i), when=when, card=rnd.choice(["P5", "NOPE"]), total="10.00",
+                              accrued="1.00", op_id=op_id))     # blocked / unknown card
+        elif roll < 0.38:
+            lines.append(line(number=str(i), when=datetime(2019, 1, 1, tzinfo=timezone.utc), card=card,
+                              total="10.00", accrued="1.00", op_id=op_id))  # before the card existed
+        else:                                                   # the plain sale
+            accrued = D(rnd.randint(0, 300)).scaleb(-2)
+            count = rnd.choice(["", "", "0", "2"])
+            sale_id = op_id or new_id()
+            lines.append(line(number=str(i), when=when, card=card, total=f"{rnd.randint(1, 99)}.00",
+                              accrued=str(accrued), count=count, acc=rnd.choice(["", "", "-3.00"]),
+                              op_id=sale_id))
+            sales.append((sale_id, card, accrued))
+    path = journal(tmp_path, "plain-mix.csv", *lines)
+
+    def run(row_by_row: bool):
+        empty_tables(engine)
+        db.clock.set(T0 + timedelta(days=1))
+        db.add_card_range(1, 5, "P", 0, None, issued=ISSUED)
+        db.set_card_status("P5", CardStatus.BLOCKED)
+        db.set_card_rules("P4", accumulation_delay_days=2, count_lifetime_days=30)
+        db.add_promotion("PR", "promo", delay_days=1, lifetime_days=10)
+        db.register_operation(request("P2", accrued="50.00", time=T0 - timedelta(days=1)))
+        db.register_operation(request("P1", receipt_sum="20.00", accrued="2.00", time=T0, kkm="K1",
+                                      op_id=online_same))
+        db.register_operation(request("P1", receipt_sum="1.00", accrued="0.00", time=T0, op_id=online_other))
+        for hold in hold_ids:
+            HoldService(db).reserve(hold, "P2", "K1", D("3.00"))
+        importer = JournalImport(db, batch=1 if row_by_row else 500)
+        if row_by_row:
+            monkeypatch.setattr(importer, "_run_batch",
+                                lambda rows, name, savepoints: JournalImport._run_batch(importer, rows, name, True))
+        summary = importer.import_file(path)
+        assert Reports(db).verify() == []
+        with engine.connect() as conn:
+            ops = sorted(tuple(r) for r in conn.execute(select(
+                operations.c.operation_time, operations.c.card_number, operations.c.kind, operations.c.bonus_accrued,
+                operations.c.bonus_spent, operations.c.accumulation_delta, operations.c.receipt_count_delta,
+                operations.c.business_date, operations.c.content_hash, operations.c.receipt_number,
+                operations.c.actor).where(operations.c.source == "Offline")))
+            moves = sorted(tuple(r) for r in conn.execute(select(
+                operations.c.operation_time, operations.c.kind, entries.c.card_number, entries.c.measure,
+                entries.c.role, entries.c.amount)
+                .join(operations, operations.c.id == entries.c.operation_id)))
+            lots_now = sorted(tuple(r) for r in conn.execute(select(
+                lots.c.card_number, lots.c.measure, lots.c.remaining, lots.c.available_from, lots.c.expires_at)))
+        return (summary.applied, summary.already, summary.rejected, sorted(summary.reasons.items()),
+                [db.card_info(f"P{i}").balances for i in (1, 2, 3, 4)], ops, moves, lots_now)
+
+    fast, slow = run(False), run(True)
+    assert fast == slow
+    reasons = dict(fast[3])
+    assert fast[0] > 250 and fast[1] >= 20      # the stream did exercise every path
+    assert {"Client.CardBlocked", "Client.CardNotFound", "Client.OperationConflict",
+            "Client.InsufficientBonus", "Client.ValidationError"} <= set(reasons), reasons
+    before = n_ops(db)
+    again = JournalImport(db).import_file(path)  # exactly once: what was applied is AlreadyApplied (only
+    assert again.already >= fast[0] and n_ops(db) == before + again.applied  # refused rows may pass now)

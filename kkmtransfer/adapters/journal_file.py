@@ -60,12 +60,21 @@ def _decimal(values: dict[str, str], name: str) -> str | None:
     """A money field: the xs:decimal lexical form, or with a decimal comma; spaces between digit groups
     are allowed. Exponents, underscores and non-ASCII digits are refused."""
     raw = values[name]
+    text = _DECIMAL_SEEN.get(raw)  # a field seen before (amounts in files repeat): its text, checked
+    if text is not None:
+        return text
     text = raw.strip().replace(",", ".", 1).replace("\u00a0", "").replace(" ", "")
     if not text:
         return None
     if not _DECIMAL.fullmatch(text):
         raise errors.ValidationError(f"{name}: not a decimal number (digits 0-9 with '.' or ','): {raw.strip()!r}")
+    if len(_DECIMAL_SEEN) >= 8192:
+        _DECIMAL_SEEN.clear()
+    _DECIMAL_SEEN[raw] = text
     return text
+
+
+_DECIMAL_SEEN: dict[str, str] = {}
 
 
 def _time(text: str) -> datetime:
@@ -85,10 +94,12 @@ def _time(text: str) -> datetime:
     return value
 
 
-def parse_row(values: dict[str, str], line_no: int, ns: uuid.UUID) -> JournalRow:
+def parse_row(values: dict[str, str], line_no: int, ns: uuid.UUID, raw: str | None = None) -> JournalRow:
     """One row: a request (its id derived in the namespace ``ns`` when the row has none), or the reason
-    it is not one. Never raises for what the row holds."""
-    raw = DELIMITER.join(values.get(c, "") for c in COLUMNS)
+    it is not one. Never raises for what the row holds. ``raw``: the row in the canonical column order
+    when the caller has it (a file whose header is in that order)."""
+    if raw is None:
+        raw = DELIMITER.join([values.get(c, "") for c in COLUMNS])
     row = JournalRow(line_no=line_no, raw=raw)
     try:
         kkm = values["KKM"].strip()
@@ -189,6 +200,7 @@ def read_journal(path: Path, ns: uuid.UUID) -> Iterator[JournalRow]:
         if missing or unknown or len(set(header)) != len(header):
             raise JournalFileError(f"{path}: the header must name the columns {HEADER} "
                                    f"(missing: {missing or '-'}; unknown: {unknown or '-'})")
+        canonical = header == COLUMNS  # then a row's fields joined are its canonical form
         for line_no, text in lines:
             if "\x00" in text:  # no database stores it; kept visible in the reject
                 yield JournalRow(line_no=line_no, raw=text.rstrip("\r\n").replace("\x00", "\\x00")[:2000],
@@ -200,14 +212,14 @@ def read_journal(path: Path, ns: uuid.UUID) -> Iterator[JournalRow]:
                 yield JournalRow(line_no=line_no, raw=text.rstrip("\r\n")[:2000],
                                  error=errors.ValidationError(f"not a ';'-separated row: {exc}"))
                 continue
-            if not fields or all(not f.strip() for f in fields):
+            if not fields or (not fields[0].strip() and all(not f.strip() for f in fields)):
                 continue
             if len(fields) != len(header):
                 raw = DELIMITER.join(fields)
                 yield JournalRow(line_no=line_no, raw=raw, error=errors.ValidationError(
                     f"{len(fields)} fields, the header has {len(header)}"))
                 continue
-            yield parse_row(dict(zip(header, fields)), line_no, ns)
+            yield parse_row(dict(zip(header, fields)), line_no, ns, DELIMITER.join(fields) if canonical else None)
 
 
 def _fields(text: str) -> list[str]:

@@ -19,6 +19,9 @@ from .db import UTCDateTime, cards, entries, holds, lots, operations, promotions
 from ..domain.certificates import ACCOUNT_STATUS as CERTIFICATE_ACCOUNT  # noqa: E402
 
 
+_CARD_RULES: dict[tuple, CardRules] = {}  # (the card's four rule columns) -> its rules
+
+
 class Repository:
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -112,10 +115,16 @@ class Repository:
 
     @staticmethod
     def card_rules(row) -> CardRules:
-        return CardRules(
-            accumulation=LifeRule(row["accumulation_delay_days"], row["accumulation_lifetime_days"]),
-            receipt_count=LifeRule(row["count_delay_days"], row["count_lifetime_days"]),
-        )
+        """The card's life rules (immutable: cards with the same rules share them)."""
+        key = (row["accumulation_delay_days"], row["accumulation_lifetime_days"], row["count_delay_days"],
+               row["count_lifetime_days"])
+        rules = _CARD_RULES.get(key)
+        if rules is None:
+            rules = CardRules(accumulation=LifeRule(key[0], key[1]), receipt_count=LifeRule(key[2], key[3]))
+            if len(_CARD_RULES) >= 1024:
+                _CARD_RULES.clear()
+            _CARD_RULES[key] = rules
+        return rules
 
     # -- promotions --------------------------------------------------------------------------
     def get_promotion(self, code: str) -> Promotion | None:
@@ -743,8 +752,7 @@ class BatchRepository(Repository):
         self._lots: dict[str, list[Lot]] = {n: [] for n in self._cards}
         held = sorted(self._cards)
         if self._pg:
-            for r in self.conn.execute(_LOTS_OF_CARDS, {"numbers": held}):
-                self._lots[r.card_number].append(_lot(r))
+            self._read_lots(held)
         else:
             for i in range(0, len(held), 500):
                 self._lots.update(self._lots_of(held[i:i + 500]))
@@ -753,12 +761,32 @@ class BatchRepository(Repository):
         self._hold_ids = set(fresh)
         self._holds = {r["id"]: r for r in self._read(_HOLDS_BY_IDS, holds, holds.c.id, sorted(set(fresh)))}
         self._promotions: dict[str, Promotion | None] = {}
-        self._rules: dict[str, CardRules] = {}
         self._new_ops: list[dict] = []
         self._new_lots: list[tuple[str, str, Lot]] = []
         self._new_lot_keys: set[int] = set()
         self._entries: list[tuple[str, Lot, str, Move]] = []
         self._deltas: dict[int, Decimal] = {}
+
+    def _read_lots(self, numbers: list[str]) -> None:
+        """PostgreSQL: the lots of the batch's cards (``_LOTS_OF_CARDS_SQL``'s rows) as the driver returns them,
+        converted as their column types convert them (``Cents``: whole hundredths to money, ``UTCDateTime``:
+        naive UTC to aware), each distinct amount and time once (a batch's lots repeat them)."""
+        cents: dict[int, Decimal] = {}
+        times: dict[datetime, datetime] = {None: None}
+        to_money, utc, measures, by_card = _CENTS.process_result_value, timezone.utc, _MEASURES, self._lots
+        for lot_id, number, measure, raw, start, end, exclusive in self.conn.exec_driver_sql(
+                _LOTS_OF_CARDS_SQL, {"numbers": numbers}):
+            remaining = cents.get(raw)
+            if remaining is None:
+                remaining = cents[raw] = to_money(raw, None)
+            available_from = times.get(start)
+            if available_from is None and start is not None:
+                available_from = times[start] = start.replace(tzinfo=utc)
+            expires_at = times.get(end)
+            if expires_at is None and end is not None:
+                expires_at = times[end] = end.replace(tzinfo=utc)
+            by_card[number].append(Lot(id=lot_id, measure=measures[measure], remaining=remaining,
+                                       available_from=available_from, expires_at=expires_at, exclusive=exclusive))
 
     def _read(self, pg_stmt, table, key, values: list, shape=None) -> list:
         """Rows of ``table`` whose ``key`` is one of ``values``: one statement on PostgreSQL, chunks of
@@ -773,14 +801,6 @@ class BatchRepository(Repository):
             found.extend(self.conn.execute(shape(stmt) if shape else stmt).mappings())
         return found
 
-    def card_rules(self, row) -> CardRules:
-        """The card's life rules, made once per card of the batch."""
-        number = row["number"]
-        rules = self._rules.get(number)
-        if rules is None or self._cards.get(number) is not row:
-            rules = self._rules[number] = Repository.card_rules(row)
-        return rules
-
     def get_card(self, number: str, *, lock: bool = False):
         if number in self._cards:
             return self._cards[number]
@@ -793,6 +813,19 @@ class BatchRepository(Repository):
             return existing, None, None
         card = self.get_card(number, lock=True)
         return None, card, (self._lots.get(number) if card is not None else None)
+
+    def plain_card(self, number: str, operation_id: str) -> tuple[dict, list[Lot]] | None:
+        """(card row, its lots) when ``operation_id`` is known new (read at the start, not applied since),
+        names no hold, and the batch holds the card with its lots; else None (see
+        ``BillingService._apply_plain_sale``)."""
+        if operation_id in self._ops or operation_id not in self._looked_up or operation_id not in self._hold_ids \
+                or self._holds.get(operation_id) is not None:
+            return None
+        card = self._cards.get(number)
+        lots = self._lots.get(number)
+        if card is None or lots is None:
+            return None
+        return card, lots
 
     def get_operation(self, operation_id: str):
         if operation_id in self._ops:
@@ -881,13 +914,18 @@ class BatchRepository(Repository):
         """PostgreSQL: operations, lots (their ids taken from the sequence first) and entries with COPY,
         the lots' new remaining in one UPDATE over arrays."""
         if self._new_ops:
-            copy_rows(self.conn, operations, self._new_ops)
+            self._copy_operations()
         if self._new_lots:
             ids = sorted(self.conn.execute(_NEXT_LOT_IDS, {"n": len(self._new_lots)}).scalars())
-            rows = self._new_lot_rows()
-            for (_, _, lot), row, lot_id in zip(self._new_lots, rows, ids):
-                lot.id = row["id"] = lot_id
-            copy_rows(self.conn, lots, rows)
+            texts = _CopyTexts()
+            created = texts.repeated(self._now)
+            lines = []
+            for (card, op_id, lot), lot_id in zip(self._new_lots, ids):
+                lot.id = lot_id
+                lines.append(f"{lot_id}\t{texts.text(card)}\t{_ENUM_TEXTS[id(lot.measure)]}\t{texts.cents(lot.remaining)}\t"
+                             f"{texts.repeated(lot.available_from)}\t{texts.repeated(lot.expires_at)}\t{created}\t"
+                             f"{texts.unique(op_id)}\t{'t' if lot.exclusive else 'f'}\n")
+            copy_lines(self.conn, "lots", _NEW_LOT_COLUMNS, lines)
         if self._entries:
             self._copy_entries()
         changed = sorted((k, v) for k, v in self._deltas.items() if v != 0)
@@ -895,27 +933,52 @@ class BatchRepository(Repository):
             self.conn.execute(_ADD_TO_LOTS, {"ids": [k for k, _ in changed],
                                              "deltas": [_raw_cents(v) for _, v in changed]})
 
+    def _copy_operations(self) -> None:
+        """The operations' COPY lines, those of ``apply``'s shape (every column of
+        ``_OPERATION_COLUMNS``, ``actor`` may be left out) made straight from their values as
+        ``copy_rows`` would write them (texts escaped, amounts as whole hundredths, times as naive UTC),
+        the values that repeat converted once; any other shape through ``copy_rows``."""
+        plain, other = [], []
+        full, lean = _OPERATION_COLUMNS_SET, _OPERATION_COLUMNS_SET - {"actor"}
+        for values in self._new_ops:
+            keys = values.keys()
+            (plain if keys == full or keys == lean else other).append(values)
+        if other:
+            copy_rows(self.conn, operations, other)
+        if not plain:
+            return
+        texts = _CopyTexts()
+        text_of, cents_of, time_of, day_of, unique = texts.text, texts.cents, texts.time, texts.repeated, texts.unique
+        lines = [f"{unique(v['id'])}\t{text_of(v['card_number'])}\t{text_of(v['kind'])}\t{text_of(v['source'])}\t"
+                 f"{text_of(v['kkm'])}\t{text_of(v['store'])}\t"
+                 f"{unique(v['receipt_number'])}\t"
+                 f"{time_of(v['operation_time'])}\t{day_of(v['business_date'])}\t{unique(v['content_hash'])}\t"
+                 f"{cents_of(v['receipt_sum'])}\t{cents_of(v['bonus_accrued'])}\t{cents_of(v['bonus_spent'])}\t"
+                 f"{cents_of(v['accumulation_delta'])}\t{int(v['receipt_count_delta'])}\t"
+                 f"{text_of(v['promotion_code'])}\t"
+                 f"{unique(v['original_operation_id'])}\t"
+                 f"{day_of(v['created_at'])}\t{text_of(v.get('actor'))}\n" for v in plain]
+        copy_lines(self.conn, "operations", _OPERATION_COLUMNS, lines)
+
     def _copy_entries(self) -> None:
-        """The entries' COPY lines made straight from the moves (the most numerous rows: three a sale),
-        each text through the COPY escaping and each amount as the whole hundredths ``Cents`` stores,
-        both converted once per distinct value."""
-        texts: dict[str, str] = {}
+        """The entries' COPY lines made straight from the moves (the most numerous rows: three a sale):
+        an operation's id and card escaped once for its consecutive moves, measure and role as their
+        texts (keyed by the members' identity: an enum member's hash is a Python call), each amount as
+        the whole hundredths ``Cents`` stores, converted once per distinct amount."""
         cents: dict[Decimal, str] = {}
-
-        def text_of(value: str) -> str:
-            out = texts.get(value)
-            if out is None:
-                out = texts[value] = _copy_text(value)
-            return out
-
-        def cents_of(amount: Decimal) -> str:
-            out = cents.get(amount)
-            if out is None:
-                out = cents[amount] = str(_raw_cents(amount))
-            return out
-
-        lines = [f"{text_of(op_id)}\t{lot.id}\t{text_of(card)}\t{text_of(lot.measure.value)}\t"
-                 f"{text_of(m.role.value)}\t{cents_of(m.amount)}\n" for op_id, lot, card, m in self._entries]
+        names = _ENUM_TEXTS
+        lines = []
+        add = lines.append
+        last_op = last_card = head = mid = None
+        for op_id, lot, card, m in self._entries:
+            if op_id is not last_op or card is not last_card:
+                last_op, last_card = op_id, card
+                head, mid = _copy_text(op_id) + "\t", "\t" + _copy_text(card) + "\t"
+            amount = m.amount
+            text = cents.get(amount)
+            if text is None:
+                text = cents[amount] = str(_raw_cents(amount))
+            add(f"{head}{lot.id}{mid}{names[id(lot.measure)]}\t{names[id(m.role)]}\t{text}\n")
         copy_lines(self.conn, "entries", ("operation_id", "lot_id", "card_number", "measure", "role", "amount"),
                    lines)
 
@@ -932,11 +995,6 @@ class BatchRepository(Repository):
         return super().credited_lots(sale_id)
 
 
-def _lot(r) -> Lot:
-    return Lot(id=r.id, measure=Measure(r.measure), remaining=r.remaining, available_from=r.available_from,
-               expires_at=r.expires_at, exclusive=r.exclusive)
-
-
 def _typed(sql: str, table) -> text:
     return text(sql).columns(*[column(c.name, c.type) for c in table.c])
 
@@ -947,18 +1005,19 @@ _HOLDS_BY_IDS = _typed("SELECT * FROM holds WHERE id = ANY(CAST(:keys AS text[])
 _CARDS_LOCKED = _typed(  # locked in number order (the rows are locked as the sorted rows come)
     f"SELECT * FROM cards WHERE number = ANY(CAST(:keys AS text[])) AND status <> '{CERTIFICATE_ACCOUNT}' "
     "ORDER BY number FOR UPDATE", cards)
-_LOTS_OF_CARDS = text(
+_LOTS_OF_CARDS_SQL = (  # read through the driver (BatchRepository._read_lots converts the values)
     "SELECT id, card_number, measure, remaining, available_from, expires_at, exclusive FROM lots "
-    "WHERE card_number = ANY(CAST(:numbers AS text[])) "
-    "AND (remaining <> 0 OR (available_from IS NULL AND expires_at IS NULL)) ORDER BY id"
-).columns(*[column(n, lots.c[n].type) for n in
-            ("id", "card_number", "measure", "remaining", "available_from", "expires_at", "exclusive")])
+    "WHERE card_number = ANY(CAST(%(numbers)s AS text[])) "
+    "AND (remaining <> 0 OR (available_from IS NULL AND expires_at IS NULL)) ORDER BY id")
+_CENTS = lots.c.remaining.type
+_MEASURES = {m.value: m for m in Measure}
 _NEXT_LOT_IDS = text("SELECT nextval(pg_get_serial_sequence('lots', 'id')) FROM generate_series(1, :n)")
 _ADD_TO_LOTS = text("UPDATE lots SET remaining = lots.remaining + d.delta "
                     "FROM unnest(CAST(:ids AS bigint[]), CAST(:deltas AS bigint[])) AS d (lot_id, delta) "
                     "WHERE lots.id = d.lot_id")
 
 
+_ENUM_TEXTS = {id(member): member.value for member in (*Measure, *Role)}  # COPY-safe texts (no tab, backslash)
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _COPY_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _MEMO_LIMIT = 4096  # converted values remembered per column and COPY (amounts, names, times repeat)
@@ -1011,6 +1070,63 @@ def _copy_converter(col, dialect):
                 memo[v] = out
         return out
     return remembered
+
+
+class _CopyTexts:
+    """Values in COPY's text format as ``copy_rows``' converters write them (NULL as \\N, texts escaped,
+    money as the whole hundredths ``Cents`` stores, times as naive UTC ``UTCDateTime`` stores), for the
+    COPY lines the batch makes straight from its values; those that repeat are converted once."""
+
+    def __init__(self):
+        self.memo: dict = {None: "\\N"}
+        self.money: dict = {None: "\\N"}
+
+    def text(self, value) -> str:
+        """A text that repeats (a card, a kind, a register, a file's name)."""
+        out = self.memo.get(value)
+        if out is None:
+            out = self.memo[value] = _copy_text(str(value))
+        return out
+
+    @staticmethod
+    def unique(value, _null="\\N") -> str:
+        return _null if value is None else _copy_text(str(value))
+
+    def cents(self, amount) -> str:
+        out = self.money.get(amount)
+        if out is None:
+            out = self.money[amount] = str(_raw_cents(amount))
+        return out
+
+    @staticmethod
+    def time(value, _utc=timezone.utc) -> str:
+        if value is None:
+            return "\\N"
+        if value.tzinfo is _utc:
+            return value.isoformat()
+        return value.astimezone(_utc).replace(tzinfo=None).isoformat()
+
+    def repeated(self, value) -> str:
+        """A date, or a time that repeats (the batch's time, a lot's start and end)."""
+        key = (type(value), value)
+        out = self.memo.get(key)
+        if out is None:
+            out = self.memo[key] = value.isoformat() if type(value) is date else self.time(value)
+        return out
+
+
+def copy_journal_keys(conn: Connection, rows: list[dict]) -> None:
+    """PostgreSQL: ``journal_keys`` rows (kkm, transaction_number, transaction_time, operation_id,
+    created_at) with one COPY, the lines made straight from the values."""
+    texts = _CopyTexts()
+    copy_lines(conn, "journal_keys", _JOURNAL_KEY_COLUMNS, [
+        f"{texts.text(r['kkm'])}\t{texts.unique(r['transaction_number'])}\t{texts.time(r['transaction_time'])}\t"
+        f"{texts.unique(r['operation_id'])}\t{texts.repeated(r['created_at'])}\n" for r in rows])
+
+
+_JOURNAL_KEY_COLUMNS = ("kkm", "transaction_number", "transaction_time", "operation_id", "created_at")
+_NEW_LOT_COLUMNS = ("id", "card_number", "measure", "remaining", "available_from", "expires_at", "created_at",
+                    "origin_operation_id", "exclusive")
 
 
 def copy_rows(conn: Connection, table, rows: list[dict]) -> None:

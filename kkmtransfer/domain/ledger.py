@@ -22,11 +22,19 @@ from .model import MAX_BALANCE, ZERO, Balances, Lot, Measure, Role
 from .rules import day_start
 
 
-@dataclass
+@dataclass(slots=True)
 class Move:
     lot: Lot
     amount: Decimal  # signed: + into the lot, - out of it
     role: Role
+
+
+# enum members as constants: in the per-row code a member's lookup (Role.CREDIT) is a descriptor call
+_CREDIT, _CREDIT_DEFERRED, _EXPIRY = Role.CREDIT, Role.CREDIT_DEFERRED, Role.EXPIRY
+
+
+def _by_id(lot: Lot):
+    return lot.id or 0
 
 
 def spend_order(lot: Lot):
@@ -73,10 +81,11 @@ class CardLedger:
     def _move(self, lot: Lot, amount: Decimal, role: Role) -> None:
         if amount == 0:
             return
-        if abs(lot.remaining + amount) > MAX_BALANCE:
+        remaining = lot.remaining + amount
+        if abs(remaining) > MAX_BALANCE:
             raise ValidationError(f"{lot.measure.value}: the card would hold more than {MAX_BALANCE} "
                                   f"(the ledger's limit); the operation is refused")
-        lot.remaining += amount
+        lot.remaining = remaining
         self.moves.append(Move(lot, amount, role))
 
     def _bucket(self, measure: Measure, available_from, expires_at, exclusive: bool = False,
@@ -113,25 +122,29 @@ class CardLedger:
         ``exclusive``, to a lot of its own)."""
         if amount <= 0:
             return
-        mine = self._of(measure)
-        total = sum((lot.remaining for lot in mine), ZERO)
+        mine = [lot for lot in self.lots if lot.measure is measure]
+        total = sum([lot.remaining for lot in mine], ZERO)
         if total + amount > MAX_BALANCE:
             raise ValidationError(f"{measure.value}: the card would hold more than {MAX_BALANCE} "
                                   f"(the ledger's limit); the operation is refused")
         left = amount
-        if available_from is None or available_from <= self.now:
+        now = self.now
+        if available_from is None or available_from <= now:
             # debts (negative lots) oldest first; paying one never makes another negative
-            for lot in sorted([lot for lot in mine if lot.remaining < 0], key=lambda x: x.id or 0):
-                if left == 0:
-                    break
-                if lot.is_live(self.now):
-                    pay = min(-lot.remaining, left)
-                    self._move(lot, pay, Role.CREDIT)
-                    left -= pay
+            debts = [lot for lot in mine if lot.remaining < 0]
+            if debts:
+                for lot in sorted(debts, key=_by_id):
+                    if left == 0:
+                        break
+                    if lot.is_live(now):
+                        pay = min(-lot.remaining, left)
+                        self._move(lot, pay, _CREDIT)
+                        left -= pay
         if left > 0:
             lot = self._bucket(measure, available_from, expires_at, exclusive, mine)
-            self._move(lot, left, Role.CREDIT_DEFERRED if lot.is_pending(self.now) else Role.CREDIT)
-            self._burn_if_expired(lot, left)
+            self._move(lot, left, _CREDIT_DEFERRED if lot.is_pending(now) else _CREDIT)
+            if lot.expires_at is not None and lot.expires_at <= now:  # _burn_if_expired
+                self._move(lot, -left, _EXPIRY)
 
     def _burn_if_expired(self, lot: Lot, amount: Decimal) -> None:
         """What lands in a lot that has already burnt (a late receipt's credit, a refund to a lot that

@@ -142,7 +142,9 @@ def required_text(value, field_name: str, max_len: int = 64) -> str:
 
 
 def optional_text(value, field_name: str, max_len: int = 64) -> str | None:
-    text = "" if value is None else str(value).strip()
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
     if len(text) > max_len:
         raise ValidationError(f"{field_name}: longer than {max_len} characters")
     return text or None
@@ -174,6 +176,12 @@ def normalise_phone(raw) -> str:
     if len(text) != 10:
         raise ValidationError(f"Phone: expected 10 digits after dropping the country prefix, got {raw!r}")
     return text
+
+
+_SALE, _RETURN = Kind.SALE, Kind.RETURN
+# OperationRequest.build: the kinds a register may send, by text and as members (Kind is a str enum:
+# a member is equal to, and hashes as, its text)
+_KINDS = {Kind.SALE.value: Kind.SALE, Kind.RETURN.value: Kind.RETURN}
 
 
 @dataclass(frozen=True)
@@ -222,10 +230,9 @@ class OperationRequest:
         lines=None,
         spend_code=None,
     ) -> "OperationRequest":
-        kind_value = kind.value if isinstance(kind, Kind) else kind
-        if kind_value not in (Kind.SALE.value, Kind.RETURN.value):
+        kind_enum = _KINDS.get(kind) if isinstance(kind, str) else None  # "Sale", "Return" or the members
+        if kind_enum is None:
             raise ValidationError(f"Kind: must be Sale or Return, got {kind!r}")
-        kind_enum = Kind(kind_value)
         receipt_sum = money(receipt_sum, "ReceiptSum") if receipt_sum is not None else None
         if receipt_sum is None:
             raise ValidationError("ReceiptSum is required")
@@ -237,17 +244,18 @@ class OperationRequest:
             check_lines(lines)
         bonus_accrued = money(ZERO if bonus_accrued is None else bonus_accrued, "BonusAccrued")
         bonus_spent = money(ZERO if bonus_spent is None else bonus_spent, "BonusSpent")
-        if accumulation_delta is None:
-            accumulation_delta = receipt_sum if kind_enum is Kind.SALE else -receipt_sum
-        accumulation_delta = money(accumulation_delta, "AccumulationDelta", allow_negative=True)
+        if accumulation_delta is None:  # the receipt's sum (money already): what money() would give
+            accumulation_delta = receipt_sum if kind_enum is _SALE else ZERO - receipt_sum
+        else:
+            accumulation_delta = money(accumulation_delta, "AccumulationDelta", allow_negative=True)
         if receipt_count_delta is None:
-            receipt_count_delta = 1 if kind_enum is Kind.SALE else 0
+            receipt_count_delta = 1 if kind_enum is _SALE else 0
         if isinstance(receipt_count_delta, bool) or not isinstance(receipt_count_delta, int):
             raise ValidationError("ReceiptCountDelta: must be a whole number")
         if abs(receipt_count_delta) > 1_000_000:
             raise ValidationError("ReceiptCountDelta: out of range")
         original = None
-        if kind_enum is Kind.RETURN:
+        if kind_enum is _RETURN:
             original = canonical_guid(original_operation_id, "OriginalOperationId")
         elif original_operation_id not in (None, ""):
             raise ValidationError("OriginalOperationId is only allowed on a Return")

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import metrics
 from ..adapters.db import journal_keys, journal_rejects
-from ..adapters.repository import BatchRepository, copy_rows
+from ..adapters.repository import BatchRepository, copy_journal_keys
 from ..adapters.server_ids import engine_namespace
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
 from ..domain import errors
@@ -215,7 +215,7 @@ class JournalImport:
     @staticmethod
     def _store_keys(conn, keys: list[dict]) -> None:
         if conn.dialect.name == "postgresql":
-            copy_rows(conn, journal_keys, keys)
+            copy_journal_keys(conn, keys)
         else:
             conn.execute(insert(journal_keys), keys)
 

@@ -68,6 +68,10 @@ def _message(kind: str, accrued, spent, view: CardView | None, again: bool = Fal
 
 
 _UNREAD = object()  # apply(): the hold this operation confirms is not looked up yet
+# _apply_plain_sale(): enum members and counts as constants (an enum member's lookup is a descriptor call)
+_SALE, _SALE_VALUE, _ACTIVE = Kind.SALE, Kind.SALE.value, CardStatus.ACTIVE.value
+_BONUS, _ACCUMULATION, _RECEIPT_COUNT = Measure.BONUS, Measure.ACCUMULATION, Measure.RECEIPT_COUNT
+_COUNTS = {n: Decimal(n) for n in (-1, 0, 1)}
 HISTORY_MAX_RECORDS = 1000  # GetCardOperations: the default and the upper limit of MaxRecords
 MIN_PASSWORD_LENGTH = 12
 
@@ -243,6 +247,8 @@ class BillingService:
               *, with_view: bool = True, actor: str | None = None, spend_code: str | None = None) -> ApplyResult:
         """Apply one operation inside the caller's transaction (the journal import applies many in
         one, each under a savepoint). ``with_view=False`` skips computing the card's balances."""
+        if not with_view and hasattr(repo, "plain_card") and self._apply_plain_sale(repo, request, source, now, actor):
+            return ApplyResult(request.operation_id, APPLIED, None, request.bonus_accrued, request.bonus_spent)
         # the card locked, its lots and whether the id was applied already, read under the lock: one round trip
         existing, card, lots = repo.lock_card_for(request.card_number, request.operation_id)
         if existing is not None:
@@ -312,6 +318,50 @@ class BillingService:
         accrued = self._taken_back(ledger) if request.kind is Kind.RETURN else request.bonus_accrued
         return ApplyResult(request.operation_id, APPLIED, view, accrued, request.bonus_spent,
                            _message(request.kind.value, accrued, request.bonus_spent, view))
+
+    def _apply_plain_sale(self, repo, request: OperationRequest, source: Source, now: datetime,
+                          actor: str | None = None) -> bool:
+        """``apply`` of the common receipt of a bulk load, on a batch repository (the journal import):
+        a Sale that spends nothing (it may accrue), with no promotion, no lines, whose OperationId is new
+        and names no hold, on a card the batch holds with its lots. The same rules in the same order as
+        ``apply`` (card status, the card's existence at the receipt's time, the business day, the bonus
+        and card rules' life, ``CardLedger.credit`` and its debts, buckets and limits), without what
+        such a row cannot need (hold, spend code, promotion, lines, the card's view). True when applied,
+        False when the row is not such a row (nothing done: ``apply`` goes on); a refusal raises the
+        DomainError ``apply`` would raise."""
+        if (request.kind is not _SALE or request.bonus_spent or request.promotion_code is not None
+                or request.lines):
+            return False
+        held = repo.plain_card(request.card_number, request.operation_id)
+        if held is None:
+            return False
+        card, lots = held
+        if card["status"] != _ACTIVE:
+            return False  # apply() refuses it (CardBlocked)
+        self.check_card_existed(card, request.operation_time)
+        tz = self.settings.tz
+        day = request.operation_time.astimezone(tz).date()
+        content_hash = request.content_hash()
+        rules = repo.card_rules(card)
+        ledger = CardLedger(lots, now)
+        ledger.credit(_BONUS, request.bonus_accrued, *self.settings.rule("bonus").life(day, tz))
+        self._apply_delta(ledger, _ACCUMULATION, request.accumulation_delta, rules.accumulation.life(day, tz))
+        count = request.receipt_count_delta
+        self._apply_delta(ledger, _RECEIPT_COUNT, _COUNTS[count] if count in _COUNTS else Decimal(count),
+                          rules.receipt_count.life(day, tz))
+        number = card["number"]
+        operation = dict(
+            id=request.operation_id, card_number=number, kind=_SALE_VALUE,
+            source=source.value, kkm=request.kkm, store=request.store,
+            receipt_number=request.receipt_number, operation_time=request.operation_time,
+            business_date=day, content_hash=content_hash, receipt_sum=request.receipt_sum,
+            bonus_accrued=request.bonus_accrued, bonus_spent=request.bonus_spent,
+            accumulation_delta=request.accumulation_delta, receipt_count_delta=count, promotion_code=None,
+            original_operation_id=request.original_operation_id, created_at=now,
+            **({"actor": actor[:255]} if actor else {}),
+        )
+        repo.insert_operation_with_moves(operation, ledger.moves, now)
+        return True
 
     @staticmethod
     def _taken_back(ledger: CardLedger) -> Decimal:
