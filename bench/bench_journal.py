@@ -118,7 +118,7 @@ def executemany_rows(cur, f) -> None:
 FLOOR_TABLES = ("operations", "lots", "entries", "journal_keys")
 
 
-def _backend_cpu(pid: int) -> float | None:
+def backend_cpu(pid: int) -> float | None:
     """user + system seconds of a local backend, from /proc (None when the server is elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -164,7 +164,7 @@ def schema_floor(url: str, folder: Path, updates: list[list[tuple[int, int]]]) -
     steps = []
 
     def step(what, rows, t0, c0):
-        c1 = _backend_cpu(pid)
+        c1 = backend_cpu(pid)
         steps.append((what, rows, time.perf_counter() - t0, c1 - c0 if c0 is not None and c1 is not None else None))
     try:
         raw = engine.raw_connection()
@@ -173,18 +173,18 @@ def schema_floor(url: str, folder: Path, updates: list[list[tuple[int, int]]]) -
             cur.execute("SELECT pg_backend_pid()")
             pid = cur.fetchone()[0]
             raw.commit()
-            cpu0 = _backend_cpu(pid)
+            cpu0 = backend_cpu(pid)
             start = time.perf_counter()
             for name in FLOOR_TABLES:
-                t0, c0 = time.perf_counter(), _backend_cpu(pid)
+                t0, c0 = time.perf_counter(), backend_cpu(pid)
                 with open(folder / f"{name}.copy", encoding="utf-8") as f:
                     cur.copy_expert(f"COPY {name} FROM STDIN", f)
                     written += cur.rowcount
                     step(f"COPY {name}", cur.rowcount, t0, c0)
-            t0, c0 = time.perf_counter(), _backend_cpu(pid)
+            t0, c0 = time.perf_counter(), backend_cpu(pid)
             raw.commit()
             step("COMMIT", 0, t0, c0)
-            t0, c0, n = time.perf_counter(), _backend_cpu(pid), 0
+            t0, c0, n = time.perf_counter(), backend_cpu(pid), 0
             for batch in updates:
                 cur.execute("UPDATE lots l SET remaining = v.r FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, r) "
                             "WHERE l.id = v.id", ([i for i, _ in batch], [r for _, r in batch]))
@@ -193,7 +193,7 @@ def schema_floor(url: str, folder: Path, updates: list[list[tuple[int, int]]]) -
             written += n
             step(f"UPDATE lots FROM unnest + COMMIT, x{len(updates)}", n, t0, c0)
             seconds = time.perf_counter() - start
-            cpu1 = _backend_cpu(pid)
+            cpu1 = backend_cpu(pid)
         finally:
             raw.close()
     finally:

@@ -17,20 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_journal import write_journal
+from bench_journal import backend_cpu, write_journal
 from common import seed_cards, temp_database
 from sqlalchemy import create_engine, text
-
-
-def _backend_cpu(pid: int) -> float | None:
-    """user + system seconds of a local PostgreSQL backend (None when /proc does not show it)."""
-    import os
-
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -61,7 +50,7 @@ def main() -> None:
             importer.import_file(path)
         with engine.connect() as conn:  # the pool's one connection: the import's backend
             backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
-        server0 = _backend_cpu(backend)
+        server0 = backend_cpu(backend)
         own0 = resource.getrusage(resource.RUSAGE_SELF)
         wall0 = time.perf_counter()
         profiler = None if args.no_profile else cProfile.Profile()
@@ -72,7 +61,7 @@ def main() -> None:
             profiler.disable()
         wall = time.perf_counter() - wall0
         own1 = resource.getrusage(resource.RUSAGE_SELF)
-        server1 = _backend_cpu(backend)
+        server1 = backend_cpu(backend)
         cpu = own1.ru_utime + own1.ru_stime - own0.ru_utime - own0.ru_stime
         print(summary)
         print(f"{args.rows:,} rows{' (again)' if args.again else ''}: wall {wall:.2f} s, importing process CPU "
