@@ -428,6 +428,9 @@ def test_rows_go_to_streams_by_card_in_file_order(db, tmp_path):
                 by_card.setdefault((jobs, row.request.card_number), set()).add(i)
     assert all(len(s) == 1 for s in by_card.values())
     assert len({i for (jobs, _), s in by_card.items() if jobs == 3 for i in s}) > 1   # spread over streams
+    # SQLite has one writer: one worker whatever is asked
+    assert JournalImport(db, jobs=3).effective_jobs() == (3 if db.engine.dialect.name == "postgresql" else 1)
+    assert JournalImport(db, jobs=3).effective_jobs(1) == 1
 
 
 @pytest.mark.parametrize("jobs", [2, 3])
