@@ -479,3 +479,24 @@ def test_a_failing_worker_stops_the_import_and_leaves_no_thread(db, engine, tmp_
     again = JournalImport(db, batch=5, jobs=2).import_file(path)
     assert again.applied == 600 - done and again.already == done and again.rejected == 0
     assert n_ops(db) == 600
+
+
+def test_one_operation_id_under_two_cards_in_two_streams_is_applied_once(db, engine, tmp_path):
+    """The same OperationId on cards of different streams (J1 and J4 with two workers): the two workers
+    insert the same operation concurrently; whichever commits first applies it, the other row is refused
+    (OperationConflict), as it would be in one stream; no error, no row lost."""
+    db.add_card_range(1, 6, "J", 0, None, issued=ISSUED)
+    db.clock.set(T0 + timedelta(days=1))
+    ids = [new_id() for _ in range(150)]
+    lines = []
+    for i, op_id in enumerate(ids):
+        when = T0 + timedelta(minutes=i)
+        lines.append(line(number=f"a{i}", when=when, card="J1", accrued="1.00", op_id=op_id))
+        lines.append(line(number=f"b{i}", when=when, card="J4", accrued="2.00", op_id=op_id))
+    path = journal(tmp_path, "same-ids.csv", *lines)
+    summary = JournalImport(db, batch=10, jobs=2).import_file(path)
+    assert (summary.rows, summary.applied, summary.rejected) == (300, 150, 150), summary
+    assert set(summary.reasons) == {"Client.OperationConflict"}
+    assert n_ops(db) == 150
+    again = JournalImport(db, batch=10, jobs=2).import_file(path)
+    assert again.applied == 0 and n_ops(db) == 150
