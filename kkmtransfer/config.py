@@ -10,6 +10,7 @@
 | KKMTRANSFER_ACCUMULATION_DELAY_DAYS / _LIFETIME_DAYS | 0 / empty: the rule given to new cards |
 | KKMTRANSFER_COUNT_DELAY_DAYS / _LIFETIME_DAYS        | 0 / empty: the rule given to new cards |
 | KKMTRANSFER_NIGHTLY_BATCH       | 1000 lots per transaction of the nightly regulation |
+| KKMTRANSFER_JOURNAL_JOBS        | 2: worker threads (and database connections) of one journal import, rows routed by card; 1 on SQLite |
 | KKMTRANSFER_INBOX_DIR           | ./var/inbox: journal files dropped here are imported |
 | KKMTRANSFER_PUBLIC_URL          | empty: the WSDL's address is built from the request's Host; set e.g. https://kkm.example.org |
 | KKMTRANSFER_DB_CONNECT_TIMEOUT  | 3 seconds to connect to PostgreSQL (the web service) |
@@ -113,6 +114,7 @@ class Settings:
     count_delay_days: int = 0
     count_lifetime_days: int | None = None
     nightly_batch: int = 1000
+    journal_jobs: int = 2  # worker threads of a journal import (PostgreSQL; SQLite: 1)
     inbox_dir: Path = Path("var") / "inbox"
     public_url: str | None = None
     db_connect_timeout: int = 3
@@ -153,6 +155,8 @@ class Settings:
             raise ConfigError("KKMTRANSFER_HOLD_TIMEOUT must be a positive number of seconds")
         if self.nightly_batch <= 0:
             raise ConfigError("KKMTRANSFER_NIGHTLY_BATCH must be positive")
+        if not 1 <= self.journal_jobs <= 8:
+            raise ConfigError("KKMTRANSFER_JOURNAL_JOBS must be 1 to 8")
         for name in ("db_connect_timeout", "db_statement_timeout", "max_elements", "max_attributes",
                      "auth_max_failures", "auth_window_seconds", "auth_max_delay_seconds"):
             if getattr(self, name) <= 0:
@@ -235,6 +239,7 @@ class Settings:
             count_delay_days=whole("KKMTRANSFER_COUNT_DELAY_DAYS", 0),
             count_lifetime_days=whole("KKMTRANSFER_COUNT_LIFETIME_DAYS", None),
             nightly_batch=whole("KKMTRANSFER_NIGHTLY_BATCH", 1000),
+            journal_jobs=whole("KKMTRANSFER_JOURNAL_JOBS", 2),
             inbox_dir=Path(env.get("KKMTRANSFER_INBOX_DIR") or Path("var") / "inbox"),
             public_url=env.get("KKMTRANSFER_PUBLIC_URL") or None,
             db_connect_timeout=whole("KKMTRANSFER_DB_CONNECT_TIMEOUT", 3),

@@ -206,3 +206,16 @@ def test_a_reject_is_dismissed_by_hand_with_its_reason(db, database_url, tmp_pat
     again = cli(database_url, "journal", "rejects", "dismiss", reject_id, "--reason", "twice", check=False)
     assert again.returncode == 1 and "not pending" in again.stderr
     assert "journal.dismiss" in cli(database_url, "report", "audit", "--actor", "ivanova").stdout
+
+
+def test_journal_import_takes_the_number_of_workers(db, database_url, tmp_path):
+    db.add_card_range(1, 3, "W", 0, None, issued=ISSUED)
+    journal = tmp_path / "kkm8.csv"
+    journal.write_text(
+        "KKM;TransactionNumber;TransactionTime;Kind;CardNumber;ReceiptNumber;ReceiptSum;BonusAccrued;BonusSpent;"
+        "AccumulationDelta;ReceiptCountDelta;OperationId;PromotionCode;OriginalOperationId\n"
+        + "".join(f"KKM-8;{i};2026-11-20T10:0{i}:00+03:00;Sale;W{1 + i % 3};{i};100.00;5.00;0.00;;;;;\n"
+                  for i in range(6)), encoding="utf-8")
+    out = cli(database_url, "journal", "import", "--jobs", "3", "--batch", "1", str(journal)).stdout
+    assert "6 rows, 6 applied, 0 already applied, 0 rejected" in out
+    assert cli(database_url, "journal", "import", "--jobs", "9", str(journal), check=False).returncode == 2

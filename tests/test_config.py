@@ -74,3 +74,11 @@ def test_the_grace_before_a_card_existed_is_a_duration_or_off(raw, expected):
 def test_a_grace_that_is_no_duration_is_a_config_error(raw):
     with pytest.raises(ConfigError, match="KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE"):
         Settings.from_env({"KKMTRANSFER_OPTIME_BEFORE_CARD_GRACE": raw})
+
+
+def test_the_journal_import_workers_default_to_two_and_stay_within_one_to_eight():
+    assert Settings.from_env({}).journal_jobs == 2
+    assert Settings.from_env({"KKMTRANSFER_JOURNAL_JOBS": "1"}).journal_jobs == 1
+    for raw in ("0", "9", "two"):
+        with pytest.raises(ConfigError, match="KKMTRANSFER_JOURNAL_JOBS"):
+            Settings.from_env({"KKMTRANSFER_JOURNAL_JOBS": raw})

@@ -225,7 +225,8 @@ def test_the_documented_example_journal_loads(db, tmp_path):
     assert db.card_info("7770000002").balances.bonus == D("17.50")
 
 
-def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, tmp_path, monkeypatch):
+@pytest.mark.parametrize("jobs", [1, 2, 3], ids=["jobs1", "jobs2", "jobs3"])
+def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, tmp_path, monkeypatch, jobs):
     """Sales, spends, returns of sales in the same batch, repeated rows and refusals, on few cards: the
     fast path (one read and one write per batch) must end where applying row by row ends."""
     import random
@@ -258,7 +259,8 @@ def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, 
         empty_tables(engine)
         db.add_card_range(1, 3, "J", 0, None, issued=ISSUED)
         db.register_operation(request("J1", accrued="3.00", time=T0))
-        importer = JournalImport(db, batch=1 if row_by_row else 500)
+        # the reference: one row a transaction, one stream, in file order
+        importer = JournalImport(db, batch=1 if row_by_row else 500, jobs=1 if row_by_row else jobs)
         if row_by_row:
             monkeypatch.setattr(importer, "_run_batch",
                                 lambda rows, name, savepoints: JournalImport._run_batch(importer, rows, name, True))
@@ -295,8 +297,9 @@ def test_texts_with_backslashes_and_tabs_are_stored_as_written(cards, tmp_path):
     assert (again.applied, again.already) == (0, 1)
 
 
+@pytest.mark.parametrize("jobs", [1, 2, 3], ids=["jobs1", "jobs2", "jobs3"])
 def test_plain_sales_and_the_other_rows_mixed_on_the_same_cards_give_what_row_by_row_gives(
-        db, engine, tmp_path, monkeypatch):
+        db, engine, tmp_path, monkeypatch, jobs):
     """The batch's fast path (``BillingService._apply_plain_sale``: a Sale without spend, promotion or hold) interleaved on
     the same cards with every other kind of row: spends, returns (which make debts the next plain sales
     pay), a promotion, sales confirming a hold reserved online, refusals (blocked card, unknown card,
@@ -365,7 +368,8 @@ def test_plain_sales_and_the_other_rows_mixed_on_the_same_cards_give_what_row_by
         db.register_operation(request("P1", receipt_sum="1.00", accrued="0.00", time=T0, op_id=online_other))
         for hold in hold_ids:
             HoldService(db).reserve(hold, "P2", "K1", D("3.00"))
-        importer = JournalImport(db, batch=1 if row_by_row else 500)
+        # the reference: one row a transaction, one stream, in file order
+        importer = JournalImport(db, batch=1 if row_by_row else 500, jobs=1 if row_by_row else jobs)
         if row_by_row:
             monkeypatch.setattr(importer, "_run_batch",
                                 lambda rows, name, savepoints: JournalImport._run_batch(importer, rows, name, True))
@@ -395,3 +399,104 @@ def test_plain_sales_and_the_other_rows_mixed_on_the_same_cards_give_what_row_by
     before = n_ops(db)
     again = JournalImport(db).import_file(path)  # exactly once: what was applied is AlreadyApplied (only
     assert again.already >= fast[0] and n_ops(db) == before + again.applied  # refused rows may pass now)
+
+
+def _many_cards_file(tmp_path: Path, name: str, n_cards: int = 12, rows: int = 240) -> Path:
+    lines = [line(number=str(i), when=T0 + timedelta(minutes=i), card=f"J{1 + i % n_cards}", total="10.00",
+                  accrued="1.00", op_id=new_id() if i % 2 else "") for i in range(rows)]
+    return journal(tmp_path, name, *lines)
+
+
+def test_rows_go_to_streams_by_card_in_file_order(db, tmp_path):
+    """Every row of a card lands in one stream, the stream keeps the file's order, rows without a card go
+    to the first."""
+    from kkmtransfer.adapters.journal_file import read_journal
+    from kkmtransfer.service_layer.journal import stream_of
+
+    path = journal(tmp_path, "route.csv", *[line(number=str(i), when=T0 + timedelta(minutes=i), card=f"J{i % 7}",
+                                                  accrued="1.00") for i in range(70)],
+                   line(number="bad", when=T0, card="J1", total="not money"))
+    rows = list(read_journal(path, JournalImport(db)._namespace()))
+    by_card: dict = {}
+    for jobs in (2, 3):
+        for row in rows:
+            i = stream_of(row, jobs)
+            assert 0 <= i < jobs
+            if row.error is not None:
+                assert i == 0
+            else:
+                by_card.setdefault((jobs, row.request.card_number), set()).add(i)
+    assert all(len(s) == 1 for s in by_card.values())
+    assert len({i for (jobs, _), s in by_card.items() if jobs == 3 for i in s}) > 1   # spread over streams
+    # SQLite has one writer: one worker whatever is asked
+    assert JournalImport(db, jobs=3).effective_jobs() == (3 if db.engine.dialect.name == "postgresql" else 1)
+    assert JournalImport(db, jobs=3).effective_jobs(1) == 1
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_a_file_loaded_twice_with_workers_is_all_already_applied_the_second_time(db, tmp_path, jobs):
+    db.add_card_range(1, 12, "J", 0, None, issued=ISSUED)
+    db.clock.set(T0 + timedelta(days=1))
+    path = _many_cards_file(tmp_path, "twice.csv")
+    seen = []
+    importer = JournalImport(db, batch=7, jobs=jobs, progress=seen.append)
+    first = importer.import_file(path)
+    assert (first.rows, first.applied, first.already, first.rejected) == (240, 240, 0, 0)
+    assert sum(seen) == 240
+    before = n_ops(db)
+    again = JournalImport(db, batch=7, jobs=jobs).import_file(path)
+    assert (again.rows, again.applied, again.already, again.rejected) == (240, 0, 240, 0)
+    assert n_ops(db) == before
+
+
+def test_a_failing_worker_stops_the_import_and_leaves_no_thread(db, engine, tmp_path, monkeypatch):
+    """A worker whose batch fails with a database error (the connection lost): import_file raises that
+    error, every worker thread has ended, what was committed stays, and a re-run applies the rest once."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite imports with one worker")
+    db.add_card_range(1, 12, "J", 0, None, issued=ISSUED)
+    db.clock.set(T0 + timedelta(days=1))
+    path = _many_cards_file(tmp_path, "fail.csv", rows=600)
+    importer = JournalImport(db, batch=5, jobs=2)
+    real, calls = JournalImport._run_batch, []
+
+    def flaky(rows, name, savepoints):
+        calls.append(1)
+        if len(calls) == 6:
+            raise OperationalError("COPY", {}, Exception("server closed the connection unexpectedly"))
+        return real(importer, rows, name, savepoints)
+
+    monkeypatch.setattr(importer, "_run_batch", flaky)
+    with pytest.raises(OperationalError, match="server closed"):
+        importer.import_file(path)
+    assert not [t for t in threading.enumerate() if t.name.startswith("journal-")]
+    done = n_ops(db)
+    assert 0 < done < 600
+    again = JournalImport(db, batch=5, jobs=2).import_file(path)
+    assert again.applied == 600 - done and again.already == done and again.rejected == 0
+    assert n_ops(db) == 600
+
+
+def test_one_operation_id_under_two_cards_in_two_streams_is_applied_once(db, engine, tmp_path):
+    """The same OperationId on cards of different streams (J1 and J4 with two workers): the two workers
+    insert the same operation concurrently; whichever commits first applies it, the other row is refused
+    (OperationConflict), as it would be in one stream; no error, no row lost."""
+    db.add_card_range(1, 6, "J", 0, None, issued=ISSUED)
+    db.clock.set(T0 + timedelta(days=1))
+    ids = [new_id() for _ in range(150)]
+    lines = []
+    for i, op_id in enumerate(ids):
+        when = T0 + timedelta(minutes=i)
+        lines.append(line(number=f"a{i}", when=when, card="J1", accrued="1.00", op_id=op_id))
+        lines.append(line(number=f"b{i}", when=when, card="J4", accrued="2.00", op_id=op_id))
+    path = journal(tmp_path, "same-ids.csv", *lines)
+    summary = JournalImport(db, batch=10, jobs=2).import_file(path)
+    assert (summary.rows, summary.applied, summary.rejected) == (300, 150, 150), summary
+    assert set(summary.reasons) == {"Client.OperationConflict"}
+    assert n_ops(db) == 150
+    again = JournalImport(db, batch=10, jobs=2).import_file(path)
+    assert again.applied == 0 and n_ops(db) == 150

@@ -28,8 +28,10 @@ REJECTED_EXIT = 3
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 10000),
               help="Rows per transaction.")
+@click.option("--jobs", type=click.IntRange(1, 8), default=None,
+              help="Worker threads, rows routed by card (default KKMTRANSFER_JOURNAL_JOBS; 1 on SQLite).")
 @domain_errors
-def journal_import(files, batch):
+def journal_import(files, batch, jobs):
     """Load journal FILES. Each row is applied exactly once, whatever was applied before (online or from
     other files); rows that cannot be applied are kept as rejects (see `journal rejects`). Exit status:
     0 every row applied, 1 a file could not be read, 3 rows were rejected (the others are applied)."""
@@ -39,7 +41,7 @@ def journal_import(files, batch):
     total = ImportSummary(file="total")
     failed = 0
     with _progress("rows", JournalImport.rows_in(files)) as advance:
-        importer = JournalImport(_billing(), batch=batch, progress=advance)
+        importer = JournalImport(_billing(), batch=batch, progress=advance, jobs=jobs)
         results = []
         for path in files:
             try:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
+import threading
+import zlib
 from datetime import timezone
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,20 +75,57 @@ class ImportSummary:
             self.reasons[code] = self.reasons.get(code, 0) + n
 
 
+# a batch whose transaction the server rolled back for a lock cycle is run once more
+_RETRY_PGCODES = ("40P01", "40001")  # deadlock_detected, serialization_failure
+QUEUED_BATCHES = 2  # batches waiting per worker (memory: jobs x (this + 2) x batch rows at most)
+
+
+def stream_of(row: JournalRow, jobs: int) -> int:
+    """The worker a row goes to: a stable hash of its card (a gift certificate's row: of its certificate);
+    a row that did not parse, or without a card, goes to the first. The rows of one card stay in one stream,
+    in file order."""
+    if jobs <= 1 or row.error is not None or row.request is None:
+        return 0
+    q = row.request
+    number = q.number if isinstance(q, CertificateOperationRequest) else getattr(q, "card_number", None)
+    if not number:
+        return 0
+    return zlib.crc32(number.encode()) % jobs
+
+
 class JournalImport:
-    def __init__(self, billing, batch: int = 500, progress: Callable[[int], None] | None = None):
+    def __init__(self, billing, batch: int = 500, progress: Callable[[int], None] | None = None,
+                 jobs: int | None = None):
         from .certificates import CertificateService
 
         self.billing = billing
         self.certificates = CertificateService(billing)
         self.batch = batch
         self.progress = progress or (lambda n: None)
+        self.jobs = jobs  # None: KKMTRANSFER_JOURNAL_JOBS
 
     # -- import ------------------------------------------------------------------------------
     def _namespace(self):
         return engine_namespace(self.billing.engine)
 
-    def import_file(self, path: Path) -> ImportSummary:
+    def effective_jobs(self, jobs: int | None = None) -> int:
+        """Worker threads for one file: the argument, else the importer's, else KKMTRANSFER_JOURNAL_JOBS;
+        1 on SQLite (one writer at a time)."""
+        if jobs is None:
+            jobs = self.jobs
+        if jobs is None:
+            jobs = getattr(getattr(self.billing, "settings", None), "journal_jobs", 1)
+        if self.billing.engine.dialect.name != "postgresql":
+            return 1
+        return max(1, int(jobs))
+
+    def import_file(self, path: Path, jobs: int | None = None) -> ImportSummary:
+        jobs = self.effective_jobs(jobs)
+        if jobs > 1:
+            summary = self._import_parallel(path, jobs)
+            log.info("journal %s: %s (%d workers)", path.name, summary, jobs)
+            metrics.record_journal(summary.applied, summary.already, summary.rejected)
+            return summary
         summary = ImportSummary(file=path.name)
         pending: list[JournalRow] = []
         for row in read_journal(path, self._namespace()):
@@ -103,15 +143,95 @@ class JournalImport:
     def rows_in(paths: Iterable[Path]) -> int:
         return sum(count_rows(p) for p in paths)
 
-    def _apply_batch(self, rows: list[JournalRow], file_name: str, summary: ImportSummary) -> None:
+    def _import_parallel(self, path: Path, jobs: int) -> ImportSummary:
+        """The caller's thread reads and routes the rows (``stream_of``); each of ``jobs`` worker threads
+        applies its stream's batches in order, in transactions of its own connection. The first error of a
+        worker stops the others and is raised here; batches committed before it stay committed."""
+        summary = ImportSummary(file=path.name)
+        lock = threading.Lock()
+        stop = threading.Event()
+        failures: list[BaseException] = []
+        queues = [queue.Queue(maxsize=QUEUED_BATCHES) for _ in range(jobs)]
+
+        def work(q: queue.Queue) -> None:
+            while True:
+                rows = q.get()
+                if rows is None:
+                    return
+                if stop.is_set():
+                    continue  # keep draining so that the reader never blocks on a stopped worker
+                try:
+                    self._apply_batch(rows, path.name, summary, lock)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    with lock:
+                        failures.append(exc)
+                    stop.set()
+
+        threads = [threading.Thread(target=work, args=(q,), name=f"journal-{i}", daemon=True)
+                   for i, q in enumerate(queues)]
+        for t in threads:
+            t.start()
+
+        def hand(i: int, rows: list[JournalRow]) -> bool:
+            while not stop.is_set():
+                try:
+                    queues[i].put(rows, timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         try:
-            part = self._run_batch(rows, file_name, savepoints=False)
-        except (IntegrityError, _RowFailed):
-            # a concurrent writer inserted one of these operations first, or a row failed in a way the
-            # ledger did not foresee: again row by row, each under a savepoint (a failing row is a reject)
-            part = self._run_batch(rows, file_name, savepoints=True)
-        summary.add(part)
-        self.progress(len(rows))
+            pending: list[list[JournalRow]] = [[] for _ in range(jobs)]
+            for row in read_journal(path, self._namespace()):
+                i = stream_of(row, jobs)
+                pending[i].append(row)
+                if len(pending[i]) >= self.batch:
+                    if not hand(i, pending[i]):
+                        break
+                    pending[i] = []
+            else:
+                for i, rows in enumerate(pending):
+                    if rows and not hand(i, rows):
+                        break
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            for q in queues:
+                q.put(None)  # the workers drain their queues, so this does not block for long
+            for t in threads:
+                t.join()
+        if failures:
+            raise failures[0]
+        return summary
+
+    def _apply_batch(self, rows: list[JournalRow], file_name: str, summary: ImportSummary,
+                     lock: threading.Lock | None = None) -> None:
+        for attempt in (1, 2):
+            try:
+                try:
+                    part = self._run_batch(rows, file_name, savepoints=False)
+                except (IntegrityError, _RowFailed):
+                    # a concurrent writer inserted one of these operations first, or a row failed in a way
+                    # the ledger did not foresee: again row by row, each under a savepoint (a failing row is
+                    # a reject)
+                    part = self._run_batch(rows, file_name, savepoints=True)
+                break
+            except OperationalError as exc:
+                # a deadlock (two streams or another writer inserting the same OperationId or journal key
+                # in opposite orders): the server rolled this batch back; run it once more
+                if attempt == 2 or getattr(exc.orig, "pgcode", None) not in _RETRY_PGCODES:
+                    raise
+                log.warning("journal %s: batch rolled back (%s), run again", file_name,
+                            getattr(exc.orig, "pgcode", None))
+        if lock is None:
+            summary.add(part)
+            self.progress(len(rows))
+        else:
+            with lock:
+                summary.add(part)
+                self.progress(len(rows))
 
     def _run_batch(self, rows: list[JournalRow], file_name: str, savepoints: bool) -> ImportSummary:
         summary = ImportSummary(file=file_name)
