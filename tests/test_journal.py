@@ -225,6 +225,16 @@ def test_the_documented_example_journal_loads(db, tmp_path):
     assert db.card_info("7770000002").balances.bonus == D("17.50")
 
 
+def _import_for_comparison(db, monkeypatch, path, row_by_row: bool, jobs: int):
+    """Import ``path`` batched with ``jobs`` workers, or as the reference: one row a transaction (each under
+    its savepoint), one stream, in file order."""
+    importer = JournalImport(db, batch=1 if row_by_row else 500, jobs=1 if row_by_row else jobs)
+    if row_by_row:
+        monkeypatch.setattr(importer, "_run_batch",
+                            lambda rows, name, savepoints: JournalImport._run_batch(importer, rows, name, True))
+    return importer.import_file(path)
+
+
 @pytest.mark.parametrize("jobs", [1, 2, 3], ids=["jobs1", "jobs2", "jobs3"])
 def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, tmp_path, monkeypatch, jobs):
     """Sales, spends, returns of sales in the same batch, repeated rows and refusals, on few cards: the
@@ -259,12 +269,7 @@ def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, 
         empty_tables(engine)
         db.add_card_range(1, 3, "J", 0, None, issued=ISSUED)
         db.register_operation(request("J1", accrued="3.00", time=T0))
-        # the reference: one row a transaction, one stream, in file order
-        importer = JournalImport(db, batch=1 if row_by_row else 500, jobs=1 if row_by_row else jobs)
-        if row_by_row:
-            monkeypatch.setattr(importer, "_run_batch",
-                                lambda rows, name, savepoints: JournalImport._run_batch(importer, rows, name, True))
-        summary = importer.import_file(path)
+        summary = _import_for_comparison(db, monkeypatch, path, row_by_row, jobs)
         assert Reports(db).verify() == []
         with engine.connect() as conn:  # the ledger itself, not only the balances (lot ids aside)
             # (derived ids depend on the installation's secret, made again after each emptying: times instead)
@@ -368,12 +373,7 @@ def test_plain_sales_and_the_other_rows_mixed_on_the_same_cards_give_what_row_by
         db.register_operation(request("P1", receipt_sum="1.00", accrued="0.00", time=T0, op_id=online_other))
         for hold in hold_ids:
             HoldService(db).reserve(hold, "P2", "K1", D("3.00"))
-        # the reference: one row a transaction, one stream, in file order
-        importer = JournalImport(db, batch=1 if row_by_row else 500, jobs=1 if row_by_row else jobs)
-        if row_by_row:
-            monkeypatch.setattr(importer, "_run_batch",
-                                lambda rows, name, savepoints: JournalImport._run_batch(importer, rows, name, True))
-        summary = importer.import_file(path)
+        summary = _import_for_comparison(db, monkeypatch, path, row_by_row, jobs)
         assert Reports(db).verify() == []
         with engine.connect() as conn:
             ops = sorted(tuple(r) for r in conn.execute(select(
