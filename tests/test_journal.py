@@ -481,6 +481,53 @@ def test_a_failing_worker_stops_the_import_and_leaves_no_thread(db, engine, tmp_
     assert n_ops(db) == 600
 
 
+def test_a_batch_rolled_back_by_a_deadlock_runs_once_more(db, engine, tmp_path, monkeypatch):
+    """The server rolls a batch back for a deadlock (40P01) or a serialization failure (40001): the batch runs
+    once more and is counted once; the same error twice on one batch is raised, as any other database error
+    is at once."""
+    from sqlalchemy.exc import OperationalError
+
+    class ServerError(Exception):
+        def __init__(self, pgcode):
+            super().__init__(f"pgcode {pgcode}")
+            self.pgcode = pgcode
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite imports with one worker")
+    db.add_card_range(1, 12, "J", 0, None, issued=ISSUED)
+    db.clock.set(T0 + timedelta(days=1))
+    path = _many_cards_file(tmp_path, "deadlock.csv", rows=120)
+    real = JournalImport._run_batch
+    progress: list[int] = []
+    importer = JournalImport(db, batch=5, jobs=2, progress=progress.append)
+    calls = []
+
+    def rolled_back(fail_on, pgcode):
+        def run(rows, name, savepoints):
+            calls.append(1)
+            if len(calls) in fail_on:  # as the server answers it: nothing of the batch was kept
+                raise OperationalError("COPY", {}, ServerError(pgcode))
+            return real(importer, rows, name, savepoints)
+        return run
+
+    monkeypatch.setattr(importer, "_run_batch", rolled_back({3, 9}, "40P01"))
+    summary = importer.import_file(path)
+    assert (summary.rows, summary.applied, summary.rejected) == (120, 120, 0)
+    assert sum(progress) == 120 and len(calls) == 24 + 2
+    assert n_ops(db) == 120 and Reports(db).verify() == []
+
+    importer = JournalImport(db, batch=5, jobs=1)  # one stream: the first two calls are the same batch's
+    calls.clear()
+    monkeypatch.setattr(importer, "_run_batch", rolled_back({1, 2}, "40001"))  # twice on the same batch
+    with pytest.raises(OperationalError):
+        importer.import_file(path)
+    calls.clear()
+    monkeypatch.setattr(importer, "_run_batch", rolled_back({1}, "57P01"))  # not a rollback to retry
+    with pytest.raises(OperationalError):
+        importer.import_file(path)
+    assert len(calls) == 1 and n_ops(db) == 120
+
+
 def test_one_operation_id_under_two_cards_in_two_streams_is_applied_once(db, engine, tmp_path):
     """The same OperationId on cards of different streams (J1 and J4 with two workers): the two workers
     insert the same operation concurrently; whichever commits first applies it, the other row is refused
