@@ -128,7 +128,7 @@ def _old_expire_batch(conn, doc_id, day, cutoff, now, limit, postgres):
                          .where(lots.c.remaining > 0, lots.c.expires_at <= cutoff)
                          .order_by(lots.c.expires_at, lots.c.id).limit(limit)).all()
     if not batch:
-        return 0
+        return 0, 0
     regulation._insert_missing_lines(conn, regulation._line_rows(
         doc_id, Kind.EXPIRY, sorted({r.card_number for r in batch}), day, cutoff, now))
     conn.execute(insert(entries), [
@@ -136,7 +136,7 @@ def _old_expire_batch(conn, doc_id, day, cutoff, now, limit, postgres):
              measure=r.measure, role=Role.EXPIRY.value, amount=-r.remaining) for r in batch])
     conn.execute(update(lots).where(lots.c.id.in_(bindparam("ids", expanding=True))).values(remaining=0),
                  {"ids": [r.id for r in batch]})
-    return len(batch)
+    return len(batch), len(batch)  # (lots taken, lots burnt), the step's answer
 
 
 def _old_due_count(conn, cutoff):

@@ -18,7 +18,6 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import partial
 from typing import Callable
 
 from ..adapters import regulation as sql
@@ -108,7 +107,11 @@ class Nightly:
         cutoff = day_start(day, self.settings.tz)
         done_before = 0
         # the accrual's batches go by keyset: its position is this run's, in memory (see sql.accrue_batch)
-        accrue = partial(sql.accrue_batch, keyset=sql.AccrualKeyset())
+        keyset = sql.AccrualKeyset()
+
+        def accrue(*args) -> tuple[int, int]:  # (lots taken, lots counted), as the write-off answers
+            done = sql.accrue_batch(*args, keyset=keyset)
+            return done, done
         for kind, step, count in ((sql.WRITE_OFF, sql.expire_batch, sql.due_expiry_count),
                                   (sql.ACCRUAL, accrue, sql.due_accrual_count)):
             doc, lots, lines = self._run_document(kind, day, cutoff, step, count)
@@ -144,9 +147,9 @@ class Nightly:
                 if not sql.claim(uow.conn, doc["id"], self.runner, now, now + LEASE):
                     raise RegulationBusy(f"{kind} of {day}: the lease was lost to another run")
                 n = step(uow.conn, doc["id"], day, cutoff, now, self.batch, self.postgres)
-                # the write-off answers (lots taken, lots burnt): an expired lot that holds nothing is taken
-                # once and marked, and not counted
-                taken, n = n if isinstance(n, tuple) else (n, n)
+                # (lots taken, lots counted): the write-off takes an expired lot that holds nothing once and
+                # marks it, and does not count it
+                taken, n = n
                 if taken == 0:
                     lines = sql.finish(uow.conn, doc["id"], now)
                     uow.commit()
