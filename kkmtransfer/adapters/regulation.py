@@ -277,37 +277,24 @@ def _pg_array(items: list[str]) -> str:
     return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
 
 
-def _pg_batch(conn: Connection, what: str, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
-              kind: Kind, taken=None, **params) -> int:
-    if taken is None:
-        taken, ids, cards = conn.execute(_PG_STATEMENTS[f"take_{what}"],
-                                         {"cutoff": cutoff, "limit": limit, "candidates": max(1, limit // 4)}).one()
-    else:
-        taken, ids, cards = taken
-    if not taken:
-        return 0
+def _pg_write(conn: Connection, what: str, kind: Kind, doc_id: str, day: date, cutoff: datetime, now: datetime,
+              ids, cards, **params) -> None:
+    """A taken batch's one write (``_PG_STATEMENTS[what]``): the lines, the entries and the lots' new state;
+    it counts the line ids held by anything but their line (``IdTaken``, the batch rolls back)."""
     squatted = conn.execute(_PG_STATEMENTS[what], dict(
         params, cards=_pg_array(cards), lines=_pg_array([line_id(doc_id, c) for c in cards]), ids=ids, doc=doc_id,
         day=day, cutoff=cutoff, now=now, kind=kind.value, source=Source.NIGHTLY.value)).scalar_one()
     if squatted:
         raise IdTaken(f"{squatted} operation(s) hold the ids of {kind.value} lines of document {doc_id}: "
                       "run `kkmtransfer ledger verify`")
-    return taken
 
 
 def _pg_expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime,
                      limit: int) -> tuple[int, int]:
     taken, burning, ids, cards = conn.execute(_PG_STATEMENTS["take_expiry"],
                                               {"cutoff": cutoff, "limit": limit}).one()
-    if not taken:
-        return 0, 0
-    squatted = conn.execute(_PG_STATEMENTS["expiry"], dict(
-        cards=_pg_array(cards), lines=_pg_array([line_id(doc_id, c) for c in cards]), ids=ids, doc=doc_id,
-        day=day, cutoff=cutoff, now=now, kind=Kind.EXPIRY.value, source=Source.NIGHTLY.value,
-        role=Role.EXPIRY.value)).scalar_one()
-    if squatted:
-        raise IdTaken(f"{squatted} operation(s) hold the ids of {Kind.EXPIRY.value} lines of document {doc_id}: "
-                      "run `kkmtransfer ledger verify`")
+    if taken:
+        _pg_write(conn, "expiry", Kind.EXPIRY, doc_id, day, cutoff, now, ids, cards, role=Role.EXPIRY.value)
     return taken, burning
 
 
@@ -387,10 +374,12 @@ def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
     On PostgreSQL ``keyset`` carries the run's position from batch to batch (without it, each batch starts from
     the beginning); SQLite takes each batch from the beginning."""
     if postgres:
-        taken = _pg_take_accrual(conn, cutoff, limit, keyset or AccrualKeyset())
-        return _pg_batch(conn, "accrual", doc_id, day, cutoff, now, limit, Kind.ACCRUAL, taken=taken,
-                         bonus=Measure.BONUS.value, accumulation=Measure.ACCUMULATION.value,
-                         receipts=Measure.RECEIPT_COUNT.value, roles=[r.value for r in DEFERRED_ROLES])
+        taken, ids, cards = _pg_take_accrual(conn, cutoff, limit, keyset or AccrualKeyset())
+        if taken:
+            _pg_write(conn, "accrual", Kind.ACCRUAL, doc_id, day, cutoff, now, ids, cards,
+                      bonus=Measure.BONUS.value, accumulation=Measure.ACCUMULATION.value,
+                      receipts=Measure.RECEIPT_COUNT.value, roles=[r.value for r in DEFERRED_ROLES])
+        return taken
     # in card order within a start day: a card's lots fall in one batch, so its line is written once
     batch = _take_batch(conn, _due_accrual(cutoff), (lots.c.available_from, lots.c.card_number), limit, postgres)
     if not batch:
