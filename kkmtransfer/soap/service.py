@@ -11,6 +11,9 @@ from datetime import date, datetime
 from decimal import Decimal as D
 
 from spyne import Application, ComplexModel, ServiceBase, rpc
+from spyne.const.xml import DEFAULT_NS
+from spyne.model.complex import ComplexModelBase, XmlAttribute
+from spyne.protocol.xml import E, _gen_tagname
 from spyne import const as spyne_const
 from lxml import etree
 from spyne.error import Fault
@@ -411,7 +414,90 @@ class _CachedAttrs:
 
 
 class KKMSoap11Out(_CachedAttrs, Soap11):
-    """spyne's SOAP 1.1 writer with the attribute cache above."""
+    """spyne's SOAP 1.1 writer with the attribute cache above, and complex types written directly.
+
+    spyne writes a complex type through two coroutines (``gen_members_parent``, ``_get_members_etree``) and,
+    for each simple member, ``to_parent`` (the polymorphic target, the class's attributes, its handler) and
+    ``modelbase_to_parent``. For a plain type (``_out_plan``) the same elements are made here with the same
+    calls in the same order: the type's element by ``etree.SubElement``, each simple member with a value by
+    ``E(tag)`` with ``to_unicode``'s text, appended; a member without a value, a complex member and
+    anything else through spyne's ``to_parent`` as before. The answer is the same document."""
+
+    def complex_to_parent(self, ctx, cls, inst, parent, ns, name=None, add_type=False, **kw):
+        plan = self._out_plan(cls)
+        if plan is None or add_type or kw or not isinstance(parent, etree._Element):
+            return super().complex_to_parent(ctx, cls, inst, parent, ns, name, add_type, **kw)
+        sub_name, sub_ns, members = plan
+        if sub_name is not None:
+            name = sub_name
+        if name is None:
+            name = cls.get_type_name()
+        if sub_ns not in (None, DEFAULT_NS):
+            ns = sub_ns
+        inst = cls.get_serialization_instance(inst)
+        elt = etree.SubElement(parent, _gen_tagname(ns, name), attrib={})
+        to_unicode, to_parent = self.to_unicode, self.to_parent
+        for key, member, m_ns, m_name, tag, simple, min_occurs in members:
+            try:
+                value = getattr(inst, key, None)
+            except Exception:  # as spyne's _get_members_etree
+                value = None
+            if value is None:
+                if min_occurs > 0:
+                    to_parent(ctx, member, None, elt, m_ns, m_name)
+            elif simple:
+                child = E(tag)
+                child.text = to_unicode(member, value)
+                elt.append(child)
+            else:
+                to_parent(ctx, member, value, elt, m_ns, m_name)
+        return None
+
+    def _out_plan(self, cls):
+        """(sub_name, sub_ns, members) of a complex type written directly, or None for spyne's own writer:
+        not polymorphic, no base type, spyne's ``get_serialization_instance``; each member (excluded ones
+        left out, as spyne skips them) once at most, either simple with spyne's ``modelbase_to_parent`` as
+        its handler and no sub-protocol (written here), or complex with a plan of its own. Computed once per
+        class (bounded)."""
+        try:
+            return self._out_plans[cls]
+        except KeyError:
+            pass
+        except AttributeError:
+            self._out_plans = {}
+        self._out_plans[cls] = None  # while computing (a type that contains itself: spyne's writer)
+        plan = None
+        cls_attrs = self.get_cls_attrs(cls)
+        if (not self.polymorphic and getattr(cls, "__extends__", None) is None and cls_attrs.prot is None
+                and getattr(cls.get_serialization_instance, "__func__", None)
+                is ComplexModelBase.get_serialization_instance.__func__):
+            members = []
+            for key, member in cls._type_info.items():
+                attrs = self.get_cls_attrs(member)
+                if attrs.exc:
+                    continue
+                m_ns = member.Attributes.sub_ns
+                if m_ns is None:
+                    m_ns = cls.get_namespace()
+                m_name = member.Attributes.sub_name
+                if m_name is None:
+                    m_name = key
+                handler = self.serialization_handlers[member]
+                simple = handler == self.modelbase_to_parent and attrs.prot is None
+                nested = (handler == self.complex_to_parent and issubclass(member, ComplexModelBase)
+                          and self._out_plan(member) is not None)
+                if member.Attributes.max_occurs > 1 or not (simple or nested):
+                    members = None
+                    break
+                members.append((key, member, m_ns, m_name, _gen_tagname(m_ns, m_name), simple,
+                                member.Attributes.min_occurs))
+            if members is not None:
+                plan = (cls_attrs.sub_name, cls_attrs.sub_ns, tuple(members))
+        if len(self._out_plans) < 4096:
+            self._out_plans[cls] = plan
+        else:
+            del self._out_plans[cls]
+        return plan
 
 
 class KKMSoap11(_CachedAttrs, Soap11):
@@ -474,43 +560,95 @@ class KKMSoap11(_CachedAttrs, Soap11):
 
     def complex_from_element(self, ctx, cls, elt):
         """Each member's count first, so that the fault names it (``KKM: required``); unknown members
-        are refused rather than dropped."""
-        members, limits = self._member_limits(cls)
+        are refused rather than dropped. Then the instance: for a plain type (see ``_plan``) read here,
+        the same steps as spyne's ``complex_from_element`` in the same order (each child's ``from_element``
+        in document order, lists for repeated members, read-only members skipped) without its per-call
+        ``cls()`` (``_init_member`` for every member), its attribute scan and its second occurrence check
+        (the one above refused whatever that would); anything unusual goes to spyne's own."""
+        members, limits, info, template, names = self._plan(cls)
         counts: dict[str, int] = {}
+        fast = template is not None
         for child in elt:
             tag = child.tag
             if not isinstance(tag, str):
+                if fast and not isinstance(child, etree._Comment):
+                    fast = False  # a processing instruction or an entity: spyne's own handling
                 continue
             key = tag.rpartition("}")[2]  # the local name (what etree.QName(tag).localname gives)
             if key not in members:
                 raise NamedFault(f"{key[:64]}: not an element of {cls.get_type_name()}; allowed: "
                                  f"{', '.join(members)}")
             counts[key] = counts.get(key, 0) + 1
+            if fast and (tag.count("}") > 1 or (child.attrib and not names.isdisjoint(child.keys()))):
+                fast = False  # a '}' in the namespace (spyne's key differs); an attribute named as a member
         for key, min_occurs, max_occurs in limits:
             n = counts.get(key, 0)
             if n < min_occurs:
                 raise NamedFault(f"{key}: required")
             if n > max_occurs:
                 raise NamedFault(f"{key}: at most {max_occurs} allowed, got {n}")
-        return super().complex_from_element(ctx, cls, elt)
+        if not fast or self.validator is not self.SOFT_VALIDATION:
+            return super().complex_from_element(ctx, cls, elt)
+        klass, values = template
+        inst = klass.__new__(klass)
+        inst.__dict__.update(values)
+        from_element = self.from_element
+        for child in elt:
+            tag = child.tag
+            if not isinstance(tag, str):
+                continue  # a comment (anything else went to spyne's own above)
+            key = tag.rpartition("}")[2]
+            member, many, read_only = info[key]
+            value = from_element(ctx, member, child)
+            if many:
+                known = getattr(inst, key, None)
+                if known is None:
+                    known = []
+                known.append(value)
+                value = known
+            if not read_only:
+                setattr(inst, key, value)
+        return inst
 
-    def _member_limits(self, cls):
-        """A complex type's members and their (name, min_occurs, max_occurs), in order: computed once per
-        class (spyne's models are classes made at import; bounded all the same)."""
+    def _plan(self, cls):
+        """A complex type's members, their (name, min_occurs, max_occurs) in order, each member's (type,
+        repeated, read-only) and the template of a fresh instance: computed once per class (spyne's models
+        are classes made at import; bounded all the same). The template is ``(class, its __dict__)`` of the
+        instance spyne's ``get_deserialization_instance`` makes, when that is plain: spyne's own ``__init__``,
+        ``_safe_set`` and ``get_deserialization_instance``, no tag-body, attribute or alternative-name members
+        (so the element's own attributes are nothing to spyne), every initial value None (shared safely);
+        otherwise None and spyne deserializes the type itself."""
         try:
-            return self._limits[cls]
+            return self._plans[cls]
         except KeyError:
             pass
         except AttributeError:
-            self._limits = {}
+            self._plans = {}
         members = cls.get_flat_type_info(cls)
-        limits = []
+        limits, info = [], {}
         for key, member in members.items():
             a = self.get_cls_attrs(member)
             limits.append((key, a.min_occurs, a.max_occurs))
-        if len(self._limits) < 4096:
-            self._limits[cls] = members, limits
-        return members, limits
+            info[key] = (member, a.max_occurs > 1, bool(a.read_only))
+        template = None
+        klass = cls.__orig__ if cls.__orig__ is not None else cls
+        plain = (
+            klass.__init__ is ComplexModelBase.__init__
+            and klass._safe_set is ComplexModelBase._safe_set
+            and getattr(cls.get_deserialization_instance, "__func__", None)
+            is ComplexModelBase.get_deserialization_instance.__func__
+            and self.get_cls_attrs(cls)._xml_tag_body_as is None
+            and not cls._type_info_alt
+            and not any(issubclass(m, XmlAttribute) for m in members.values())
+        )
+        if plain:
+            inst = cls.get_deserialization_instance(None)
+            if type(inst) is klass and all(v is None for v in inst.__dict__.values()):
+                template = (klass, dict(inst.__dict__))
+        plan = (members, limits, info, template, frozenset(members))
+        if len(self._plans) < 4096:
+            self._plans[cls] = plan
+        return plan
 
 
 class KKMWsgiApplication(WsgiApplication):
