@@ -206,3 +206,15 @@ def test_other_answers_are_written_as_spyne_writes_them(apps):
         setattr(a, key, card)
         setattr(b, key, card)
         assert _write(fast, out_fast, a) == _write(slow, out_slow, b)
+
+
+@pytest.mark.parametrize("cls", [s.CardInfo, s.OperationResult, s.OperationRecord])
+def test_results_are_made_as_spyne_makes_them(cls):
+    rnd = random.Random(11)
+    names = list(cls.get_flat_type_info(cls))
+    for _ in range(50):
+        values = {k: rnd.choice([None, "x", Decimal("1.50"), 0]) for k in rnd.sample(names, rnd.randint(0, len(names)))}
+        made, spynes = s._make(cls, **values), cls(**values)
+        assert type(made) is cls and made.__dict__ == spynes.__dict__
+    made, spynes = s._make(cls, NotAMember=1), cls(NotAMember=1)  # spyne ignores it; so must _make
+    assert made.__dict__ == spynes.__dict__ and "NotAMember" not in made.__dict__

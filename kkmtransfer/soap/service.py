@@ -166,10 +166,38 @@ def _q(value: D) -> D:
     return value.quantize(D("0.01"))
 
 
+_BLANKS: dict = {}  # a plain result type -> (its members, the __dict__ of cls()) or None
+
+
+def _make(cls, **values):
+    """``cls(**values)`` for a plain result type, without spyne's ``__init__`` (``_init_member`` for every
+    member, then ``_safe_set`` for each value): the same instance, every member None and the given values
+    set. A type whose fresh instance is not all None, has read-only members, or a value that is not a
+    member: spyne's ``__init__``. Types are classes made at import (bounded all the same)."""
+    try:
+        blank = _BLANKS[cls]
+    except KeyError:
+        inst = cls()
+        members = cls.get_flat_type_info(cls)
+        plain = (cls.__init__ is ComplexModelBase.__init__ and cls._safe_set is ComplexModelBase._safe_set
+                 and not any(m.Attributes.read_only for m in members.values())
+                 and all(v is None for v in inst.__dict__.values()))
+        blank = (frozenset(members), dict(inst.__dict__)) if plain else None
+        if len(_BLANKS) < 4096:
+            _BLANKS[cls] = blank
+    if blank is None or not blank[0].issuperset(values):
+        return cls(**values)
+    inst = cls.__new__(cls)
+    d = inst.__dict__
+    d.update(blank[1])
+    d.update(values)
+    return inst
+
+
 def card_info(view: CardView) -> CardInfo:
     b = view.balances
-    return CardInfo(
-        CardNumber=view.number, Status=view.status.value, Holder=view.holder,
+    return _make(
+        CardInfo, CardNumber=view.number, Status=view.status.value, Holder=view.holder,
         BonusBalance=_q(b.bonus), BonusPending=_q(b.bonus_pending),
         NextExpiryDate=b.next_expiry_date, NextExpiryAmount=_q(b.next_expiry_amount),
         Accumulation=_q(b.accumulation), AccumulationPending=_q(b.accumulation_pending),
@@ -239,11 +267,11 @@ class KKMTransfer(ServiceBase):
                                                          principal=env.get(PRINCIPAL))
             if result.status == "Applied":
                 metrics.record_applied(request.kind, "online")
-            return OperationResult(OperationId=result.operation_id, Status=result.status,
-                                   Card=card_info(result.card),
-                                   BonusAccrued=None if result.bonus_accrued is None else _q(result.bonus_accrued),
-                                   BonusSpent=None if result.bonus_spent is None else _q(result.bonus_spent),
-                                   Message=result.message)
+            return _make(OperationResult, OperationId=result.operation_id, Status=result.status,
+                         Card=card_info(result.card),
+                         BonusAccrued=None if result.bonus_accrued is None else _q(result.bonus_accrued),
+                         BonusSpent=None if result.bonus_spent is None else _q(result.bonus_spent),
+                         Message=result.message)
 
         return _call(ctx, run)
 
