@@ -465,7 +465,7 @@ class KKMSoap11Out(_CachedAttrs, Soap11):
         inst = cls.get_serialization_instance(inst)
         elt = etree.SubElement(parent, _gen_tagname(ns, name), attrib={})
         to_unicode, to_parent = self.to_unicode, self.to_parent
-        for key, member, m_ns, m_name, tag, simple, min_occurs in members:
+        for key, member, m_ns, m_name, tag, simple, min_occurs, plain_type in members:
             try:
                 value = getattr(inst, key, None)
             except Exception:  # as spyne's _get_members_etree
@@ -475,10 +475,28 @@ class KKMSoap11Out(_CachedAttrs, Soap11):
                     to_parent(ctx, member, None, elt, m_ns, m_name)
             elif simple:
                 child = E(tag)
-                child.text = to_unicode(member, value)
+                # what spyne's handler answers for a value of its plain type: the string itself, str() of
+                # a Decimal or an int (their "sanity checks" D(value), int(value) pass for these types)
+                child.text = (value if plain_type is str else str(value)) if type(value) is plain_type \
+                    else to_unicode(member, value)
                 elt.append(child)
             else:
                 to_parent(ctx, member, value, elt, m_ns, m_name)
+        return None
+
+    def _plain_text_type(self, cls):
+        """str, Decimal or int when spyne's text of a value of exactly that type is the value itself (str) or
+        its str() (Decimal, int): spyne's own unicode, decimal or integer handler with no format; else None."""
+        attrs = self.get_cls_attrs(cls)
+        if getattr(attrs, "str_format", None) is not None or getattr(attrs, "format", None) is not None:
+            return None
+        handler = self._to_unicode_handlers[cls]
+        if handler == self.unicode_to_unicode:
+            return str
+        if handler == self.decimal_to_unicode:
+            return D
+        if handler == self.integer_to_unicode:
+            return int
         return None
 
     def _out_plan(self, cls):
@@ -518,7 +536,7 @@ class KKMSoap11Out(_CachedAttrs, Soap11):
                     members = None
                     break
                 members.append((key, member, m_ns, m_name, _gen_tagname(m_ns, m_name), simple,
-                                member.Attributes.min_occurs))
+                                member.Attributes.min_occurs, self._plain_text_type(member) if simple else None))
             if members is not None:
                 plan = (cls_attrs.sub_name, cls_attrs.sub_ns, tuple(members))
         if len(self._out_plans) < 4096:
