@@ -30,6 +30,9 @@ class _SpyneIn(s.KKMSoap11):
         members, limits, info, _template, names = super()._plan(cls)
         return members, limits, info, None, names  # no template: spyne's complex_from_element
 
+    def _simple_reader(self, cls):
+        return None  # spyne's from_element for every simple value
+
 
 class _SpyneOut(s.KKMSoap11Out):
     def _out_plan(self, cls):
@@ -109,6 +112,25 @@ VARIANTS = {
     "two errors (the first one in document order)": [m.replace(">Sale<", ">Gift<").replace("50.00", "x")
                                                      for m in MEMBERS[:10]],
     "bad line": MEMBERS[:10] + ["<k:Lines>" + LINE.format(n="x") + "</k:Lines>"],
+    "blanks around values": [m.replace("<k:KKM>KKM-1", "<k:KKM> KKM-1\n").replace("<k:ReceiptSum>1000.00",
+                                                                                 "<k:ReceiptSum> 1000.00\t")
+                             .replace(">Sale<", "> Sale<") for m in MEMBERS],
+    "decimal forms": [m.replace("50.00", "+50.").replace("20.00", ".5").replace("1000.00", "0001000")
+                      for m in MEMBERS],
+    "negative and zero": [m.replace("50.00", "-0").replace("<k:AccumulationDelta>1000.00", "<k:AccumulationDelta>-7.25")
+                          for m in MEMBERS],
+    "a long decimal": [m.replace("50.00", "1" * 40 + ".00") for m in MEMBERS[:10]],
+    "a long text": [m.replace("KKM-1", "K" * 5000).replace("R-1", "Ж" * 300) for m in MEMBERS],
+    "empty decimal": [m.replace("<k:BonusAccrued>50.00</k:BonusAccrued>", "<k:BonusAccrued/>") for m in MEMBERS[:10]],
+    "empty kind": [m.replace(">Sale<", "><") for m in MEMBERS[:10]],
+    "lower-case kind": [m.replace(">Sale<", ">sale<") for m in MEMBERS[:10]],
+    "nil false": [m.replace("<k:Store>", '<k:Store xsi:nil="false">').replace("<k:BonusSpent>",
+                                                                              '<k:BonusSpent xsi:nil="">')
+                  for m in MEMBERS[:10]],
+    "nil 0 on a required value": [m.replace("<k:KKM>", '<k:KKM xsi:nil="0">') for m in MEMBERS[:10]],
+    "an entity reference": [m.replace("R-1", "R&amp;1&#x41;") for m in MEMBERS[:10]],
+    "CDATA": [m.replace("KKM-1", "<![CDATA[KKM<1>]]>") for m in MEMBERS[:10]],
+    "a child element in a value": [m.replace("KKM-1", "KKM<k:x>1</k:x>") for m in MEMBERS[:10]],
     "another namespace": [m.replace("<k:Store>", '<z:Store xmlns:z="urn:other">').replace("</k:Store>", "</z:Store>")
                           for m in MEMBERS[:10]],
 }
@@ -134,7 +156,10 @@ def test_the_direct_path_is_taken(apps):
     fast, _ = apps
     desc = _descriptor(fast, "RegisterOperation")
     assert fast.in_protocol._plan(desc.in_message)[3] is not None
-    assert fast.in_protocol._plan(desc.in_message._type_info["Operation"])[3] is not None
+    operation = desc.in_message._type_info["Operation"]
+    assert fast.in_protocol._plan(operation)[3] is not None
+    for name in ("OperationId", "Store", "Kind", "ReceiptSum", "BonusAccrued", "AccumulationDelta"):
+        assert fast.in_protocol._simple_reader(operation._type_info[name]) is not None, name
     assert fast.out_protocol._out_plan(desc.out_message) is not None
     assert fast.out_protocol._out_plan(s.OperationResult) is not None
 

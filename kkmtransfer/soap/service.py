@@ -419,6 +419,65 @@ def _rule_broken(name: str, cls, text) -> str:
     return f"{name}: invalid value {_got(raw)}"
 
 
+_MISS = object()  # a simple reader's "spyne would refuse this": its own path gives the fault
+
+
+def _values_allow(values, nillable, value) -> bool:
+    """spyne's SimpleModel.validate_native for enumerated values."""
+    return values is None or len(values) == 0 or (value is None and nillable) or (
+        value is not None and value in values)
+
+
+def _unicode_reader(nillable, nullable, min_len, max_len, values, empty_is_none):
+    """spyne's ``unicode_from_element`` with soft validation for a Unicode type without a pattern (see
+    ``KKMSoap11._simple_reader``): validate_string (nillable, min_len ≤ len ≤ max_len), the text or '' (or
+    None when empty and ``empty_is_none``), validate_native (nullable, values)."""
+    def read(text):
+        try:
+            if not (nillable or text is not None):
+                return _MISS
+            if text is not None and not (min_len <= len(text) <= max_len):
+                return _MISS
+            value = "" if text is None else text
+            if len(value) == 0 and empty_is_none:
+                value = None
+            if not (nullable or value is not None) or not _values_allow(values, nillable, value):
+                return _MISS
+            return value
+        except Exception:  # noqa: BLE001 - anything odd: spyne's own path
+            return _MISS
+    return read
+
+
+def _decimal_reader(nillable, nullable, max_str_len, attrs_max_str_len, values, empty_is_none, bounds):
+    """spyne's ``base_from_element`` with soft validation for a Decimal type (see ``KKMSoap11._simple_reader``):
+    validate_string (nillable, the text's length), ``from_unicode`` (None stays None; empty and
+    ``empty_is_none``: None), ``decimal_from_unicode`` (the length again, ``D(text)``), validate_native
+    (nullable, values, gt/ge/lt/le)."""
+    gt, ge, lt, le = bounds
+
+    def read(text):
+        try:
+            if not (nillable or text is not None):
+                return _MISS
+            if text is not None and not len(text) <= max_str_len:
+                return _MISS
+            if text is None or (len(text) == 0 and empty_is_none):
+                value = None
+            else:
+                if attrs_max_str_len is not None and len(text) > attrs_max_str_len:
+                    return _MISS
+                value = D(text)
+            if not (nullable or value is not None) or not _values_allow(values, nillable, value):
+                return _MISS
+            if value is not None and not (value > gt and value >= ge and value < lt and value <= le):
+                return _MISS
+            return value
+        except Exception:  # noqa: BLE001 - D() refused it, a comparison failed: spyne's own path
+            return _MISS
+    return read
+
+
 class _CachedAttrs:
     """spyne's ``get_cls_attrs`` (about 130 calls a sale, 50 a GetCardInfo) first logs a debug line whose
     arguments it computes anyway (the length of a WeakKeyDictionary), then looks the class up in that
@@ -580,11 +639,18 @@ class KKMSoap11(_CachedAttrs, Soap11):
                 raise NamedFault(f"{_element_name(element)}: xsi:type {element.get(XSI_TYPE)[:64]!r} "
                                  "is not allowed here")
             del element.attrib[XSI_TYPE]
-        nil = (element.get(XSI_NIL) or "").strip() in ("1", "true")
+        nil_attr = element.get(XSI_NIL)
+        nil = (nil_attr or "").strip() in ("1", "true")
         if simple and not nil:
             pattern, what = _lexical(cls)
             if pattern is not None and not pattern.fullmatch((element.text or "").strip(" \t\r\n")):
                 raise NamedFault(f"{_element_name(element)}: must be {what}, got {_got(element.text)}")
+            if nil_attr is None:
+                read = self._simple_reader(cls)
+                if read is not None:
+                    value = read(element.text)
+                    if value is not _MISS:
+                        return value
         try:
             value = super().from_element(ctx, cls, element)
         except NamedFault:
@@ -603,6 +669,39 @@ class KKMSoap11(_CachedAttrs, Soap11):
             raise NamedFault(f"{_element_name(element)}: out of range: years {MIN_YEAR}…{MAX_YEAR} are allowed, "
                              f"got {_got(element.text)}")
         return value
+
+    def _simple_reader(self, cls):
+        """A function from an element's text to the value spyne's ``from_element`` gives for it, or ``_MISS``
+        when spyne would refuse it (or anything is unusual), for a string (Unicode) or decimal type read by
+        spyne's own handlers with soft validation: the same checks on the same attributes (spyne's
+        ``validate_string``, ``from_unicode`` with ``empty_is_none``, the decimal's ``D()``, ``validate_native``
+        with nullability, enumerated values and bounds), without spyne's dozen calls per check. On ``_MISS``
+        the element goes through spyne's path, which gives the fault. For an element with no ``xsi:nil``
+        (whatever its value: spyne's test is its truth) and no ``xsi:type`` (removed above). None: spyne's
+        path always. Computed once per class (bounded)."""
+        try:
+            return self._readers[cls]
+        except KeyError:
+            pass
+        except AttributeError:
+            self._readers = {}
+        read = None
+        if self.validator is self.SOFT_VALIDATION:
+            a, ca = cls.Attributes, self.get_cls_attrs(cls)
+            handler, from_text = self.deserialization_handlers[cls], self._from_unicode_handlers[cls]
+            if (handler == self.unicode_from_element and from_text == self.unicode_from_bytes
+                    and cls.validate_string is Unicode.validate_string
+                    and cls.validate_native is Unicode.validate_native
+                    and a.pattern is None and getattr(a, "unicode_pattern", None) is None):
+                read = _unicode_reader(a.nillable, a.nullable, a.min_len, a.max_len, a.values, ca.empty_is_none)
+            elif (handler == self.base_from_element and from_text == self.decimal_from_unicode
+                    and cls.validate_string is Decimal.validate_string
+                    and cls.validate_native is Decimal.validate_native):
+                read = _decimal_reader(a.nillable, a.nullable, a.max_str_len, ca.max_str_len, a.values,
+                                       ca.empty_is_none, (a.gt, a.ge, a.lt, a.le))
+        if len(self._readers) < 4096:
+            self._readers[cls] = read
+        return read
 
     def complex_from_element(self, ctx, cls, elt):
         """Each member's count first, so that the fault names it (``KKM: required``); unknown members
