@@ -11,6 +11,9 @@ from datetime import date, datetime
 from decimal import Decimal as D
 
 from spyne import Application, ComplexModel, ServiceBase, rpc
+from spyne.const.xml import DEFAULT_NS
+from spyne.model.complex import ComplexModelBase, XmlAttribute
+from spyne.protocol.xml import E, _gen_tagname
 from spyne import const as spyne_const
 from lxml import etree
 from spyne.error import Fault
@@ -163,10 +166,38 @@ def _q(value: D) -> D:
     return value.quantize(D("0.01"))
 
 
+_BLANKS: dict = {}  # a plain result type -> (its members, the __dict__ of cls()) or None
+
+
+def _make(cls, **values):
+    """``cls(**values)`` for a plain result type, without spyne's ``__init__`` (``_init_member`` for every
+    member, then ``_safe_set`` for each value): the same instance, every member None and the given values
+    set. A type whose fresh instance is not all None, has read-only members, or a value that is not a
+    member: spyne's ``__init__``. Types are classes made at import (bounded all the same)."""
+    try:
+        blank = _BLANKS[cls]
+    except KeyError:
+        inst = cls()
+        members = cls.get_flat_type_info(cls)
+        plain = (cls.__init__ is ComplexModelBase.__init__ and cls._safe_set is ComplexModelBase._safe_set
+                 and not any(m.Attributes.read_only for m in members.values())
+                 and all(v is None for v in inst.__dict__.values()))
+        blank = (frozenset(members), dict(inst.__dict__)) if plain else None
+        if len(_BLANKS) < 4096:
+            _BLANKS[cls] = blank
+    if blank is None or not blank[0].issuperset(values):
+        return cls(**values)
+    inst = cls.__new__(cls)
+    d = inst.__dict__
+    d.update(blank[1])
+    d.update(values)
+    return inst
+
+
 def card_info(view: CardView) -> CardInfo:
     b = view.balances
-    return CardInfo(
-        CardNumber=view.number, Status=view.status.value, Holder=view.holder,
+    return _make(
+        CardInfo, CardNumber=view.number, Status=view.status.value, Holder=view.holder,
         BonusBalance=_q(b.bonus), BonusPending=_q(b.bonus_pending),
         NextExpiryDate=b.next_expiry_date, NextExpiryAmount=_q(b.next_expiry_amount),
         Accumulation=_q(b.accumulation), AccumulationPending=_q(b.accumulation_pending),
@@ -236,11 +267,11 @@ class KKMTransfer(ServiceBase):
                                                          principal=env.get(PRINCIPAL))
             if result.status == "Applied":
                 metrics.record_applied(request.kind, "online")
-            return OperationResult(OperationId=result.operation_id, Status=result.status,
-                                   Card=card_info(result.card),
-                                   BonusAccrued=None if result.bonus_accrued is None else _q(result.bonus_accrued),
-                                   BonusSpent=None if result.bonus_spent is None else _q(result.bonus_spent),
-                                   Message=result.message)
+            return _make(OperationResult, OperationId=result.operation_id, Status=result.status,
+                         Card=card_info(result.card),
+                         BonusAccrued=None if result.bonus_accrued is None else _q(result.bonus_accrued),
+                         BonusSpent=None if result.bonus_spent is None else _q(result.bonus_spent),
+                         Message=result.message)
 
         return _call(ctx, run)
 
@@ -388,6 +419,65 @@ def _rule_broken(name: str, cls, text) -> str:
     return f"{name}: invalid value {_got(raw)}"
 
 
+_MISS = object()  # a simple reader's "spyne would refuse this": its own path gives the fault
+
+
+def _values_allow(values, nillable, value) -> bool:
+    """spyne's SimpleModel.validate_native for enumerated values."""
+    return values is None or len(values) == 0 or (value is None and nillable) or (
+        value is not None and value in values)
+
+
+def _unicode_reader(nillable, nullable, min_len, max_len, values, empty_is_none):
+    """spyne's ``unicode_from_element`` with soft validation for a Unicode type without a pattern (see
+    ``KKMSoap11._simple_reader``): validate_string (nillable, min_len ≤ len ≤ max_len), the text or '' (or
+    None when empty and ``empty_is_none``), validate_native (nullable, values)."""
+    def read(text):
+        try:
+            if not (nillable or text is not None):
+                return _MISS
+            if text is not None and not (min_len <= len(text) <= max_len):
+                return _MISS
+            value = "" if text is None else text
+            if len(value) == 0 and empty_is_none:
+                value = None
+            if not (nullable or value is not None) or not _values_allow(values, nillable, value):
+                return _MISS
+            return value
+        except Exception:  # noqa: BLE001 - anything odd: spyne's own path
+            return _MISS
+    return read
+
+
+def _decimal_reader(nillable, nullable, max_str_len, attrs_max_str_len, values, empty_is_none, bounds):
+    """spyne's ``base_from_element`` with soft validation for a Decimal type (see ``KKMSoap11._simple_reader``):
+    validate_string (nillable, the text's length), ``from_unicode`` (None stays None; empty and
+    ``empty_is_none``: None), ``decimal_from_unicode`` (the length again, ``D(text)``), validate_native
+    (nullable, values, gt/ge/lt/le)."""
+    gt, ge, lt, le = bounds
+
+    def read(text):
+        try:
+            if not (nillable or text is not None):
+                return _MISS
+            if text is not None and not len(text) <= max_str_len:
+                return _MISS
+            if text is None or (len(text) == 0 and empty_is_none):
+                value = None
+            else:
+                if attrs_max_str_len is not None and len(text) > attrs_max_str_len:
+                    return _MISS
+                value = D(text)
+            if not (nullable or value is not None) or not _values_allow(values, nillable, value):
+                return _MISS
+            if value is not None and not (value > gt and value >= ge and value < lt and value <= le):
+                return _MISS
+            return value
+        except Exception:  # noqa: BLE001 - D() refused it, a comparison failed: spyne's own path
+            return _MISS
+    return read
+
+
 class _CachedAttrs:
     """spyne's ``get_cls_attrs`` (about 130 calls a sale, 50 a GetCardInfo) first logs a debug line whose
     arguments it computes anyway (the length of a WeakKeyDictionary), then looks the class up in that
@@ -411,7 +501,108 @@ class _CachedAttrs:
 
 
 class KKMSoap11Out(_CachedAttrs, Soap11):
-    """spyne's SOAP 1.1 writer with the attribute cache above."""
+    """spyne's SOAP 1.1 writer with the attribute cache above, and complex types written directly.
+
+    spyne writes a complex type through two coroutines (``gen_members_parent``, ``_get_members_etree``) and,
+    for each simple member, ``to_parent`` (the polymorphic target, the class's attributes, its handler) and
+    ``modelbase_to_parent``. For a plain type (``_out_plan``) the same elements are made here with the same
+    calls in the same order: the type's element by ``etree.SubElement``, each simple member with a value by
+    ``E(tag)`` with ``to_unicode``'s text, appended; a member without a value, a complex member and
+    anything else through spyne's ``to_parent`` as before. The answer is the same document."""
+
+    def complex_to_parent(self, ctx, cls, inst, parent, ns, name=None, add_type=False, **kw):
+        plan = self._out_plan(cls)
+        if plan is None or add_type or kw or not isinstance(parent, etree._Element):
+            return super().complex_to_parent(ctx, cls, inst, parent, ns, name, add_type, **kw)
+        sub_name, sub_ns, members = plan
+        if sub_name is not None:
+            name = sub_name
+        if name is None:
+            name = cls.get_type_name()
+        if sub_ns not in (None, DEFAULT_NS):
+            ns = sub_ns
+        inst = cls.get_serialization_instance(inst)
+        elt = etree.SubElement(parent, _gen_tagname(ns, name), attrib={})
+        to_unicode, to_parent = self.to_unicode, self.to_parent
+        for key, member, m_ns, m_name, tag, simple, min_occurs, plain_type in members:
+            try:
+                value = getattr(inst, key, None)
+            except Exception:  # as spyne's _get_members_etree
+                value = None
+            if value is None:
+                if min_occurs > 0:
+                    to_parent(ctx, member, None, elt, m_ns, m_name)
+            elif simple:
+                child = E(tag)
+                # what spyne's handler answers for a value of its plain type: the string itself, str() of
+                # a Decimal or an int (their "sanity checks" D(value), int(value) pass for these types)
+                child.text = (value if plain_type is str else str(value)) if type(value) is plain_type \
+                    else to_unicode(member, value)
+                elt.append(child)
+            else:
+                to_parent(ctx, member, value, elt, m_ns, m_name)
+        return None
+
+    def _plain_text_type(self, cls):
+        """str, Decimal or int when spyne's text of a value of exactly that type is the value itself (str) or
+        its str() (Decimal, int): spyne's own unicode, decimal or integer handler with no format; else None."""
+        attrs = self.get_cls_attrs(cls)
+        if getattr(attrs, "str_format", None) is not None or getattr(attrs, "format", None) is not None:
+            return None
+        handler = self._to_unicode_handlers[cls]
+        if handler == self.unicode_to_unicode:
+            return str
+        if handler == self.decimal_to_unicode:
+            return D
+        if handler == self.integer_to_unicode:
+            return int
+        return None
+
+    def _out_plan(self, cls):
+        """(sub_name, sub_ns, members) of a complex type written directly, or None for spyne's own writer:
+        not polymorphic, no base type, spyne's ``get_serialization_instance``; each member (excluded ones
+        left out, as spyne skips them) once at most, either simple with spyne's ``modelbase_to_parent`` as
+        its handler and no sub-protocol (written here), or complex with a plan of its own. Computed once per
+        class (bounded)."""
+        try:
+            return self._out_plans[cls]
+        except KeyError:
+            pass
+        except AttributeError:
+            self._out_plans = {}
+        self._out_plans[cls] = None  # while computing (a type that contains itself: spyne's writer)
+        plan = None
+        cls_attrs = self.get_cls_attrs(cls)
+        if (not self.polymorphic and getattr(cls, "__extends__", None) is None and cls_attrs.prot is None
+                and getattr(cls.get_serialization_instance, "__func__", None)
+                is ComplexModelBase.get_serialization_instance.__func__):
+            members = []
+            for key, member in cls._type_info.items():
+                attrs = self.get_cls_attrs(member)
+                if attrs.exc:
+                    continue
+                m_ns = member.Attributes.sub_ns
+                if m_ns is None:
+                    m_ns = cls.get_namespace()
+                m_name = member.Attributes.sub_name
+                if m_name is None:
+                    m_name = key
+                handler = self.serialization_handlers[member]
+                simple = handler == self.modelbase_to_parent and attrs.prot is None
+                nested = (handler == self.complex_to_parent and issubclass(member, ComplexModelBase)
+                          and self._out_plan(member) is not None)
+                if member.Attributes.max_occurs > 1 or not (simple or nested):
+                    members = None
+                    break
+                members.append((key, member, m_ns, m_name, _gen_tagname(m_ns, m_name), simple,
+                                member.Attributes.min_occurs, self._plain_text_type(member) if simple else None))
+            if members is not None:
+                plan = (cls_attrs.sub_name, cls_attrs.sub_ns, tuple(members))
+        if len(self._out_plans) < 4096:
+            self._out_plans[cls] = plan
+        else:
+            del self._out_plans[cls]
+        return plan
 
 
 class KKMSoap11(_CachedAttrs, Soap11):
@@ -448,11 +639,18 @@ class KKMSoap11(_CachedAttrs, Soap11):
                 raise NamedFault(f"{_element_name(element)}: xsi:type {element.get(XSI_TYPE)[:64]!r} "
                                  "is not allowed here")
             del element.attrib[XSI_TYPE]
-        nil = (element.get(XSI_NIL) or "").strip() in ("1", "true")
+        nil_attr = element.get(XSI_NIL)
+        nil = (nil_attr or "").strip() in ("1", "true")
         if simple and not nil:
             pattern, what = _lexical(cls)
             if pattern is not None and not pattern.fullmatch((element.text or "").strip(" \t\r\n")):
                 raise NamedFault(f"{_element_name(element)}: must be {what}, got {_got(element.text)}")
+            if nil_attr is None:
+                read = self._simple_reader(cls)
+                if read is not None:
+                    value = read(element.text)
+                    if value is not _MISS:
+                        return value
         try:
             value = super().from_element(ctx, cls, element)
         except NamedFault:
@@ -472,45 +670,130 @@ class KKMSoap11(_CachedAttrs, Soap11):
                              f"got {_got(element.text)}")
         return value
 
+    def _simple_reader(self, cls):
+        """A function from an element's text to the value spyne's ``from_element`` gives for it, or ``_MISS``
+        when spyne would refuse it (or anything is unusual), for a string (Unicode) or decimal type read by
+        spyne's own handlers with soft validation: the same checks on the same attributes (spyne's
+        ``validate_string``, ``from_unicode`` with ``empty_is_none``, the decimal's ``D()``, ``validate_native``
+        with nullability, enumerated values and bounds), without spyne's dozen calls per check. On ``_MISS``
+        the element goes through spyne's path, which gives the fault. For an element with no ``xsi:nil``
+        (whatever its value: spyne's test is its truth) and no ``xsi:type`` (removed above). None: spyne's
+        path always. Computed once per class (bounded)."""
+        try:
+            return self._readers[cls]
+        except KeyError:
+            pass
+        except AttributeError:
+            self._readers = {}
+        read = None
+        if self.validator is self.SOFT_VALIDATION:
+            a, ca = cls.Attributes, self.get_cls_attrs(cls)
+            handler, from_text = self.deserialization_handlers[cls], self._from_unicode_handlers[cls]
+            if (handler == self.unicode_from_element and from_text == self.unicode_from_bytes
+                    and cls.validate_string is Unicode.validate_string
+                    and cls.validate_native is Unicode.validate_native
+                    and a.pattern is None and getattr(a, "unicode_pattern", None) is None):
+                read = _unicode_reader(a.nillable, a.nullable, a.min_len, a.max_len, a.values, ca.empty_is_none)
+            elif (handler == self.base_from_element and from_text == self.decimal_from_unicode
+                    and cls.validate_string is Decimal.validate_string
+                    and cls.validate_native is Decimal.validate_native):
+                read = _decimal_reader(a.nillable, a.nullable, a.max_str_len, ca.max_str_len, a.values,
+                                       ca.empty_is_none, (a.gt, a.ge, a.lt, a.le))
+        if len(self._readers) < 4096:
+            self._readers[cls] = read
+        return read
+
     def complex_from_element(self, ctx, cls, elt):
         """Each member's count first, so that the fault names it (``KKM: required``); unknown members
-        are refused rather than dropped."""
-        members, limits = self._member_limits(cls)
+        are refused rather than dropped. Then the instance: for a plain type (see ``_plan``) read here,
+        the same steps as spyne's ``complex_from_element`` in the same order (each child's ``from_element``
+        in document order, lists for repeated members, read-only members skipped) without its per-call
+        ``cls()`` (``_init_member`` for every member), its attribute scan and its second occurrence check
+        (the one above refused whatever that would); anything unusual goes to spyne's own."""
+        members, limits, info, template, names = self._plan(cls)
         counts: dict[str, int] = {}
+        fast = template is not None
         for child in elt:
             tag = child.tag
             if not isinstance(tag, str):
+                if fast and not isinstance(child, etree._Comment):
+                    fast = False  # a processing instruction or an entity: spyne's own handling
                 continue
             key = tag.rpartition("}")[2]  # the local name (what etree.QName(tag).localname gives)
             if key not in members:
                 raise NamedFault(f"{key[:64]}: not an element of {cls.get_type_name()}; allowed: "
                                  f"{', '.join(members)}")
             counts[key] = counts.get(key, 0) + 1
+            if fast and (tag.count("}") > 1 or (child.attrib and not names.isdisjoint(child.keys()))):
+                fast = False  # a '}' in the namespace (spyne's key differs); an attribute named as a member
         for key, min_occurs, max_occurs in limits:
             n = counts.get(key, 0)
             if n < min_occurs:
                 raise NamedFault(f"{key}: required")
             if n > max_occurs:
                 raise NamedFault(f"{key}: at most {max_occurs} allowed, got {n}")
-        return super().complex_from_element(ctx, cls, elt)
+        if not fast or self.validator is not self.SOFT_VALIDATION:
+            return super().complex_from_element(ctx, cls, elt)
+        klass, values = template
+        inst = klass.__new__(klass)
+        inst.__dict__.update(values)
+        from_element = self.from_element
+        for child in elt:
+            tag = child.tag
+            if not isinstance(tag, str):
+                continue  # a comment (anything else went to spyne's own above)
+            key = tag.rpartition("}")[2]
+            member, many, read_only = info[key]
+            value = from_element(ctx, member, child)
+            if many:
+                known = getattr(inst, key, None)
+                if known is None:
+                    known = []
+                known.append(value)
+                value = known
+            if not read_only:
+                setattr(inst, key, value)
+        return inst
 
-    def _member_limits(self, cls):
-        """A complex type's members and their (name, min_occurs, max_occurs), in order: computed once per
-        class (spyne's models are classes made at import; bounded all the same)."""
+    def _plan(self, cls):
+        """A complex type's members, their (name, min_occurs, max_occurs) in order, each member's (type,
+        repeated, read-only) and the template of a fresh instance: computed once per class (spyne's models
+        are classes made at import; bounded all the same). The template is ``(class, its __dict__)`` of the
+        instance spyne's ``get_deserialization_instance`` makes, when that is plain: spyne's own ``__init__``,
+        ``_safe_set`` and ``get_deserialization_instance``, no tag-body, attribute or alternative-name members
+        (so the element's own attributes are nothing to spyne), every initial value None (shared safely);
+        otherwise None and spyne deserializes the type itself."""
         try:
-            return self._limits[cls]
+            return self._plans[cls]
         except KeyError:
             pass
         except AttributeError:
-            self._limits = {}
+            self._plans = {}
         members = cls.get_flat_type_info(cls)
-        limits = []
+        limits, info = [], {}
         for key, member in members.items():
             a = self.get_cls_attrs(member)
             limits.append((key, a.min_occurs, a.max_occurs))
-        if len(self._limits) < 4096:
-            self._limits[cls] = members, limits
-        return members, limits
+            info[key] = (member, a.max_occurs > 1, bool(a.read_only))
+        template = None
+        klass = cls.__orig__ if cls.__orig__ is not None else cls
+        plain = (
+            klass.__init__ is ComplexModelBase.__init__
+            and klass._safe_set is ComplexModelBase._safe_set
+            and getattr(cls.get_deserialization_instance, "__func__", None)
+            is ComplexModelBase.get_deserialization_instance.__func__
+            and self.get_cls_attrs(cls)._xml_tag_body_as is None
+            and not cls._type_info_alt
+            and not any(issubclass(m, XmlAttribute) for m in members.values())
+        )
+        if plain:
+            inst = cls.get_deserialization_instance(None)
+            if type(inst) is klass and all(v is None for v in inst.__dict__.values()):
+                template = (klass, dict(inst.__dict__))
+        plan = (members, limits, info, template, frozenset(members))
+        if len(self._plans) < 4096:
+            self._plans[cls] = plan
+        return plan
 
 
 class KKMWsgiApplication(WsgiApplication):
