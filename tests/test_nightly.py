@@ -299,3 +299,16 @@ def test_an_accrual_cut_by_its_keyset_posts_every_lot_once(db, engine):
     assert sorted((l["card_number"], l["bonus_accrued"], l["id"])
                   for l in rows(db, operations, operations.c.kind == "Accrual")) == sorted(
         (l["card_number"], l["bonus_accrued"], l["id"]) for l in lines)
+
+
+def test_line_ids_of_a_batch_are_the_line_ids_one_by_one():
+    """The batch's line ids (derived without a UUID object per card) are ``line_id``'s, and the text[] literal the
+    write receives reads back as the same cards, quotes and backslashes included."""
+    from kkmtransfer.adapters import regulation as sql
+
+    cards = ["B000000001", "K-7", "карта 9", 'a"b', "c\\d", "{e,f}", "g h"]
+    for doc in (str(__import__("uuid").uuid4()), "2caa96c0-52c2-529f-84e5-d6aa69637a41"):
+        assert sql.line_ids(doc, cards) == [sql.line_id(doc, c) for c in cards]
+    assert sql._pg_array([]) == "{}"
+    assert sql._pg_array(["a", "b c"]) == '{"a","b c"}'
+    assert sql._pg_array(['a"b', "c\\d"]) == '{"a\\"b","c\\\\d"}'

@@ -12,6 +12,7 @@ operation (``CardLedger._burn_if_expired``), so a lot taken once never has anyth
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,6 +45,22 @@ def line_id(doc_id: str, card_number: str) -> str:
     """One line per card in a document; the same id on every run, so nothing is ever written twice. The
     document's id is secret-derived, and so, through it, is every line's."""
     return str(uuid.uuid5(LINE_NAMESPACE, f"{doc_id}/{card_number}"))
+
+
+def line_ids(doc_id: str, cards) -> list[str]:
+    """``[line_id(doc_id, card) for card in cards]`` without a UUID object per card: the SHA-1 of the namespace and
+    the document's part is computed once and copied for each card (a batch's line ids cost a fifth)."""
+    head = hashlib.sha1(LINE_NAMESPACE.bytes + f"{doc_id}/".encode())
+    out = []
+    for card in cards:
+        h = head.copy()
+        h.update(card.encode())
+        x = bytearray(h.digest()[:16])
+        x[6] = (x[6] & 0x0F) | 0x50  # version 5
+        x[8] = (x[8] & 0x3F) | 0x80  # RFC 4122 variant
+        x = x.hex()
+        out.append(f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}")
+    return out
 
 
 def _document_row(conn: Connection, kind: str, day: date):
@@ -265,7 +282,10 @@ SELECT count(*), count(*) FILTER (WHERE remaining > 0), coalesce(array_agg(id OR
 def _pg_array(items: list[str]) -> str:
     """A text[] literal, each element quoted: sent as one text value and cast in the statement, so the planner
     does not walk a constant array of thousands of elements (ids, cards, line ids) at every batch."""
-    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
+    joined = '","'.join(items)
+    if '"' in joined or "\\" in joined:  # quote each element's own quotes and backslashes
+        joined = '","'.join(i.replace("\\", "\\\\").replace('"', '\\"') for i in items)
+    return '{"' + joined + '"}' if items else "{}"
 
 
 def _pg_write(conn: Connection, what: str, kind: Kind, doc_id: str, day: date, cutoff: datetime, now: datetime,
@@ -273,7 +293,7 @@ def _pg_write(conn: Connection, what: str, kind: Kind, doc_id: str, day: date, c
     """A taken batch's one write (``_PG_STATEMENTS[what]``): the lines, the entries and the lots' new state;
     it counts the line ids held by anything but their line (``IdTaken``, the batch rolls back)."""
     squatted = conn.execute(_PG_STATEMENTS[what], dict(
-        params, cards=_pg_array(cards), lines=_pg_array([line_id(doc_id, c) for c in cards]), ids=ids, doc=doc_id,
+        params, cards=_pg_array(cards), lines=_pg_array(line_ids(doc_id, cards)), ids=ids, doc=doc_id,
         day=day, cutoff=cutoff, now=now, kind=kind.value, source=Source.NIGHTLY.value)).scalar_one()
     if squatted:
         raise IdTaken(f"{squatted} operation(s) hold the ids of {kind.value} lines of document {doc_id}: "
