@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -205,15 +205,19 @@ _PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_dat
                     "bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta, created_at, document_id")
 _PG_V = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[])) "
          "AS v(card, line))")
+# the write-off's cards come with whether this run has yet to write (or check) their line: a line the run's earlier
+# batch wrote is neither inserted again nor probed again (ExpiryLines)
+_PG_V_FRESH = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[]), "
+               "CAST(CAST(:fresh AS text) AS boolean[])) AS v(card, line, fresh))")
 # one primary-key probe per line (LATERAL ... OFFSET 0): as a join, the planner hashed the whole operations table
 # at every batch while it was small next to the batch (a sequential scan of 40,000 rows: 20-50 ms a batch)
-_PG_SQUATTED = ("(SELECT count(*) FROM v CROSS JOIN LATERAL (SELECT kind, document_id, card_number FROM operations o "
+_PG_SQUATTED = ("(SELECT count(*) FROM {v} v CROSS JOIN LATERAL (SELECT kind, document_id, card_number FROM operations o "
                 "WHERE o.id = v.line OFFSET 0) o WHERE o.kind <> :kind "
                 "OR o.document_id IS DISTINCT FROM :doc OR o.card_number <> v.card)")
 _PG_EXPIRE = f"""
-WITH {_PG_V},
+WITH {_PG_V_FRESH},
 lines AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
-          SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v
+          SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v WHERE v.fresh
           ON CONFLICT (id) DO NOTHING),
 b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots
                    WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])) AND remaining > 0),
@@ -221,7 +225,7 @@ burnt AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role,
           SELECT v.line, b.id, b.card_number, b.measure, :role, -b.remaining FROM b JOIN v ON v.card = b.card_number),
 taken AS (UPDATE lots SET remaining = least(remaining, 0), expiry_document_id = :doc
           WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])))
-SELECT {_PG_SQUATTED}"""
+SELECT {_PG_SQUATTED.format(v="(SELECT * FROM v WHERE fresh)")}"""
 _PG_ACCRUE = f"""
 WITH {_PG_V},
 posted AS (UPDATE lots SET accrual_document_id = :doc WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[]))),
@@ -300,22 +304,48 @@ def _pg_write(conn: Connection, what: str, kind: Kind, doc_id: str, day: date, c
                       "run `kkmtransfer ledger verify`")
 
 
+@dataclass
+class ExpiryLines:
+    """The cards whose Expiry line a run of the write-off has written or checked in a batch that committed, in memory
+    (one per run of a document; a run that starts again after a crash checks every line again): a later batch
+    that burns from such a card's lots neither inserts its line again nor probes it for a squatted id. A card's
+    expired lots lie on several days, so most batches meet cards an earlier batch gave a line. ``pending``: the
+    cards of the batch in progress, known once it commits (``committed``). At most ``limit`` cards are kept; the
+    others are checked every time, as before."""
+    known: set = field(default_factory=set)
+    pending: list = field(default_factory=list)
+    limit: int = 250_000
+
+    def committed(self) -> None:
+        if len(self.known) < self.limit:
+            self.known.update(self.pending)
+        self.pending = []
+
+
 def _pg_expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime,
-                     limit: int) -> tuple[int, int]:
+                     limit: int, lines: ExpiryLines | None) -> tuple[int, int]:
     taken, burning, ids, cards = conn.execute(_PG_STATEMENTS["take_expiry"],
                                               {"cutoff": cutoff, "limit": limit}).one()
     if taken:
-        _pg_write(conn, "expiry", Kind.EXPIRY, doc_id, day, cutoff, now, ids, cards, role=Role.EXPIRY.value)
+        known = lines.known if lines is not None else ()
+        fresh = [c not in known for c in cards]
+        _pg_write(conn, "expiry", Kind.EXPIRY, doc_id, day, cutoff, now, ids, cards, role=Role.EXPIRY.value,
+                  fresh="{" + ",".join("t" if f else "f" for f in fresh) + "}")
+        if lines is not None:
+            lines.pending = [c for c, f in zip(cards, fresh) if f]
     return taken, burning
 
 
 def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
-                 postgres: bool) -> tuple[int, int]:
+                 postgres: bool, lines: ExpiryLines | None = None) -> tuple[int, int]:
     """Take up to ``limit`` lots whose life ended by ``cutoff`` and that no WriteOff took yet, burn what they
     hold (one Expiry line per card with something to burn) and mark them all with the document. Returns
-    (lots taken, lots burnt): 0 taken means nothing is left."""
+    (lots taken, lots burnt): 0 taken means nothing is left.
+
+    On PostgreSQL ``lines`` carries the cards whose line the run's committed batches wrote (the caller calls its
+    ``committed`` after each commit); SQLite checks every line."""
     if postgres:
-        return _pg_expire_batch(conn, doc_id, day, cutoff, now, limit)
+        return _pg_expire_batch(conn, doc_id, day, cutoff, now, limit, lines)
     batch = _take_batch(conn, _due_expiry(cutoff), lots.c.expires_at, limit, postgres)
     if not batch:
         return 0, 0
