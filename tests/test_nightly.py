@@ -312,3 +312,51 @@ def test_line_ids_of_a_batch_are_the_line_ids_one_by_one():
     assert sql._pg_array([]) == "{}"
     assert sql._pg_array(["a", "b c"]) == '{"a","b c"}'
     assert sql._pg_array(['a"b', "c\\d"]) == '{"a\\"b","c\\\\d"}'
+
+
+def test_a_write_off_line_is_written_once_and_not_checked_again_by_the_same_run(db, engine):
+    """Batches of one lot over a card whose lots burnt on three days: the first batch writes (and checks) the card's
+    Expiry line, the later ones of the same run only add entries under it (on PostgreSQL they neither insert nor
+    probe it again); the line holds all three burns."""
+    from sqlalchemy import event
+
+    db.add_card_range(1, 1, "E", 0, None, issued=ISSUED)
+    db.add_promotion("SHORT", "short", lifetime_days=2)
+    for day, amount in ((8, "3.00"), (9, "4.00"), (10, "5.00")):
+        db.clock.set(msk(2026, 11, day))
+        db.register_operation(request("E1", accrued=amount, time=msk(2026, 11, day), promotion_code="SHORT"))
+    fresh = []
+
+    def spy(conn, cursor, statement, parameters, context, executemany):
+        if "WHERE v.fresh" in statement:
+            fresh.append(parameters["fresh"])
+
+    db.clock.set(msk(2026, 11, 13, 2, 0))
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        [report] = Nightly(db, batch=1).run(date(2026, 11, 13))
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    if engine.dialect.name == "postgresql":
+        assert fresh == ["{t}", "{f}", "{f}"]
+    assert (report.expired_lots, report.write_off_lines) == (3, 1)
+    [line] = rows(db, operations, operations.c.kind == "Expiry")
+    burns = rows(db, entries, entries.c.role == "expiry")
+    assert len(burns) == 3 and {b["operation_id"] for b in burns} == {line["id"]}
+    assert sorted(b["amount"] for b in burns) == [D("-5.00"), D("-4.00"), D("-3.00")]
+    assert db.card_info("E1").balances.bonus == D("0.00")
+
+
+def test_expiry_lines_learn_a_batch_s_cards_only_once_it_commits():
+    from kkmtransfer.adapters.regulation import ExpiryLines
+
+    lines = ExpiryLines(limit=3)
+    lines.pending = ["A", "B"]
+    assert lines.known == set()
+    lines.committed()
+    assert lines.known == {"A", "B"} and lines.pending == []
+    lines.pending = ["C", "D"]
+    lines.committed()
+    lines.pending = ["E"]
+    lines.committed()  # full: no more cards are kept, they are checked every time
+    assert lines.known == {"A", "B", "C", "D"}
