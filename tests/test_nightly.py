@@ -351,12 +351,12 @@ def test_expiry_lines_learn_a_batch_s_cards_only_once_it_commits():
     from kkmtransfer.adapters.regulation import ExpiryLines
 
     lines = ExpiryLines(limit=3)
-    lines.pending = ["A", "B"]
-    assert lines.known == set()
+    lines.pending = {"A": "a", "B": "b"}
+    assert lines.known == {}
     lines.committed()
-    assert lines.known == {"A", "B"} and lines.pending == []
-    lines.pending = ["C", "D"]
+    assert lines.known == {"A": "a", "B": "b"} and lines.pending == {}
+    lines.pending = {"C": "c", "D": "d"}
     lines.committed()
-    lines.pending = ["E"]
+    lines.pending = {"E": "e"}
     lines.committed()  # full: no more cards are kept, they are checked every time
-    assert lines.known == {"A", "B", "C", "D"}
+    assert set(lines.known) == {"A", "B", "C", "D"}

@@ -286,18 +286,21 @@ SELECT count(*), count(*) FILTER (WHERE remaining > 0), coalesce(array_agg(id OR
 def _pg_array(items: list[str]) -> str:
     """A text[] literal, each element quoted: sent as one text value and cast in the statement, so the planner
     does not walk a constant array of thousands of elements (ids, cards, line ids) at every batch."""
-    joined = '","'.join(items)
-    if '"' in joined or "\\" in joined:  # quote each element's own quotes and backslashes
-        joined = '","'.join(i.replace("\\", "\\\\").replace('"', '\\"') for i in items)
-    return '{"' + joined + '"}' if items else "{}"
+    if not items:
+        return "{}"
+    plain = "".join(items)
+    if '"' in plain or "\\" in plain:  # quote each element's own quotes and backslashes
+        items = [i.replace("\\", "\\\\").replace('"', '\\"') for i in items]
+    return '{"' + '","'.join(items) + '"}'
 
 
 def _pg_write(conn: Connection, what: str, kind: Kind, doc_id: str, day: date, cutoff: datetime, now: datetime,
-              ids, cards, **params) -> None:
+              ids, cards, lines=None, **params) -> None:
     """A taken batch's one write (``_PG_STATEMENTS[what]``): the lines, the entries and the lots' new state;
-    it counts the line ids held by anything but their line (``IdTaken``, the batch rolls back)."""
+    it counts the line ids held by anything but their line (``IdTaken``, the batch rolls back). ``lines``: the
+    cards' line ids when the caller has them (else derived here)."""
     squatted = conn.execute(_PG_STATEMENTS[what], dict(
-        params, cards=_pg_array(cards), lines=_pg_array(line_ids(doc_id, cards)), ids=ids, doc=doc_id,
+        params, cards=_pg_array(cards), lines=_pg_array(lines or line_ids(doc_id, cards)), ids=ids, doc=doc_id,
         day=day, cutoff=cutoff, now=now, kind=kind.value, source=Source.NIGHTLY.value)).scalar_one()
     if squatted:
         raise IdTaken(f"{squatted} operation(s) hold the ids of {kind.value} lines of document {doc_id}: "
@@ -306,20 +309,20 @@ def _pg_write(conn: Connection, what: str, kind: Kind, doc_id: str, day: date, c
 
 @dataclass
 class ExpiryLines:
-    """The cards whose Expiry line a run of the write-off has written or checked in a batch that committed, in memory
-    (one per run of a document; a run that starts again after a crash checks every line again): a later batch
-    that burns from such a card's lots neither inserts its line again nor probes it for a squatted id. A card's
-    expired lots lie on several days, so most batches meet cards an earlier batch gave a line. ``pending``: the
-    cards of the batch in progress, known once it commits (``committed``). At most ``limit`` cards are kept; the
-    others are checked every time, as before."""
-    known: set = field(default_factory=set)
-    pending: list = field(default_factory=list)
+    """The Expiry lines a run of the write-off has written or checked in a batch that committed, card -> line id, in
+    memory (one per run of a document; a run that starts again after a crash checks every line again): a later
+    batch that burns from such a card's lots neither inserts its line again nor probes it for a squatted id, nor
+    derives its id again. A card's expired lots lie on several days, so most batches meet cards an earlier batch
+    gave a line. ``pending``: the lines of the batch in progress, known once it commits (``committed``). At most
+    ``limit`` cards are kept; the others are checked every time, as before."""
+    known: dict = field(default_factory=dict)
+    pending: dict = field(default_factory=dict)
     limit: int = 250_000
 
     def committed(self) -> None:
         if len(self.known) < self.limit:
             self.known.update(self.pending)
-        self.pending = []
+        self.pending = {}
 
 
 def _pg_expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime,
@@ -327,12 +330,14 @@ def _pg_expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime,
     taken, burning, ids, cards = conn.execute(_PG_STATEMENTS["take_expiry"],
                                               {"cutoff": cutoff, "limit": limit}).one()
     if taken:
-        known = lines.known if lines is not None else ()
-        fresh = [c not in known for c in cards]
+        known = lines.known if lines is not None else {}
+        new = [c for c in cards if c not in known]
+        fresh = dict(zip(new, line_ids(doc_id, new)))
+        ids_of = [known.get(c) or fresh[c] for c in cards]
         _pg_write(conn, "expiry", Kind.EXPIRY, doc_id, day, cutoff, now, ids, cards, role=Role.EXPIRY.value,
-                  fresh="{" + ",".join("t" if f else "f" for f in fresh) + "}")
+                  lines=ids_of, fresh="{" + ",".join("f" if c in known else "t" for c in cards) + "}")
         if lines is not None:
-            lines.pending = [c for c, f in zip(cards, fresh) if f]
+            lines.pending = fresh
     return taken, burning
 
 
