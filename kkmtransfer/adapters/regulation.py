@@ -248,24 +248,33 @@ written AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
             RETURNING 1)
 SELECT (SELECT count(*) FROM due) - (SELECT count(*) FROM written)"""
 _PG_TIMES = (bindparam("cutoff", type_=UTCDateTime()), bindparam("now", type_=UTCDateTime()))
-# The accrual's take: the next ``limit`` due lots in card order, a plain range of ix_lots_due_accrual_card
-# (card_number, available_from, id) read by keyset (``take_accrual_after``: after the last lot the run's previous
-# batch took), locked as they are read (``FOR UPDATE SKIP LOCKED``, as the write-off's take). A card's lots, which
-# start on different days, come together, so its line is written by one INSERT; only the card a batch's limit
-# cuts has its line added to by the next batch (``ON CONFLICT DO UPDATE``). Each lot is locked once: no lookups
-# card by card, no rows locked beyond the batch. The index holds the deferred lots not posted yet, also those
-# that start after the cutoff (stepped over inside the index); the posted ones stay in it, dead, until a vacuum,
-# and the keyset does not read again the ones the earlier batches posted. What the keyset leaves behind (a lot
-# another transaction held) is found by a sweep from the start (``take_accrual``), see _pg_take_accrual.
-_PG_AFTER = " AND (card_number, available_from, id) > (:after_card, :after_from, :after_id)"
+# The accrual's take: the cards of the next due lots (a quarter of a batch of them, the candidates), with all
+# their due lots up to ``limit``, in card order: a card's lots, which start on different days, mostly fall in
+# one batch and its line is written by one INSERT (a line found again, a card cut at a batch's end or whose lots
+# another run held, is added to). The lots are found card by card through ix_lots_due_accrual_card (the LATERAL
+# with OFFSET 0 keeps the planner from a hash join over every lot still due). The rows are locked inside it, so
+# the lots of the cards cut off by ``limit`` are locked too until the batch commits.
+# The candidates are read by keyset (``take_accrual_after``): after the last candidate (available_from,
+# card_number, id) of the run's previous batch, so a batch does not step over the index entries of the lots the
+# earlier batches posted (they stay in ix_lots_due_accrual, dead, until a vacuum; the index scan marks them
+# dead on its first look, after that each costs a share of a page read): from the start, each batch read them
+# all again, which grows with the square of the document. The statement answers its last candidate, the next
+# batch's start; what the keyset leaves behind (a card cut at ``limit``, a lot another transaction held) is
+# found by a sweep from the start (``take_accrual``), see _pg_take_accrual.
+_PG_AFTER = " AND (available_from, card_number, id) > (:after_from, :after_card, :after_id)"
 _PG_TAKE_ACCRUAL = """
-WITH x AS (SELECT id, card_number, available_from FROM lots WHERE {due}{after}
-           ORDER BY card_number, available_from, id LIMIT :limit FOR UPDATE SKIP LOCKED),
+WITH x AS (SELECT available_from, card_number, id FROM lots WHERE {due}{after}
+           ORDER BY available_from, card_number, id LIMIT :candidates),
+c AS (SELECT DISTINCT card_number FROM x),
+b AS (SELECT d.id, d.card_number FROM (SELECT card_number FROM c ORDER BY card_number) c2
+      CROSS JOIN LATERAL (SELECT id, card_number FROM lots WHERE card_number = c2.card_number AND {due}
+                          OFFSET 0) d
+      ORDER BY d.card_number, d.id LIMIT :limit FOR UPDATE OF d SKIP LOCKED),
 last AS (SELECT available_from, card_number, id FROM x
-         ORDER BY card_number DESC, available_from DESC, id DESC LIMIT 1)
+         ORDER BY available_from DESC, card_number DESC, id DESC LIMIT 1)
 SELECT count(*), coalesce(array_agg(id ORDER BY id), '{{}}')::text,
        coalesce(array_agg(DISTINCT card_number), '{{}}'),
-       (SELECT available_from FROM last), (SELECT card_number FROM last), (SELECT id FROM last) FROM x"""
+       (SELECT available_from FROM last), (SELECT card_number FROM last), (SELECT id FROM last) FROM b"""
 _PG_STATEMENTS = {
     # every due lot is taken (and marked by the write); only the cards of the lots that hold something get a
     # line; answers (lots taken, lots to burn, their ids, the cards)
@@ -373,8 +382,8 @@ def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now
 @dataclass
 class AccrualKeyset:
     """Where a run's accrual stands, in memory (one per run of a document; a run that starts again after a crash
-    starts from the beginning): the last lot (available_from, card_number, id) its previous batch took, or None
-    at the start of a sweep; and whether the current sweep took anything."""
+    starts from the beginning): the last candidate (available_from, card_number, id) of its previous batch, or
+    None at the start of a sweep; and whether the current sweep took anything."""
     after: tuple | None = None
     took: bool = False
 
@@ -382,15 +391,17 @@ class AccrualKeyset:
 def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: AccrualKeyset):
     """The next batch of the accrual (taken, lot ids, cards): after ``keyset.after``, which it moves on.
 
-    A sweep reads the due lots in (card_number, available_from, id) order, each batch after the last lot the
-    previous one took. It leaves behind the lots another transaction held (SKIP LOCKED) that lie before its
-    position; so when a sweep comes to the end having taken something, a new sweep starts from the beginning.
-    The document is done when a sweep from the beginning takes nothing (as before the keyset: a lot still held by
-    another transaction then is left to the next day's document). Each sweep that goes on took at least one lot,
-    so this ends; in practice a run makes two sweeps, the second over what the first left behind (nothing, on a
-    quiet ledger)."""
+    A sweep reads the due lots in (available_from, card_number, id) order, each batch after the previous one's
+    last candidate. It leaves behind the lots of a card cut at a batch's end and the lots another transaction
+    held (SKIP LOCKED) that lie before its position; so when a sweep comes to the end having taken something, a
+    new sweep starts from the beginning. The document is done when a sweep from the beginning takes nothing (as
+    before the keyset: a lot still held by another transaction then is left to the next day's document). Each
+    sweep that goes on took at least one lot, so this ends; in practice a run makes two or three sweeps, the
+    later ones over what the first left behind. A take whose candidates were all held moves on in the same
+    transaction (it locked nothing)."""
+    candidates = max(1, limit // 4)
     while True:
-        params = {"cutoff": cutoff, "limit": limit}
+        params = {"cutoff": cutoff, "limit": limit, "candidates": candidates}
         if keyset.after is None:
             row = conn.execute(_PG_STATEMENTS["take_accrual"], params).one()
         else:
@@ -398,13 +409,15 @@ def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: Acc
             row = conn.execute(_PG_STATEMENTS["take_accrual_after"], dict(
                 params, after_from=after_from, after_card=after_card, after_id=after_id)).one()
         taken, ids, cards, last_from, last_card, last_id = row
-        if not taken:  # nothing due after the position that no one holds: the sweep is over
+        if last_id is None:  # nothing due after the position: the sweep is over
             if keyset.after is None or not keyset.took:
                 return 0, ids, cards  # a whole sweep from the beginning took nothing: done
             keyset.after, keyset.took = None, False  # again from the beginning, for what this sweep left behind
             continue
-        keyset.after, keyset.took = (last_from, last_card, last_id), True
-        return taken, ids, cards
+        keyset.after = (last_from, last_card, last_id)
+        if taken:
+            keyset.took = True
+            return taken, ids, cards
 
 
 def accrue_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
