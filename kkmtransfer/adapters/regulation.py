@@ -386,6 +386,7 @@ class AccrualKeyset:
     None at the start of a sweep; and whether the current sweep took anything."""
     after: tuple | None = None
     took: bool = False
+    per_card: float | None = None  # due lots per card in the previous batch (None: not known yet)
 
 
 def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: AccrualKeyset):
@@ -399,7 +400,10 @@ def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: Acc
     sweep that goes on took at least one lot, so this ends; in practice a run makes two or three sweeps, the
     later ones over what the first left behind. A take whose candidates were all held moves on in the same
     transaction (it locked nothing)."""
-    candidates = max(1, limit // 4)
+    # the candidates' cards bring all their due lots: as many candidates as fill the batch at the lots per card the
+    # previous batch saw (a quarter of the batch at first); more would lock rows the batch's limit then cuts off
+    per_card = keyset.per_card
+    candidates = max(1, limit // 4) if per_card is None else max(1, min(limit, int(limit / per_card)))
     while True:
         params = {"cutoff": cutoff, "limit": limit, "candidates": candidates}
         if keyset.after is None:
@@ -417,6 +421,7 @@ def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: Acc
         keyset.after = (last_from, last_card, last_id)
         if taken:
             keyset.took = True
+            keyset.per_card = taken / len(cards) if cards else None
             return taken, ids, cards
 
 
