@@ -360,3 +360,30 @@ def test_expiry_lines_learn_a_batch_s_cards_only_once_it_commits():
     lines.pending = {"E": "e"}
     lines.committed()  # full: no more cards are kept, they are checked every time
     assert set(lines.known) == {"A", "B", "C", "D"}
+
+
+def test_an_accrual_takes_as_many_candidate_cards_as_fill_its_batch(db, engine):
+    """After its first batch the accrual asks for as many candidate cards as fill a batch at the lots per card it saw
+    (here six), instead of a quarter of the batch, whose cards' lots beyond the batch were locked for nothing."""
+    from sqlalchemy import event
+
+    from kkmtransfer.domain.rules import day_start
+
+    day = datetime.now(MSK).date()
+    expected = seed_deferred(db, cards=10, days=6, cutoff=day_start(day, db.settings.tz))
+    asked = []
+
+    def spy(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("WITH x AS"):
+            asked.append(parameters["candidates"])
+
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        [report] = Nightly(db, batch=12).run(day)
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    if engine.dialect.name == "postgresql":
+        assert asked[:3] == [3, 2, 2], asked
+    assert (report.accrued_lots, report.accrual_lines) == (60, 10)
+    lines = rows(db, operations, operations.c.kind == "Accrual")
+    assert sorted((l["card_number"], l["bonus_accrued"]) for l in lines) == sorted(expected.items())
