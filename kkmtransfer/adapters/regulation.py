@@ -211,7 +211,8 @@ _PG_V_FRESH = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]),
                "CAST(CAST(:fresh AS text) AS boolean[])) AS v(card, line, fresh))")
 # one primary-key probe per line (LATERAL ... OFFSET 0): as a join, the planner hashed the whole operations table
 # at every batch while it was small next to the batch (a sequential scan of 40,000 rows: 20-50 ms a batch)
-_PG_SQUATTED = ("(SELECT count(*) FROM {v} v CROSS JOIN LATERAL (SELECT kind, document_id, card_number FROM operations o "
+_PG_SQUATTED = ("(SELECT count(*) FROM {v} v CROSS JOIN LATERAL "
+                "(SELECT kind, document_id, card_number FROM operations o "
                 "WHERE o.id = v.line OFFSET 0) o WHERE o.kind <> :kind "
                 "OR o.document_id IS DISTINCT FROM :doc OR o.card_number <> v.card)")
 _PG_EXPIRE = f"""
