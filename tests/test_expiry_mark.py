@@ -122,7 +122,7 @@ def test_a_lot_taken_once_is_never_taken_again_whatever_it_holds_later(db):
 
 
 # -- an upgraded database: nights written before 0013 are not burnt again ------------------------------------
-def _old_expire_batch(conn, doc_id, day, cutoff, now, limit, postgres):
+def _old_expire_batch(conn, doc_id, day, cutoff, now, limit, postgres, **_):
     """The write-off as it was before 0013 (the generic path): the lots still holding something, emptied."""
     batch = conn.execute(select(lots.c.id, lots.c.card_number, lots.c.measure, lots.c.remaining)
                          .where(lots.c.remaining > 0, lots.c.expires_at <= cutoff)

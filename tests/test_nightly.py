@@ -299,3 +299,91 @@ def test_an_accrual_cut_by_its_keyset_posts_every_lot_once(db, engine):
     assert sorted((l["card_number"], l["bonus_accrued"], l["id"])
                   for l in rows(db, operations, operations.c.kind == "Accrual")) == sorted(
         (l["card_number"], l["bonus_accrued"], l["id"]) for l in lines)
+
+
+def test_line_ids_of_a_batch_are_the_line_ids_one_by_one():
+    """The batch's line ids (derived without a UUID object per card) are ``line_id``'s, and the text[] literal the
+    write receives reads back as the same cards, quotes and backslashes included."""
+    from kkmtransfer.adapters import regulation as sql
+
+    cards = ["B000000001", "K-7", "карта 9", 'a"b', "c\\d", "{e,f}", "g h"]
+    for doc in (str(__import__("uuid").uuid4()), "2caa96c0-52c2-529f-84e5-d6aa69637a41"):
+        assert sql.line_ids(doc, cards) == [sql.line_id(doc, c) for c in cards]
+    assert sql._pg_array([]) == "{}"
+    assert sql._pg_array(["a", "b c"]) == '{"a","b c"}'
+    assert sql._pg_array(['a"b', "c\\d"]) == '{"a\\"b","c\\\\d"}'
+
+
+def test_a_write_off_line_is_written_once_and_not_checked_again_by_the_same_run(db, engine):
+    """Batches of one lot over a card whose lots burnt on three days: the first batch writes (and checks) the card's
+    Expiry line, the later ones of the same run only add entries under it (on PostgreSQL they neither insert nor
+    probe it again); the line holds all three burns."""
+    from sqlalchemy import event
+
+    db.add_card_range(1, 1, "E", 0, None, issued=ISSUED)
+    db.add_promotion("SHORT", "short", lifetime_days=2)
+    for day, amount in ((8, "3.00"), (9, "4.00"), (10, "5.00")):
+        db.clock.set(msk(2026, 11, day))
+        db.register_operation(request("E1", accrued=amount, time=msk(2026, 11, day), promotion_code="SHORT"))
+    fresh = []
+
+    def spy(conn, cursor, statement, parameters, context, executemany):
+        if "WHERE v.fresh" in statement:
+            fresh.append(parameters["fresh"])
+
+    db.clock.set(msk(2026, 11, 13, 2, 0))
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        [report] = Nightly(db, batch=1).run(date(2026, 11, 13))
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    if engine.dialect.name == "postgresql":
+        assert fresh == ["{t}", "{f}", "{f}"]
+    assert (report.expired_lots, report.write_off_lines) == (3, 1)
+    [line] = rows(db, operations, operations.c.kind == "Expiry")
+    burns = rows(db, entries, entries.c.role == "expiry")
+    assert len(burns) == 3 and {b["operation_id"] for b in burns} == {line["id"]}
+    assert sorted(b["amount"] for b in burns) == [D("-5.00"), D("-4.00"), D("-3.00")]
+    assert db.card_info("E1").balances.bonus == D("0.00")
+
+
+def test_expiry_lines_learn_a_batch_s_cards_only_once_it_commits():
+    from kkmtransfer.adapters.regulation import ExpiryLines
+
+    lines = ExpiryLines(limit=3)
+    lines.pending = {"A": "a", "B": "b"}
+    assert lines.known == {}
+    lines.committed()
+    assert lines.known == {"A": "a", "B": "b"} and lines.pending == {}
+    lines.pending = {"C": "c", "D": "d"}
+    lines.committed()
+    lines.pending = {"E": "e"}
+    lines.committed()  # full: no more cards are kept, they are checked every time
+    assert set(lines.known) == {"A", "B", "C", "D"}
+
+
+def test_an_accrual_takes_as_many_candidate_cards_as_fill_its_batch(db, engine):
+    """After its first batch the accrual asks for as many candidate cards as fill a batch at the lots per card it saw
+    (here six), instead of a quarter of the batch, whose cards' lots beyond the batch were locked for nothing."""
+    from sqlalchemy import event
+
+    from kkmtransfer.domain.rules import day_start
+
+    day = datetime.now(MSK).date()
+    expected = seed_deferred(db, cards=10, days=6, cutoff=day_start(day, db.settings.tz))
+    asked = []
+
+    def spy(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().startswith("WITH x AS"):
+            asked.append(parameters["candidates"])
+
+    event.listen(engine, "before_cursor_execute", spy)
+    try:
+        [report] = Nightly(db, batch=12).run(day)
+    finally:
+        event.remove(engine, "before_cursor_execute", spy)
+    if engine.dialect.name == "postgresql":
+        assert asked[:3] == [3, 2, 2], asked
+    assert (report.accrued_lots, report.accrual_lines) == (60, 10)
+    lines = rows(db, operations, operations.c.kind == "Accrual")
+    assert sorted((l["card_number"], l["bonus_accrued"]) for l in lines) == sorted(expected.items())

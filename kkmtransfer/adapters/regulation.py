@@ -12,9 +12,10 @@ operation (``CardLedger._burn_if_expired``), so a lot taken once never has anyth
 """
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -44,6 +45,22 @@ def line_id(doc_id: str, card_number: str) -> str:
     """One line per card in a document; the same id on every run, so nothing is ever written twice. The
     document's id is secret-derived, and so, through it, is every line's."""
     return str(uuid.uuid5(LINE_NAMESPACE, f"{doc_id}/{card_number}"))
+
+
+def line_ids(doc_id: str, cards) -> list[str]:
+    """``[line_id(doc_id, card) for card in cards]`` without a UUID object per card: the SHA-1 of the namespace and
+    the document's part is computed once and copied for each card (a batch's line ids cost a fifth)."""
+    head = hashlib.sha1(LINE_NAMESPACE.bytes + f"{doc_id}/".encode())
+    out = []
+    for card in cards:
+        h = head.copy()
+        h.update(card.encode())
+        x = bytearray(h.digest()[:16])
+        x[6] = (x[6] & 0x0F) | 0x50  # version 5
+        x[8] = (x[8] & 0x3F) | 0x80  # RFC 4122 variant
+        x = x.hex()
+        out.append(f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}")
+    return out
 
 
 def _document_row(conn: Connection, kind: str, day: date):
@@ -188,15 +205,20 @@ _PG_LINE_COLUMNS = ("id, card_number, kind, source, operation_time, business_dat
                     "bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta, created_at, document_id")
 _PG_V = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[])) "
          "AS v(card, line))")
+# the write-off's cards come with whether this run has yet to write (or check) their line: a line the run's earlier
+# batch wrote is neither inserted again nor probed again (ExpiryLines)
+_PG_V_FRESH = ("v AS (SELECT * FROM unnest(CAST(CAST(:cards AS text) AS text[]), CAST(CAST(:lines AS text) AS text[]), "
+               "CAST(CAST(:fresh AS text) AS boolean[])) AS v(card, line, fresh))")
 # one primary-key probe per line (LATERAL ... OFFSET 0): as a join, the planner hashed the whole operations table
 # at every batch while it was small next to the batch (a sequential scan of 40,000 rows: 20-50 ms a batch)
-_PG_SQUATTED = ("(SELECT count(*) FROM v CROSS JOIN LATERAL (SELECT kind, document_id, card_number FROM operations o "
+_PG_SQUATTED = ("(SELECT count(*) FROM {v} v CROSS JOIN LATERAL "
+                "(SELECT kind, document_id, card_number FROM operations o "
                 "WHERE o.id = v.line OFFSET 0) o WHERE o.kind <> :kind "
                 "OR o.document_id IS DISTINCT FROM :doc OR o.card_number <> v.card)")
 _PG_EXPIRE = f"""
-WITH {_PG_V},
+WITH {_PG_V_FRESH},
 lines AS (INSERT INTO operations ({_PG_LINE_COLUMNS})
-          SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v
+          SELECT v.line, v.card, :kind, :source, :cutoff, :day, v.line, 0, 0, 0, 0, 0, :now, :doc FROM v WHERE v.fresh
           ON CONFLICT (id) DO NOTHING),
 b AS MATERIALIZED (SELECT id, card_number, measure, remaining FROM lots
                    WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])) AND remaining > 0),
@@ -204,7 +226,7 @@ burnt AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, role,
           SELECT v.line, b.id, b.card_number, b.measure, :role, -b.remaining FROM b JOIN v ON v.card = b.card_number),
 taken AS (UPDATE lots SET remaining = least(remaining, 0), expiry_document_id = :doc
           WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[])))
-SELECT {_PG_SQUATTED}"""
+SELECT {_PG_SQUATTED.format(v="(SELECT * FROM v WHERE fresh)")}"""
 _PG_ACCRUE = f"""
 WITH {_PG_V},
 posted AS (UPDATE lots SET accrual_document_id = :doc WHERE id = ANY(CAST(CAST(:ids AS text) AS bigint[]))),
@@ -274,37 +296,71 @@ SELECT count(*), count(*) FILTER (WHERE remaining > 0), coalesce(array_agg(id OR
 def _pg_array(items: list[str]) -> str:
     """A text[] literal, each element quoted: sent as one text value and cast in the statement, so the planner
     does not walk a constant array of thousands of elements (ids, cards, line ids) at every batch."""
-    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
+    if not items:
+        return "{}"
+    plain = "".join(items)
+    if '"' in plain or "\\" in plain:  # quote each element's own quotes and backslashes
+        items = [i.replace("\\", "\\\\").replace('"', '\\"') for i in items]
+    return '{"' + '","'.join(items) + '"}'
 
 
 def _pg_write(conn: Connection, what: str, kind: Kind, doc_id: str, day: date, cutoff: datetime, now: datetime,
-              ids, cards, **params) -> None:
+              ids, cards, lines=None, **params) -> None:
     """A taken batch's one write (``_PG_STATEMENTS[what]``): the lines, the entries and the lots' new state;
-    it counts the line ids held by anything but their line (``IdTaken``, the batch rolls back)."""
+    it counts the line ids held by anything but their line (``IdTaken``, the batch rolls back). ``lines``: the
+    cards' line ids when the caller has them (else derived here)."""
     squatted = conn.execute(_PG_STATEMENTS[what], dict(
-        params, cards=_pg_array(cards), lines=_pg_array([line_id(doc_id, c) for c in cards]), ids=ids, doc=doc_id,
+        params, cards=_pg_array(cards), lines=_pg_array(lines or line_ids(doc_id, cards)), ids=ids, doc=doc_id,
         day=day, cutoff=cutoff, now=now, kind=kind.value, source=Source.NIGHTLY.value)).scalar_one()
     if squatted:
         raise IdTaken(f"{squatted} operation(s) hold the ids of {kind.value} lines of document {doc_id}: "
                       "run `kkmtransfer ledger verify`")
 
 
+@dataclass
+class ExpiryLines:
+    """The Expiry lines a run of the write-off has written or checked in a batch that committed, card -> line id, in
+    memory (one per run of a document; a run that starts again after a crash checks every line again): a later
+    batch that burns from such a card's lots neither inserts its line again nor probes it for a squatted id, nor
+    derives its id again. A card's expired lots lie on several days, so most batches meet cards an earlier batch
+    gave a line. ``pending``: the lines of the batch in progress, known once it commits (``committed``). At most
+    ``limit`` cards are kept; the others are checked every time, as before."""
+    known: dict = field(default_factory=dict)
+    pending: dict = field(default_factory=dict)
+    limit: int = 250_000
+
+    def committed(self) -> None:
+        if len(self.known) < self.limit:
+            self.known.update(self.pending)
+        self.pending = {}
+
+
 def _pg_expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime,
-                     limit: int) -> tuple[int, int]:
+                     limit: int, lines: ExpiryLines | None) -> tuple[int, int]:
     taken, burning, ids, cards = conn.execute(_PG_STATEMENTS["take_expiry"],
                                               {"cutoff": cutoff, "limit": limit}).one()
     if taken:
-        _pg_write(conn, "expiry", Kind.EXPIRY, doc_id, day, cutoff, now, ids, cards, role=Role.EXPIRY.value)
+        known = lines.known if lines is not None else {}
+        new = [c for c in cards if c not in known]
+        fresh = dict(zip(new, line_ids(doc_id, new)))
+        ids_of = [known.get(c) or fresh[c] for c in cards]
+        _pg_write(conn, "expiry", Kind.EXPIRY, doc_id, day, cutoff, now, ids, cards, role=Role.EXPIRY.value,
+                  lines=ids_of, fresh="{" + ",".join("f" if c in known else "t" for c in cards) + "}")
+        if lines is not None:
+            lines.pending = fresh
     return taken, burning
 
 
 def expire_batch(conn: Connection, doc_id: str, day: date, cutoff: datetime, now: datetime, limit: int,
-                 postgres: bool) -> tuple[int, int]:
+                 postgres: bool, lines: ExpiryLines | None = None) -> tuple[int, int]:
     """Take up to ``limit`` lots whose life ended by ``cutoff`` and that no WriteOff took yet, burn what they
     hold (one Expiry line per card with something to burn) and mark them all with the document. Returns
-    (lots taken, lots burnt): 0 taken means nothing is left."""
+    (lots taken, lots burnt): 0 taken means nothing is left.
+
+    On PostgreSQL ``lines`` carries the cards whose line the run's committed batches wrote (the caller calls its
+    ``committed`` after each commit); SQLite checks every line."""
     if postgres:
-        return _pg_expire_batch(conn, doc_id, day, cutoff, now, limit)
+        return _pg_expire_batch(conn, doc_id, day, cutoff, now, limit, lines)
     batch = _take_batch(conn, _due_expiry(cutoff), lots.c.expires_at, limit, postgres)
     if not batch:
         return 0, 0
@@ -331,6 +387,7 @@ class AccrualKeyset:
     None at the start of a sweep; and whether the current sweep took anything."""
     after: tuple | None = None
     took: bool = False
+    per_card: float | None = None  # due lots per card in the previous batch (None: not known yet)
 
 
 def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: AccrualKeyset):
@@ -344,7 +401,10 @@ def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: Acc
     sweep that goes on took at least one lot, so this ends; in practice a run makes two or three sweeps, the
     later ones over what the first left behind. A take whose candidates were all held moves on in the same
     transaction (it locked nothing)."""
-    candidates = max(1, limit // 4)
+    # the candidates' cards bring all their due lots: as many candidates as fill the batch at the lots per card the
+    # previous batch saw (a quarter of the batch at first); more would lock rows the batch's limit then cuts off
+    per_card = keyset.per_card
+    candidates = max(1, limit // 4) if per_card is None else max(1, min(limit, int(limit / per_card)))
     while True:
         params = {"cutoff": cutoff, "limit": limit, "candidates": candidates}
         if keyset.after is None:
@@ -362,6 +422,7 @@ def _pg_take_accrual(conn: Connection, cutoff: datetime, limit: int, keyset: Acc
         keyset.after = (last_from, last_card, last_id)
         if taken:
             keyset.took = True
+            keyset.per_card = taken / len(cards) if cards else None
             return taken, ids, cards
 
 

@@ -108,13 +108,18 @@ class Nightly:
         done_before = 0
         # the accrual's batches go by keyset: its position is this run's, in memory (see sql.accrue_batch)
         keyset = sql.AccrualKeyset()
+        # the write-off's cards whose line this run wrote in a committed batch (see sql.expire_batch)
+        written = sql.ExpiryLines()
+
+        def expire(*args) -> tuple[int, int]:
+            return sql.expire_batch(*args, lines=written)
 
         def accrue(*args) -> tuple[int, int]:  # (lots taken, lots counted), as the write-off answers
             done = sql.accrue_batch(*args, keyset=keyset)
             return done, done
-        for kind, step, count in ((sql.WRITE_OFF, sql.expire_batch, sql.due_expiry_count),
-                                  (sql.ACCRUAL, accrue, sql.due_accrual_count)):
-            doc, lots, lines = self._run_document(kind, day, cutoff, step, count)
+        for kind, step, count, committed in ((sql.WRITE_OFF, expire, sql.due_expiry_count, written.committed),
+                                             (sql.ACCRUAL, accrue, sql.due_accrual_count, None)):
+            doc, lots, lines = self._run_document(kind, day, cutoff, step, count, committed)
             if doc is None:
                 done_before += 1
             if kind == sql.WRITE_OFF:
@@ -125,7 +130,7 @@ class Nightly:
         log.info("nightly %s: %s", day, report)
         return report
 
-    def _run_document(self, kind, day, cutoff, step, count):
+    def _run_document(self, kind, day, cutoff, step, count, committed=None):
         now = self.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             doc = sql.ensure_document(uow.conn, kind, day, now)
@@ -155,5 +160,7 @@ class Nightly:
                     uow.commit()
                     return doc, done, lines
                 uow.commit()
+            if committed is not None:
+                committed()
             done += n
             self.progress(kind, done, max(total, done))
