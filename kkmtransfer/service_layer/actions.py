@@ -263,17 +263,20 @@ class Actions:
         expires_at = day_start(until + timedelta(days=1), self.tz) if until else None
         text = note or f"bonus action {action_id}"
         resumed = self._count(action_id, DONE) > 0
-        for batch in self._batches(action_id, PENDING):
-            self._credit_batch(action_id, batch, amount, expires_at, text)
-            self.progress(len(batch))
+        if self.postgres:
+            after = ""
+            while (after := self._credit_batch_pg(action_id, after, amount, expires_at, text)) is not None:
+                pass
+        else:
+            for batch in self._batches(action_id, PENDING):
+                self._credit_batch(action_id, batch, amount, expires_at, text)
+                self.progress(len(batch))
         return self._finish(action_id, CREDIT, resumed)
 
     def _credit_batch(self, action_id, batch, amount, expires_at, note):
         now = self.billing.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             conn = uow.conn
-            if self.postgres:
-                return self._credit_batch_pg(uow, action_id, batch, amount, expires_at, note, now)
             self._lock(conn, batch)
             batch = self._still(conn, action_id, batch, PENDING)
             if not batch:
@@ -306,40 +309,45 @@ class Actions:
                          .values(state=DONE, amount=amount))
             uow.commit()
 
-    def _credit_batch_pg(self, uow, action_id, batch, amount, expires_at, note, now):
-        """PostgreSQL: the batch in three round trips whatever its size. The cards are locked in number order,
-        then (a second statement of the same round trip, so that its snapshot is taken after the locks are
-        granted) the batch's cards still pending and which of them owe bonus are read; one statement with
-        data-modifying CTEs then writes the operations (ids derived in Python, sent as an array), the new lots,
-        their entries and the cards' progress. An operation id held by another record fails the primary key:
-        IdTaken, and the batch is rolled back."""
-        conn = uow.conn
-        pending = conn.execute(_PG_LOCK_PENDING, {"batch": batch, "action": action_id, "pending": PENDING,
-                                                  "bonus": Measure.BONUS.value, "first": min(batch),
-                                                  "last": max(batch)}).all()
-        if not pending:
-            return
-        numbers = [n for n, _ in pending]
-        ids = _uuid5_many(action_id, numbers)
-        try:
-            conn.execute(_PG_CREDIT, {
-                "cards": numbers, "ids": ids, "plain": [not debtor for _, debtor in pending], "action": action_id,
-                "kind": Kind.ACTION.value, "source": Source.BACKOFFICE.value, "now": now,
-                "day": now.astimezone(self.tz).date(), "amount": amount, "note": note[:500], "expires": expires_at,
-                "bonus": Measure.BONUS.value, "role": Role.CREDIT.value, "done": DONE, "first": numbers[0],
-                "last": numbers[-1]})
-        except IntegrityError as exc:  # the batch is rolled back with the unit of work
-            if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "pk_operations":
-                raise
-            raise IdTaken(f"an operation id of action {action_id} is held by another record "
-                          f"({str(exc.orig).splitlines()[-1].strip()}): run `kkmtransfer ledger verify` "
-                          "and report it") from None
-        for (n, debtor), op_id in zip(pending, ids):
-            if debtor:  # a debt is paid first: the ledger's own rules, card by card
+    def _credit_batch_pg(self, action_id, after, amount, expires_at, note) -> str | None:
+        """PostgreSQL: the next batch after card ``after``, in one transaction of two statements whatever its
+        size; answers the batch's last card (where the next one starts), None when no card is left.
+
+        The first statement reads the action's next pending cards by keyset (through the primary key of
+        ``action_cards``) and locks them in ``cards``, in number order. The second (its own snapshot, taken
+        after the locks were granted, as ``lock_card_for`` does) keeps the cards still pending (another run
+        of the same action may have done some while this one waited), finds which of them owe bonus, and
+        writes the operations (ids derived in Python from the action, sent as an array), the new lots, their
+        entries and the cards' progress; it answers the cards that owe bonus, which go through the ledger
+        (``CardLedger``) card by card in the same transaction. An operation id held by another record fails
+        the primary key: IdTaken, and the batch is rolled back."""
+        now = self.billing.clock()
+        with UnitOfWork(self.engine, write=True) as uow:
+            conn = uow.conn
+            locked = list(conn.execute(_PG_LOCK_NEXT, {"action": action_id, "after": after, "pending": PENDING,
+                                                       "limit": self.batch}).scalars())
+            if not locked:
+                return None
+            ids = _uuid5_many(action_id, locked)
+            try:
+                debtors = conn.execute(_PG_CREDIT, {
+                    "cards": locked, "ids": ids, "action": action_id, "pending": PENDING, "kind": Kind.ACTION.value,
+                    "source": Source.BACKOFFICE.value, "now": now, "day": now.astimezone(self.tz).date(),
+                    "amount": amount, "note": note[:500], "expires": expires_at, "bonus": Measure.BONUS.value,
+                    "role": Role.CREDIT.value, "done": DONE, "first": locked[0], "last": locked[-1]}).all()
+            except IntegrityError as exc:  # the batch is rolled back with the unit of work
+                if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) != "pk_operations":
+                    raise
+                raise IdTaken(f"an operation id of action {action_id} is held by another record "
+                              f"({str(exc.orig).splitlines()[-1].strip()}): run `kkmtransfer ledger verify` "
+                              "and report it") from None
+            for n, op_id in debtors:  # a debt is paid first: the ledger's own rules, card by card
                 ledger = CardLedger(uow.repo.load_lots(n), now)
                 ledger.credit(Measure.BONUS, amount, None, expires_at, exclusive=True)
                 uow.repo.save_moves(n, op_id, ledger.moves, now)
-        uow.commit()
+            uow.commit()
+        self.progress(len(locked))
+        return locked[-1]
 
     # -- zeroing ---------------------------------------------------------------------------------
     def zero(self, inactive_since: date, note: str | None = None, dry_run: bool = False) -> ActionReport:
@@ -512,18 +520,21 @@ def _uuid5_many(namespace: str, names: list[str]) -> list[str]:
     return out
 
 
-# the lock, then (a second statement, its own snapshot) what is still pending and who owes bonus
-_PG_LOCK_PENDING = text("""
-SELECT number FROM cards WHERE number = ANY(CAST(:batch AS text[])) ORDER BY number FOR UPDATE;
-SELECT ac.card_number, EXISTS (SELECT 1 FROM lots l WHERE l.card_number = ac.card_number AND l.measure = :bonus
-                                                      AND l.remaining < 0)
-FROM unnest(CAST(:batch AS text[])) AS b(card)
-JOIN action_cards ac ON ac.action_id = :action AND ac.card_number = b.card
-WHERE ac.state = :pending AND ac.card_number BETWEEN :first AND :last  -- a range of the primary key
-ORDER BY ac.card_number""")
+# the action's next pending cards after :after (a range of the primary key of action_cards), locked in number
+# order (the index scan of pk_cards gives them in order; the array keeps the planner off a scan of all cards)
+_PG_LOCK_NEXT = text("""
+SELECT number FROM cards
+WHERE number = ANY(ARRAY(SELECT card_number FROM action_cards
+                         WHERE action_id = :action AND card_number > :after AND state = :pending
+                         ORDER BY card_number LIMIT :limit))
+ORDER BY number FOR UPDATE""")
+# under those locks: the batch's cards still pending, whether each owes bonus; the writes; the debtors
 _PG_CREDIT = text("""
-WITH v AS (SELECT * FROM unnest(CAST(:cards AS text[]), CAST(:ids AS text[]), CAST(:plain AS boolean[]))
-           AS v(card, id, plain)),
+WITH v AS (SELECT b.card, b.id, NOT EXISTS (SELECT 1 FROM lots l WHERE l.card_number = b.card
+                                                              AND l.measure = :bonus AND l.remaining < 0) AS plain
+           FROM unnest(CAST(:cards AS text[]), CAST(:ids AS text[])) AS b(card, id)
+           JOIN action_cards ac ON ac.action_id = :action AND ac.card_number = b.card
+           WHERE ac.state = :pending AND ac.card_number BETWEEN :first AND :last),  -- a range of the primary key
 ops AS (INSERT INTO operations (id, card_number, kind, source, operation_time, business_date, content_hash,
                                 receipt_sum, bonus_accrued, bonus_spent, accumulation_delta, receipt_count_delta,
                                 note, created_at)
@@ -537,7 +548,7 @@ credited AS (INSERT INTO entries (operation_id, lot_id, card_number, measure, ro
 progress AS (UPDATE action_cards ac SET state = :done, amount = :amount FROM v
              WHERE ac.action_id = :action AND ac.card_number = v.card
                AND ac.card_number BETWEEN :first AND :last)
-SELECT 1""").bindparams(
+SELECT card, id FROM v WHERE NOT plain ORDER BY card""").bindparams(
     bindparam("now", type_=UTCDateTime()), bindparam("expires", type_=UTCDateTime()),
     bindparam("amount", type_=Cents()))
 
