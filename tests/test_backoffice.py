@@ -478,3 +478,15 @@ def test_a_bonus_action_marks_its_cards_done_on_the_page_they_were_recorded_on(d
         now = dict(conn.execute(page, {"state": "done"}).all())
     moved = [n for n, p in recorded.items() if now[n] != p]
     assert moved == []
+
+
+def test_a_batch_sends_its_card_numbers_as_one_text_array_that_postgresql_reads_back_exactly(db):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the array literal is PostgreSQL's")
+    from sqlalchemy import text
+
+    from kkmtransfer.service_layer.actions import _pg_text_array
+
+    numbers = ["B1", "a,b", 'q"uote', "back\\slash", "{br}", " sp ace ", "NULL", "Ж-карта", ""]
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT CAST(:a AS text[])"), {"a": _pg_text_array(numbers)}).scalar() == numbers

@@ -188,8 +188,9 @@ class Actions:
                     .mappings()]
 
     def _start(self, action_id: str, kind: str, selection_text: str, card_select, params: dict,
-               values: dict, dry_run: bool) -> ActionReport | None:
-        """Create the action and its cards, or find it again. None: new and created (go on)."""
+               values: dict, dry_run: bool) -> tuple[ActionReport | None, bool]:
+        """Create the action and its cards, or find it again: (the report to answer, or None to go on; whether
+        this call created the action, so that no card of it is done yet)."""
         now = self.billing.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             row = uow.conn.execute(select(actions).where(actions.c.id == action_id)).mappings().first()
@@ -198,10 +199,10 @@ class Actions:
                     raise errors.ValidationError(f"action {action_id} was cancelled; give another --note")
                 report = ActionReport(action_id, kind, cards=row["cards"], resumed=row["status"] == RUNNING,
                                       already_done=row["status"] == DONE, dry_run=dry_run)
-                return report if row["status"] == DONE or dry_run else None
+                return (report if row["status"] == DONE or dry_run else None), False
             if dry_run:
                 chosen = uow.conn.execute(select(func.count()).select_from(card_select.subquery()), params)
-                return ActionReport(action_id, kind, cards=chosen.scalar_one(), dry_run=True)
+                return ActionReport(action_id, kind, cards=chosen.scalar_one(), dry_run=True), False
             try:
                 uow.conn.execute(insert(actions).values(id=action_id, kind=kind, selection=selection_text[:500],
                                                         status=RUNNING, cards=0, created_at=now, **values))
@@ -209,28 +210,28 @@ class Actions:
                 raise errors.ValidationError(f"action {action_id} is being started by another command right now: "
                                              "wait for it (or give the command again later to resume it)") from None
             chosen = card_select.subquery()
-            uow.conn.execute(insert(action_cards).from_select(
+            # the action is new (its row was just inserted), so the rows inserted are all its cards
+            total = uow.conn.execute(insert(action_cards).from_select(
                 ["action_id", "card_number", "state"],
-                select(literal(action_id, String), chosen.c.number, chosen.c.state)), params)
-            total = uow.conn.execute(select(func.count()).select_from(action_cards)
-                                     .where(action_cards.c.action_id == action_id)).scalar_one()
+                select(literal(action_id, String), chosen.c.number, chosen.c.state)), params).rowcount
             uow.conn.execute(update(actions).where(actions.c.id == action_id).values(cards=total))
             if self.postgres:  # the planner must know this action's many rows, or it scans them all per batch
                 uow.conn.exec_driver_sql("ANALYZE action_cards")
             uow.commit()
-        return None
+        return None, True
 
     def _finish(self, action_id: str, kind: str, resumed: bool) -> ActionReport:
         now = self.billing.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             uow.conn.execute(update(actions).where(actions.c.id == action_id, actions.c.status == RUNNING)
                              .values(status=DONE, completed_at=now))
-            counts = dict(uow.conn.execute(select(action_cards.c.state, func.count())
-                                           .where(action_cards.c.action_id == action_id)
-                                           .group_by(action_cards.c.state)).all())
-            moved = uow.conn.execute(select(func.coalesce(func.sum(action_cards.c.amount), 0))
-                                     .where(action_cards.c.action_id == action_id)).scalar_one()
+            by_state = uow.conn.execute(select(action_cards.c.state, func.count(),
+                                               func.coalesce(func.sum(action_cards.c.amount), 0))
+                                        .where(action_cards.c.action_id == action_id)
+                                        .group_by(action_cards.c.state)).all()
             uow.commit()
+        counts = {state: n for state, n, _ in by_state}
+        moved = sum((Decimal(m) for _, _, m in by_state), Decimal(0))
         return ActionReport(action_id, kind, cards=sum(counts.values()), done=counts.get(DONE, 0),
                             skipped=counts.get(SKIPPED, 0), amount=Decimal(moved).quantize(Decimal("0.01")),
                             resumed=resumed)
@@ -253,16 +254,16 @@ class Actions:
         action_id = self._action_id(kind=CREDIT, amount=str(amount), until=until, note=note or "",
                                     selection=selection.key())
         card_select = select(cards.c.number, _state_column()).where(selection.condition())
-        started = self._start(action_id, CREDIT, f"credit {amount} to {selection.key()}", card_select,
-                              {"numbers": numbers} if numbers is not None else {},
-                              dict(amount=amount, until_date=until, note=note), dry_run)
+        started, created = self._start(action_id, CREDIT, f"credit {amount} to {selection.key()}", card_select,
+                                       {"numbers": numbers} if numbers is not None else {},
+                                       dict(amount=amount, until_date=until, note=note), dry_run)
         if started is not None:
             if dry_run:
                 started.amount = amount * started.cards
             return started
         expires_at = day_start(until + timedelta(days=1), self.tz) if until else None
         text = note or f"bonus action {action_id}"
-        resumed = self._count(action_id, DONE) > 0
+        resumed = not created and self._count(action_id, DONE) > 0
         if self.postgres:
             after = ""
             while (after := self._credit_batch_pg(action_id, after, amount, expires_at, text)) is not None:
@@ -330,8 +331,8 @@ class Actions:
                 return None
             ids = _uuid5_many(action_id, locked)
             try:
-                debtors = conn.execute(_PG_CREDIT, {
-                    "cards": locked, "ids": ids, "action": action_id, "pending": PENDING, "kind": Kind.ACTION.value,
+                debtors = conn.execute(_PG_CREDIT, {  # the arrays as one text value each: see _pg_text_array
+                    "cards": _pg_text_array(locked), "ids": "{" + ",".join(ids) + "}", "action": action_id, "pending": PENDING, "kind": Kind.ACTION.value,
                     "source": Source.BACKOFFICE.value, "now": now, "day": now.astimezone(self.tz).date(),
                     "amount": amount, "note": note[:500], "expires": expires_at, "bonus": Measure.BONUS.value,
                     "role": Role.CREDIT.value, "done": DONE, "first": locked[0], "last": locked[-1]}).all()
@@ -361,8 +362,9 @@ class Actions:
             operations.c.business_date >= inactive_since)
         card_select = select(cards.c.number, literal(PENDING, String).label("state")).where(
             ~exists(purchases), exists(select(lots.c.id).where(*_zeroable(now), lots.c.card_number == cards.c.number)))
-        started = self._start(action_id, ZERO_KIND, f"zero non-expiring bonuses, inactive since {inactive_since}",
-                              card_select, {}, dict(inactive_since=inactive_since, note=note), dry_run)
+        started, created = self._start(action_id, ZERO_KIND,
+                                       f"zero non-expiring bonuses, inactive since {inactive_since}",
+                                       card_select, {}, dict(inactive_since=inactive_since, note=note), dry_run)
         if started is not None:
             if dry_run:
                 with UnitOfWork(self.engine) as uow:
@@ -372,7 +374,7 @@ class Actions:
                     ).scalar_one()).scaleb(-2)
             return started
         text = note or f"zeroing {action_id}: inactive since {inactive_since}"
-        resumed = self._count(action_id, DONE) > 0
+        resumed = not created and self._count(action_id, DONE) > 0
         for batch in self._batches(action_id, PENDING):
             self._zero_batch(action_id, batch, text)
             self.progress(len(batch))
@@ -504,6 +506,13 @@ class Actions:
                                                     action_cards.c.card_number.in_(batch))
                          .values(state=CANCELLED, kept=ZERO))
             uow.commit()
+
+
+def _pg_text_array(items: list[str]) -> str:
+    """A text[] literal, each element quoted (as ``adapters.regulation._pg_array``), sent as one text value and
+    cast in the statement: psycopg2 adapts a list element by element (the two arrays of a batch of 1,000: 7.5 ms
+    against 0.4 ms, measured at load 8)."""
+    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
 
 
 def _uuid5_many(namespace: str, names: list[str]) -> list[str]:
