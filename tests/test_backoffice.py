@@ -451,3 +451,42 @@ def test_the_fast_batch_ids_are_the_action_operation_ids():
     action = str(uuid.uuid4())
     names = ["B1", "C0000001", "Ж-карта", "x" * 32, ""]
     assert _uuid5_many(action, names) == [Actions._op_id(action, n) for n in names]
+
+
+def test_a_bonus_action_marks_its_cards_done_on_the_page_they_were_recorded_on(db):
+    """PostgreSQL: a card's progress (pending -> done, with its amount) is a HOT update of its action_cards row,
+    which fillfactor 45 leaves room for (migration 0014): the row's new version stays on its page and the primary
+    key gets no new entry. At the default fill the pages recorded when the action starts are full, and every
+    card of the second batch on would move to a new page."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("fillfactor and HOT updates are PostgreSQL's")
+    from sqlalchemy import text
+
+    db.add_card_range(1, 300, "P", 3, None, issued=ISSUED)
+    db.clock.set(msk(2026, 11, 10))
+    page = text("SELECT card_number, (ctid::text::point)[0] FROM action_cards WHERE state = :state")
+    recorded = {}
+
+    def note_pages(n):
+        if not recorded:  # after the first batch: where the cards still pending were written at the start
+            with db.engine.connect() as conn:
+                recorded.update(conn.execute(page, {"state": "pending"}).all())
+
+    report = Actions(db, batch=100, progress=note_pages).credit("1.00", Selection(all_active=True), note="hot")
+    assert report.done == 300 and len(recorded) == 200
+    with db.engine.connect() as conn:
+        now = dict(conn.execute(page, {"state": "done"}).all())
+    moved = [n for n, p in recorded.items() if now[n] != p]
+    assert moved == []
+
+
+def test_a_batch_sends_its_card_numbers_as_one_text_array_that_postgresql_reads_back_exactly(db):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("the array literal is PostgreSQL's")
+    from sqlalchemy import text
+
+    from kkmtransfer.service_layer.actions import _pg_text_array
+
+    numbers = ["B1", "a,b", 'q"uote', "back\\slash", "{br}", " sp ace ", "NULL", "Ж-карта", ""]
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT CAST(:a AS text[])"), {"a": _pg_text_array(numbers)}).scalar() == numbers
