@@ -705,8 +705,9 @@ _UTC = timezone.utc
 
 def raw_summary_path(engine: Engine) -> bool:
     """Whether ``card_summary`` serves GetCardInfo: PostgreSQL through psycopg2 with nobody listening to
-    statements (they see the unit of work's path, as every raw-path statement's)."""
-    return engine.dialect.driver == "psycopg2" and not _listening(engine)
+    statements on the engine or on every Connection (they see the unit of work's path, as every raw-path
+    statement's; a listener on the Connection class keeps its flag once added, so it keeps that path)."""
+    return engine.dialect.driver == "psycopg2" and not _listening(engine) and not _listening(Connection)
 
 
 def card_summary(engine: Engine, number: str) -> tuple[str, str | None, list[Lot]] | None:
