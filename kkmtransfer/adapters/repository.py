@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Iterable
 
 from sqlalchemy import BigInteger, and_, bindparam, case, column, func, insert, or_, select, text, type_coerce, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ..domain.ledger import Move
 from ..domain.model import DEFERRED_ROLES, ZERO, Kind, Lot, Measure, OperationView, Role
@@ -479,9 +479,11 @@ def _prepare_all(dialect) -> str:
     return _PREPARE_ALL[dialect]
 
 
-def _send_prepared(conn: Connection, fairy, dbapi, cursor, prepared: _Prepared, sql: str, params: dict,
+def _send_prepared(conn: Connection | Engine, fairy, dbapi, cursor, prepared: _Prepared, sql: str, params: dict,
                    fetch: bool) -> str:
-    """Execute ``prepared`` on ``cursor``; answers the SQL sent (for an error's message).
+    """Execute ``prepared`` on ``cursor``; answers the SQL sent (for an error's message). ``conn``: the unit
+    of work's Connection, or the Engine when the read runs on a bare pooled connection in autocommit
+    (``card_summary``).
 
     The first use on a DBAPI connection sends every PREPARE with the EXECUTE (one round trip). Later ones send
     the EXECUTE alone when the session is known to have the statements: the statement starts a transaction
@@ -497,7 +499,7 @@ def _send_prepared(conn: Connection, fairy, dbapi, cursor, prepared: _Prepared, 
         state = fairy.info[_STATE_KEY] = _PrepState(dbapi)
     dialect = conn.dialect
     prepare, execute = prepared.forms(dialect, sql)
-    tx = conn.get_transaction()
+    tx = conn.get_transaction() if isinstance(conn, Connection) else None  # the Engine: card_summary, autocommit
     guarded = False
     if state.ready:
         starts = dbapi.autocommit or dbapi.get_transaction_status() == _IDLE
@@ -674,6 +676,92 @@ def _card_read(with_operation: bool, lock_first: bool = False, name: str | None 
 _CARD_WITH_LOTS = _card_read(with_operation=False, name="card")
 _CARD_WITH_LOTS_AND_OPERATION = _card_read(with_operation=True)  # SQLite's (the writer holds the database)
 _LOCK_AND_READ = _card_read(with_operation=True, lock_first=True, name="lock")  # kkm_lock, then kkm_lock_2
+
+
+class _SummaryRead:
+    """GetCardInfo's read on the raw path (``card_summary``): only what the answer needs, the card's status
+    and holder and its lots that matter now (the same condition and order as ``_card_read``), 8 columns
+    instead of 17 (psycopg2 decodes every column's name on every execute); the lot's remaining comes as
+    numeric with two fraction digits (``remaining * 0.01``: the same Decimal as ``Cents``, made by
+    psycopg2's C typecaster). A gift certificate's account is no card: not read."""
+
+    sql = ("SELECT c.status, c.holder, l.id, l.measure, l.remaining * 0.01, l.available_from, l.expires_at, "
+           "l.exclusive FROM cards c LEFT OUTER JOIN lots l ON l.card_number = c.number "
+           "AND (l.remaining <> 0 OR (l.available_from IS NULL AND l.expires_at IS NULL)) "
+           f"WHERE c.number = %(number)s AND c.status <> '{CERTIFICATE_ACCOUNT}' ORDER BY l.id")
+
+    def __init__(self):
+        self.prepared = _Prepared("info", {"number": "text"})
+        self.prepared.owner = self
+
+    def sql_for(self, dialect) -> str:
+        return self.sql
+
+
+_SUMMARY = _SummaryRead()
+_MEASURE_OF = {m.value: m for m in Measure}
+_UTC = timezone.utc
+
+
+def raw_summary_path(engine: Engine) -> bool:
+    """Whether ``card_summary`` serves GetCardInfo: PostgreSQL through psycopg2 with nobody listening to
+    statements on the engine or on every Connection (they see the unit of work's path, as every raw-path
+    statement's; a listener on the Connection class keeps its flag once added, so it keeps that path)."""
+    return engine.dialect.driver == "psycopg2" and not _listening(engine) and not _listening(Connection)
+
+
+def card_summary(engine: Engine, number: str) -> tuple[str, str | None, list[Lot]] | None:
+    """GetCardInfo's read without a unit of work: (status, holder, the lots that matter now) of the card,
+    None when there is none. One statement (one snapshot, one round trip) on a pooled DBAPI connection in
+    autocommit (no BEGIN, no ROLLBACK, as ``UnitOfWork(single_statement=True)``), sent as the connection's
+    prepared statement ``kkm_info`` (``_send_prepared``: a session reset by a pooler is prepared again).
+    What it skips is the unit of work's Python: SQLAlchemy's Connection and transaction objects around one
+    statement (the pool's checkout with its liveness check, and its reset on return, are the same). A
+    DBAPI error goes through SQLAlchemy's handling, as on the unit of work's connection (wrapped as
+    sqlalchemy.exc errors; a lost connection invalidated with the pool's older ones). PostgreSQL only
+    (``raw_summary_path``)."""
+    try:
+        fairy = engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as exc:  # as engine.connect() raises it
+        Connection._handle_dbapi_exception_noconnection(exc, engine.dialect, engine)
+        raise
+    params = {"number": number}
+    sql = _SUMMARY.sql
+    cursor = None
+    dbapi = fairy.dbapi_connection
+    try:
+        dbapi.autocommit = True  # psycopg2's client-side switch, restored before the connection goes back
+        try:
+            cursor = dbapi.cursor()
+            if engine.get_execution_options().get(PREPARED_OPTION, True):
+                sql = _send_prepared(engine, fairy, dbapi, cursor, _SUMMARY.prepared, sql, params, True)
+            else:
+                cursor.execute(sql, params)
+            rows = cursor.fetchall()
+            cursor.close()
+        finally:
+            if not dbapi.closed:
+                dbapi.autocommit = False
+    except BaseException as exc:
+        conn = Connection(engine, fairy)  # SQLAlchemy's own handling, as _on_cursor's
+        try:
+            conn._handle_dbapi_exception(exc, sql, params, cursor, None)
+        finally:
+            if not conn.invalidated and (dbapi.closed or dbapi.autocommit):
+                conn.invalidate()  # never hand the pool a closed or an autocommit connection
+            conn.close()
+    fairy.close()
+    if not rows:
+        return None
+    status, holder = rows[0][0], rows[0][1]
+    if rows[0][2] is None:  # no lot (the outer join's one row)
+        return status, holder, []
+    measure_of, utc = _MEASURE_OF, _UTC
+    return status, holder, [
+        Lot(lot_id, measure_of.get(measure) or Measure(measure), remaining,
+            None if start is None else start.replace(tzinfo=utc), None if end is None else end.replace(tzinfo=utc),
+            exclusive)
+        for _, _, lot_id, measure, remaining, start, end, exclusive in rows]
 
 # PostgreSQL: an operation's entries and the relative updates of its lots' remaining (whole hundredths)
 _ARRAY_TYPES = {"lot_ids": "bigint[]", "measures": "text[]", "roles": "text[]", "amounts": "bigint[]",

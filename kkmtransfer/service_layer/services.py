@@ -9,7 +9,7 @@ from typing import Callable
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from ..adapters.repository import Repository
+from ..adapters.repository import Repository, card_summary, raw_summary_path
 from ..config import Settings
 from ..domain import errors
 from ..domain.ledger import CardLedger, day_bounds
@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 APPLIED = "Applied"
 ALREADY_APPLIED = "AlreadyApplied"
+
+
+_CARD_STATUS = {s.value: s for s in CardStatus}  # CardStatus(value) without the enum's lookup
 
 
 def utcnow() -> datetime:
@@ -102,12 +105,20 @@ class BillingService:
 
     def card_info(self, number: str) -> CardView:
         number = required_text(number, "CardNumber", 32)
-        with UnitOfWork(self.engine, single_statement=True) as uow:
-            card, lots = uow.repo.card_with_lots(number)  # one statement: one snapshot, one round trip
-        if card is None:
-            raise errors.CardNotFound(f"card {number} not found")
+        if raw_summary_path(self.engine):  # PostgreSQL: the read alone, on a pooled connection in autocommit
+            found = card_summary(self.engine, number)  # one statement: one snapshot, one round trip
+            if found is None:
+                raise errors.CardNotFound(f"card {number} not found")
+            status, holder, lots = found
+        else:
+            with UnitOfWork(self.engine, single_statement=True) as uow:
+                card, lots = uow.repo.card_with_lots(number)  # one statement: one snapshot, one round trip
+            if card is None:
+                raise errors.CardNotFound(f"card {number} not found")
+            status, holder = card["status"], card["holder"]
         now = self.clock()
-        return self._view(None, card, now, CardLedger(lots, now))
+        return CardView(number, _CARD_STATUS.get(status) or CardStatus(status), holder,
+                        CardLedger(lots, now).balances(self.settings.tz))
 
     def find_by_phone(self, phone: str) -> CardView:
         digits = normalise_phone(phone)
