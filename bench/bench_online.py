@@ -1,7 +1,7 @@
 """Online benchmark: gunicorn on PostgreSQL driven by wrk, beside the SOAP stack's and the database's ceilings.
 
     .venv/bin/python bench/bench_online.py [--seconds 5] [--connections 1,8,32] [--cards 20000]
-                                           [--workers N] [--threads 4] [--scaling 1,2] [--profile DIR] [--keep]
+                                           [--workers N] [--threads 1] [--scaling 1,2] [--profile DIR] [--keep]
     make bench        (all benchmarks; BENCH_ONLINE_ARGS="--seconds 8" passes options to this one)
 
 What it does, in one run:
@@ -11,7 +11,7 @@ What it does, in one run:
    never-ending bonus bucket, accumulation and receipt count, each with its credit entry), and one register
    user;
 2. starts gunicorn with the production settings of docs/operations.md (``--workers`` = 2 x CPU cores,
-   ``--threads 4``, ``kkmtransfer.wsgi:application``) and ``KKMTRANSFER_BENCH_ECHO=1``, which mounts the
+   ``--threads 1``: the sync worker, ``kkmtransfer.wsgi:application``) and ``KKMTRANSFER_BENCH_ECHO=1``, which mounts the
    no-database echo of ``kkmtransfer/soap/echo.py`` at /KKMTransferEcho (the contract's WSDL is unchanged);
 3. checks each prebuilt envelope once (HTTP 200, the expected answer), warms every worker up, then runs
    wrk (one connection per wrk thread, so that a connection's requests keep their order) for ``--seconds``
@@ -636,7 +636,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cards", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1),
                         help="gunicorn workers of the main runs (docs/operations.md: about 2 x CPU cores)")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (docs: 4)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="gunicorn threads per worker (docs/operations.md: 1, the sync worker, behind the proxy)")
     parser.add_argument("--scaling", default="1,2",
                         help="worker counts for the scaling runs at 8 connections ('' to skip)")
     parser.add_argument("--bare-max", type=int, default=8,

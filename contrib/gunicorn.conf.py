@@ -10,7 +10,10 @@ from kkmtransfer.logging import gunicorn_logconfig_dict
 
 bind = os.environ.get("KKMTRANSFER_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("KKMTRANSFER_WORKERS", "4"))
-threads = int(os.environ.get("KKMTRANSFER_THREADS", "4"))
+# One thread per process (gunicorn's sync worker) behind the TLS proxy, which buffers the registers' requests
+# and answers and keeps their connections alive: the tail of the answers' times is about half gthread's
+# (docs/performance.md §5.7). Without a buffering proxy in front, give each process threads (e.g. 4).
+threads = int(os.environ.get("KKMTRANSFER_THREADS", "1"))
 graceful_timeout = 20
 timeout = 60
 

@@ -18,7 +18,7 @@ OTHER = {
     "KKMTRANSFER_ACTOR": "(the OS user)",
     "KKMTRANSFER_BIND": "127.0.0.1:8080 (contrib/gunicorn.conf.py)",
     "KKMTRANSFER_WORKERS": "4 (contrib/gunicorn.conf.py)",
-    "KKMTRANSFER_THREADS": "4 (contrib/gunicorn.conf.py)",
+    "KKMTRANSFER_THREADS": "1 (contrib/gunicorn.conf.py)",
 }
 
 
