@@ -1,4 +1,4 @@
-"""GetCardInfo's read without a unit of work (docs/performance.md §5.5): on PostgreSQL ``card_summary`` reads
+"""GetCardInfo's read without a unit of work (docs/performance.md §5.6): on PostgreSQL ``card_summary`` reads
 the card's status, holder and lots on a bare pooled connection in autocommit, 8 columns instead of 17. What
 must hold: it reads what the unit of work's ``card_with_lots`` reads (lots equal, Decimal and aware UTC
 times), prepared or as text; GetCardInfo answers the same CardView as the unit of work's path; a database
