@@ -7,7 +7,7 @@ pending row. Pages written before keep their fill until they are rewritten.
 
 Revision ID: 0014
 Revises: 0013
-Create Date: 2026-12-02
+Create Date: 2026-11-30
 """
 from alembic import op
 
