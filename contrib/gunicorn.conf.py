@@ -9,11 +9,25 @@ import os
 from kkmtransfer.logging import gunicorn_logconfig_dict
 
 bind = os.environ.get("KKMTRANSFER_BIND", "127.0.0.1:8080")
-workers = int(os.environ.get("KKMTRANSFER_WORKERS", "4"))
+
+
+def _whole(name: str, default: int, low: int, high: int) -> int:
+    """A whole number from the environment, or one line saying what is wrong (never a traceback)."""
+    raw = os.environ.get(name, "").strip() or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"Error: {name}: {raw[:40]!r} is not a whole number (default {default})") from None
+    if not low <= value <= high:
+        raise SystemExit(f"Error: {name}: must be {low} to {high}, got {value}")
+    return value
+
+
+workers = _whole("KKMTRANSFER_WORKERS", 4, 1, 256)
 # One thread per process (gunicorn's sync worker) behind the TLS proxy, which buffers the registers' requests
 # and answers and keeps their connections alive: the tail of the answers' times is about half gthread's
 # (docs/performance.md §5.7). Without a buffering proxy in front, give each process threads (e.g. 4).
-threads = int(os.environ.get("KKMTRANSFER_THREADS", "1"))
+threads = _whole("KKMTRANSFER_THREADS", 1, 1, 256)
 graceful_timeout = 20
 timeout = 60
 

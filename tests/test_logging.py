@@ -127,3 +127,20 @@ def test_gunicorn_with_the_contrib_config_logs_in_the_one_format(db, database_ur
     assert any("gunicorn.access" in line and f"req={request_id}" in line and " 401 " in line for line in lines)
     assert not any(line.split(" ")[1] == "INFO" and " alembic" in line for line in lines)
     assert not any(line.startswith("FORGED") for line in lines)
+
+
+@pytest.mark.parametrize("name, value, says", [
+    ("KKMTRANSFER_THREADS", "abc", "KKMTRANSFER_THREADS: 'abc' is not a whole number"),
+    ("KKMTRANSFER_THREADS", "0", "KKMTRANSFER_THREADS: must be 1 to 256, got 0"),
+    ("KKMTRANSFER_WORKERS", "4x", "KKMTRANSFER_WORKERS: '4x' is not a whole number"),
+])
+def test_the_contrib_config_refuses_a_bad_count_in_one_line(name, value, says):
+    """contrib/gunicorn.conf.py: a bad KKMTRANSFER_WORKERS / _THREADS stops gunicorn with one line, no traceback."""
+    conf = ROOT / "contrib" / "gunicorn.conf.py"
+    proc = subprocess.run([sys.executable, "-m", "gunicorn", "-c", str(conf), "--check-config",
+                           "kkmtransfer.wsgi:application"], env=dict(os.environ, **{name: value}),
+                          capture_output=True, text=True, timeout=60)
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode != 0
+    assert says in out
+    assert "Traceback" not in out and len(out.splitlines()) == 1, out
