@@ -65,29 +65,23 @@ class CardLedger:
         (``pending``), and the bonus that burns first (the earliest day, in ``tz``, on which live or pending
         bonus lots with something left expire). One pass over the lots (GetCardInfo's hot path)."""
         now = self.now
-        bonus = acc = count = bonus_pending = acc_pending = count_pending = ZERO
+        sums = [ZERO] * 6  # live bonus, accumulation, receipt count; then the same pending
         burning: dict = {}
         for lot in self.lots:
             measure, start, end, remaining = lot.measure, lot.available_from, lot.expires_at, lot.remaining
             expired = end is not None and end <= now
-            if start is not None and start > now:  # pending
-                if measure is _BONUS:
-                    bonus_pending += remaining
-                elif measure is _ACCUMULATION:
-                    acc_pending += remaining
-                elif measure is _RECEIPT_COUNT:
-                    count_pending += remaining
-            elif not expired:  # live
-                if measure is _BONUS:
-                    bonus += remaining
-                elif measure is _ACCUMULATION:
-                    acc += remaining
-                elif measure is _RECEIPT_COUNT:
-                    count += remaining
-            if measure is _BONUS and end is not None and not expired and remaining > 0:
+            # the measure's slot by identity (a dict keyed by the enum would pay its Python-level hash)
+            slot = 0 if measure is _BONUS else 1 if measure is _ACCUMULATION else 2 if measure is _RECEIPT_COUNT else -1
+            if slot >= 0:
+                if start is not None and start > now:  # pending
+                    sums[slot + 3] += remaining
+                elif not expired:  # live
+                    sums[slot] += remaining
+            if slot == 0 and end is not None and not expired and remaining > 0:
                 day = end.astimezone(tz).date()
                 burning[day] = burning.get(day, ZERO) + remaining
         next_day = min(burning) if burning else None
+        bonus, acc, count, bonus_pending, acc_pending, count_pending = sums
         return Balances(bonus, bonus_pending, next_day, burning.get(next_day, ZERO), acc, acc_pending,
                         int(count), int(count_pending))
 
