@@ -68,3 +68,20 @@ def check_own(row, op_id: str, **expected) -> None:
         raise IdTaken(f"operation {op_id} is held by another record ({', '.join(f'{k}={v}' for k, v in wrong.items())}, "
                       f"expected {', '.join(f'{k}={v}' for k, v in expected.items() if k in wrong)}); "
                       "run `kkmtransfer ledger verify` and report it")
+
+
+def uuid5_many(namespace: uuid.UUID, prefix: str, names) -> list[str]:
+    """``[str(uuid.uuid5(namespace, prefix + name)) for name in names]`` without a UUID object per name: the
+    SHA-1 of the namespace and the prefix is computed once and copied for each name (bulk paths derive a
+    batch's ids with it; tests compare it with ``uuid.uuid5``)."""
+    head = hashlib.sha1(namespace.bytes + prefix.encode())
+    out = []
+    for name in names:
+        h = head.copy()
+        h.update(name.encode())
+        x = bytearray(h.digest()[:16])
+        x[6] = (x[6] & 0x0F) | 0x50  # version 5
+        x[8] = (x[8] & 0x3F) | 0x80  # RFC 4122 variant
+        x = x.hex()
+        out.append(f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}")
+    return out
