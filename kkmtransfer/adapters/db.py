@@ -582,3 +582,16 @@ def _sqlite_tuning(engine: Engine) -> None:
 
 def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def pg_text_array(items: list[str]) -> str:
+    """A PostgreSQL text[] literal, each element quoted, to be sent as one text value and cast in the statement
+    (``CAST(:cards AS text[])``): psycopg2 adapts a list element by element, and a constant array of thousands
+    of elements is walked by the planner at every batch (the bulk paths: the nightly's cards and line ids, an
+    action's cards and operation ids)."""
+    if not items:
+        return "{}"
+    plain = "".join(items)
+    if '"' in plain or "\\" in plain:  # quote each element's own quotes and backslashes
+        items = [i.replace("\\", "\\\\").replace('"', '\\"') for i in items]
+    return '{"' + '","'.join(items) + '"}'

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..domain.model import DEFERRED_ROLES, Kind, Measure, Role, Source
-from .db import UTCDateTime, documents, entries, lots, operations
+from .db import UTCDateTime, documents, entries, lots, operations, pg_text_array
 from .server_ids import IdTaken, namespace, server_id, uuid5_many
 
 LINE_NAMESPACE = uuid.UUID("6b1f3c1e-2f4a-4d7e-9a51-0c4d1e8a7f10")
@@ -282,15 +282,7 @@ SELECT count(*), count(*) FILTER (WHERE remaining > 0), coalesce(array_agg(id OR
 }
 
 
-def _pg_array(items: list[str]) -> str:
-    """A text[] literal, each element quoted: sent as one text value and cast in the statement, so the planner
-    does not walk a constant array of thousands of elements (ids, cards, line ids) at every batch."""
-    if not items:
-        return "{}"
-    plain = "".join(items)
-    if '"' in plain or "\\" in plain:  # quote each element's own quotes and backslashes
-        items = [i.replace("\\", "\\\\").replace('"', '\\"') for i in items]
-    return '{"' + '","'.join(items) + '"}'
+_pg_array = pg_text_array  # the nightly's name for it
 
 
 def _pg_write(conn: Connection, what: str, kind: Kind, doc_id: str, day: date, cutoff: datetime, now: datetime,

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..adapters.server_ids import IdTaken, engine_namespace, server_id, uuid5_many
 from ..adapters.db import (Cents, UTCDateTime, action_cards, actions, cards, entries, is_postgresql, lots,
-                           operations)
+                           operations, pg_text_array)
 from ..adapters.repository import CERTIFICATE_ACCOUNT
 from ..domain import errors
 from ..domain.ledger import CardLedger
@@ -331,8 +331,9 @@ class Actions:
                 return None
             ids = _uuid5_many(action_id, locked)
             try:
-                debtors = conn.execute(_PG_CREDIT, {  # the arrays as one text value each: see _pg_text_array
-                    "cards": _pg_text_array(locked), "ids": "{" + ",".join(ids) + "}", "action": action_id, "pending": PENDING, "kind": Kind.ACTION.value,
+                debtors = conn.execute(_PG_CREDIT, {  # the arrays as one text value each: see pg_text_array
+                    "cards": pg_text_array(locked), "ids": pg_text_array(ids), "action": action_id,
+                    "pending": PENDING, "kind": Kind.ACTION.value,
                     "source": Source.BACKOFFICE.value, "now": now, "day": now.astimezone(self.tz).date(),
                     "amount": amount, "note": note[:500], "expires": expires_at, "bonus": Measure.BONUS.value,
                     "role": Role.CREDIT.value, "done": DONE, "first": locked[0], "last": locked[-1]}).all()
@@ -508,11 +509,7 @@ class Actions:
             uow.commit()
 
 
-def _pg_text_array(items: list[str]) -> str:
-    """A text[] literal, each element quoted (as ``adapters.regulation._pg_array``), sent as one text value and
-    cast in the statement: psycopg2 adapts a list element by element (the two arrays of a batch of 1,000: 7.5 ms
-    against 0.4 ms, measured at load 8)."""
-    return "{" + ",".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in items) + "}"
+_pg_text_array = pg_text_array  # the actions' name for it (adapters.db)
 
 
 def _uuid5_many(namespace: str, names: list[str]) -> list[str]:
