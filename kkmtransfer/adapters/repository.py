@@ -24,7 +24,8 @@ _CARD_RULES: dict[tuple, CardRules] = {}  # (the card's four rule columns) -> it
 
 class Repository:
     def __init__(self, conn: Connection):
-        self.conn = conn
+        self._conn = conn
+        self.conn = conn  # pg_folded.FoldingRepository: a property that first sends what is pending
         self._holds_read: dict[str, dict | None] = {}  # hold_named(): the holds lock_card_for read already
 
     # -- cards -------------------------------------------------------------------------------
@@ -50,10 +51,14 @@ class Repository:
         the read is a statement of its own, so it takes its snapshot after the lock is granted and sees
         what the card's previous writer committed (one statement that locked and read would read the
         lots as they were before it waited for the lock). On SQLite the writer's transaction holds the
-        database's write lock already. When the card does not exist the operation is looked up alone."""
+        database's write lock already. When the card does not exist the operation is looked up alone. On a
+        ``pg_folded.FoldingRepository`` the transaction's BEGIN travels in the same round trip."""
         params = {"number": number, "operation_id": operation_id}
-        stmt = _LOCK_AND_READ if self.conn.dialect.name == "postgresql" else _CARD_WITH_LOTS_AND_OPERATION
-        card, lots, existing = self._card_rows(stmt, params, hold_id=operation_id)
+        if self._conn.dialect.name == "postgresql":
+            card, lots, existing = self._card_rows(_LOCK_AND_READ, params, hold_id=operation_id,
+                                                   prefix=self._begin_with())
+        else:
+            card, lots, existing = self._card_rows(_CARD_WITH_LOTS_AND_OPERATION, params, hold_id=operation_id)
         if card is None:
             return self.get_operation(operation_id), None, None
         return existing, card, lots
@@ -65,9 +70,15 @@ class Repository:
             return self._holds_read.pop(operation_id)
         return self.conn.execute(select(holds).where(holds.c.id == operation_id)).mappings().first()
 
-    def _card_rows(self, read: "_Read", params,
-                   hold_id: str | None = None) -> tuple[dict | None, list[Lot], dict | None]:
-        rows = read.rows(self.conn, params)
+    def _begin_with(self) -> str:
+        """What the transaction's first statement carries in front of it: nothing here (the DBAPI begins the
+        transaction); ``"BEGIN; "`` on a ``pg_folded.FoldingRepository`` whose BEGIN is still to be sent."""
+        return ""
+
+    def _card_rows(self, read: "_Read", params, hold_id: str | None = None,
+                   prefix: str = "") -> tuple[dict | None, list[Lot], dict | None]:
+        # with a prefix (the transaction's BEGIN) the connection as it is: the statement begins the transaction
+        rows = read.rows(self._conn if prefix else self.conn, params, prefix)
         if not rows:
             return None, [], None
         first = rows[0]
@@ -250,10 +261,15 @@ class Repository:
                     "lot_ids": [m.lot.id for m in moves], "measures": [m.lot.measure.value for m in moves],
                     "roles": [m.role.value for m in moves], "amounts": [_raw_cents(m.amount) for m in moves],
                     "changed_ids": [k for k, _ in changed], "deltas": [_raw_cents(v) for _, v in changed]})
-                _OPERATION_ENTRIES_AND_LOTS.execute(self.conn, params)
+                self._write_later(_OPERATION_ENTRIES_AND_LOTS, params)
                 return
         self.insert_operation(**values)
         self.save_moves(values["card_number"], values["id"], moves, now)
+
+    def _write_later(self, write: "_Write", params: dict) -> None:
+        """Send a raw-path write: at once here; a ``pg_folded.FoldingRepository`` keeps it until the next
+        statement or the commit, which it then carries (one round trip for the write and the COMMIT)."""
+        write.execute(self.conn, params)
 
     # -- operations --------------------------------------------------------------------------
     def get_operation(self, operation_id: str):
@@ -386,20 +402,23 @@ def _listening(target) -> bool:
     return any(getattr(target.dispatch, name) for name in _STATEMENT_EVENTS)
 
 
-def _on_cursor(conn: Connection, sql: str, params: dict, fetch: bool, prepared: "_Prepared | None" = None):
+def _on_cursor(conn: Connection, sql: str, params: dict | None, fetch: bool, prepared: "_Prepared | None" = None,
+               prefix: str = "", suffix: str = ""):
     """Run SQL compiled for ``conn``'s dialect on its DBAPI connection (the unit of work's transaction); a
     DBAPI error goes through SQLAlchemy's own handling, as ``Connection.execute`` would send it (wrapped as
     sqlalchemy.exc errors, IntegrityError included; a lost connection invalidated with the pool's older
     ones). With ``prepared`` (and KKMTRANSFER_PG_PREPARED on) it is sent as EXECUTE of the connection's
-    server-side prepared statement (``_send_prepared``)."""
+    server-side prepared statement (``_send_prepared``). ``prefix`` and ``suffix``: statements sent in the
+    same round trip before and after it (``pg_folded``: the transaction's BEGIN, its COMMIT)."""
     cursor = None
     try:
         fairy = conn.connection
         dbapi = fairy.dbapi_connection
         cursor = dbapi.cursor()
         if prepared is not None and conn.get_execution_options().get(PREPARED_OPTION, True):
-            sql = _send_prepared(conn, fairy, dbapi, cursor, prepared, sql, params, fetch)
+            sql = _send_prepared(conn, fairy, dbapi, cursor, prepared, sql, params, fetch, prefix, suffix)
         else:
+            sql = prefix + sql + suffix
             cursor.execute(sql, params)
         fetched = cursor.fetchall() if fetch else None
         cursor.close()
@@ -480,7 +499,7 @@ def _prepare_all(dialect) -> str:
 
 
 def _send_prepared(conn: Connection | Engine, fairy, dbapi, cursor, prepared: _Prepared, sql: str, params: dict,
-                   fetch: bool) -> str:
+                   fetch: bool, prefix: str = "", suffix: str = "") -> str:
     """Execute ``prepared`` on ``cursor``; answers the SQL sent (for an error's message). ``conn``: the unit
     of work's Connection, or the Engine when the read runs on a bare pooled connection in autocommit
     (``card_summary``).
@@ -493,7 +512,8 @@ def _send_prepared(conn: Connection | Engine, fairy, dbapi, cursor, prepared: _P
     middle of a transaction that no EXECUTE has vouched for (a reserve begins with SQLAlchemy's statements),
     an error would lose the transaction: a write is sent inside a savepoint released in the same round trip
     (after a reset: rolled back to it, and sent again with the PREPAREs), a read as text (a savepoint could
-    not be released behind its rows)."""
+    not be released behind its rows). ``prefix``/``suffix`` (``_on_cursor``) travel with whatever is sent; a
+    prefix that begins the transaction (``"BEGIN; "``) makes the statement one that starts it."""
     state = fairy.info.get(_STATE_KEY)
     if state is None or state.dbapi is not dbapi:  # a new connection (or one that replaced it)
         state = fairy.info[_STATE_KEY] = _PrepState(dbapi)
@@ -502,13 +522,16 @@ def _send_prepared(conn: Connection | Engine, fairy, dbapi, cursor, prepared: _P
     tx = conn.get_transaction() if isinstance(conn, Connection) else None  # the Engine: card_summary, autocommit
     guarded = False
     if state.ready:
-        starts = dbapi.autocommit or dbapi.get_transaction_status() == _IDLE
+        # libpq's status of the server's transaction (psycopg2 in autocommit may be inside a BEGIN we sent)
+        starts = dbapi.get_transaction_status() == _IDLE
         if not starts and (state.tx is None or tx is None or state.tx() is not tx):
             if fetch:
+                sql = prefix + sql + suffix
                 cursor.execute(sql, params)  # not vouched for in this transaction: as text
                 return sql
             guarded = True
         sent = f"SAVEPOINT kkm_prepared; {execute}; RELEASE SAVEPOINT kkm_prepared" if guarded else execute
+        sent = prefix + sent + suffix
         try:
             cursor.execute(sent, params)
         except Exception as exc:  # noqa: BLE001
@@ -521,10 +544,14 @@ def _send_prepared(conn: Connection | Engine, fairy, dbapi, cursor, prepared: _P
                 raise
             elif not dbapi.autocommit:
                 dbapi.rollback()  # the failed EXECUTE was the transaction's first statement
+            elif dbapi.get_transaction_status() != _IDLE:
+                cursor.execute("ROLLBACK")  # the prefix's BEGIN opened it (pg_folded)
         else:
             state.tx = weakref.ref(tx) if tx is not None else None
             return sent
-    sent = _prepare_all(dialect) + execute + ("; RELEASE SAVEPOINT kkm_prepared" if guarded else "")
+    # the prefix (a BEGIN) after the PREPAREs: PostgreSQL counts them into the transaction it begins
+    sent = (_prepare_all(dialect) + prefix + execute + ("; RELEASE SAVEPOINT kkm_prepared" if guarded else "")
+            + suffix)
     state.ready, state.tx = True, None
     try:
         cursor.execute(sent, params)
@@ -564,16 +591,19 @@ class _Write:
             self._compiled[dialect] = sql, processors
             return sql, processors
 
-    def execute(self, conn: Connection, params: dict) -> None:
+    def execute(self, conn: Connection, params: dict, suffix: str = "") -> None:
+        """``suffix``: statements sent after it in the same round trip (``pg_folded``: the COMMIT)."""
         if not _raw_path(conn):
             conn.execute(self.clause, params)
+            if suffix:
+                conn.exec_driver_sql(suffix.lstrip("; "))
             return
         sql, processors = self._compile(conn.dialect)
         if processors:
             params = dict(params)
             for name, p in processors:
                 params[name] = p(params[name])
-        _on_cursor(conn, sql, params, fetch=False, prepared=self.prepared)
+        _on_cursor(conn, sql, params, fetch=False, prepared=self.prepared, suffix=suffix)
 
 
 def _param_type(type_) -> str:
@@ -626,11 +656,14 @@ class _Read:
     def sql_for(self, dialect) -> str:
         return self._compile(dialect)[0]
 
-    def rows(self, conn: Connection, params: dict) -> list:
+    def rows(self, conn: Connection, params: dict, prefix: str = "") -> list:
+        """``prefix``: statements sent before it in the same round trip (``pg_folded``: the BEGIN)."""
         if not _raw_path(conn):
+            if prefix:
+                conn.exec_driver_sql(prefix.rstrip("; "))
             return conn.execute(self.clause, params).all()
         sql, processors, lot_processors = self._compile(conn.dialect)
-        fetched = _on_cursor(conn, sql, params, fetch=True, prepared=self.prepared)
+        fetched = _on_cursor(conn, sql, params, fetch=True, prepared=self.prepared, prefix=prefix)
         if not fetched or not processors:
             return fetched
         # every column of the first row; of the others only the lot's (the card, operation and hold

@@ -218,7 +218,7 @@ class BillingService:
         from .spend_codes import keep_rejection, keeping_rejections
 
         try:
-            with UnitOfWork(self.engine, write=True) as uow, keeping_rejections(uow):
+            with UnitOfWork(self.engine, write=True, fold=True) as uow, keeping_rejections(uow):
                 self.check_scope(uow.repo, actor, principal, request)
                 result = self.apply(uow.repo, request, source, self.clock(), actor=actor, spend_code=spend_code)
                 uow.commit()
