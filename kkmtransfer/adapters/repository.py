@@ -232,7 +232,7 @@ class Repository:
         if rows and changed and self.conn.dialect.name == "postgresql":
             # the entries and the lots' new remaining in one statement (one round trip), of one shape
             # whatever the number of moves (arrays), so it is parsed and compiled once
-            _ENTRIES_AND_LOTS.execute(self.conn, {
+            self._write_later(_ENTRIES_AND_LOTS, {
                 "operation_id": operation_id, "card_number": card_number,
                 "lot_ids": [r["lot_id"] for r in rows], "measures": [r["measure"] for r in rows],
                 "roles": [r["role"] for r in rows], "amounts": [_raw_cents(r["amount"]) for r in rows],

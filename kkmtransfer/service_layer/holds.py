@@ -183,14 +183,18 @@ class HoldService:
         content_hash = _hash(number, kkm, amount)
         from .spend_codes import keeping_rejections
 
-        with UnitOfWork(self.engine, write=True) as uow, keeping_rejections(uow):
-            repo, prepo = uow.repo, ProgramRepository(uow.conn)
+        with UnitOfWork(self.engine, write=True, fold=True) as uow, keeping_rejections(uow):
+            repo = uow.repo
+            # the card locked, its lots, and the operation and the hold of this id: one round trip (with the
+            # transaction's BEGIN on PostgreSQL, adapters.pg_folded)
+            existing, card, lots = repo.lock_card_for(number, op_id)
             _check_kkm(repo, actor, kkm)
-            card = self._card(repo, number, lock=True)
-            hold = prepo.get_hold(op_id)
+            if card is None:
+                raise errors.CardNotFound(f"card {number} not found")
+            hold = repo.hold_named(op_id)
             if hold is not None:
                 return self._existing(hold, content_hash, uow, now)
-            if repo.get_operation(op_id) is not None:
+            if existing is not None:
                 raise errors.OperationConflict(f"OperationId {op_id} was already applied as an operation")
             if card["status"] != CardStatus.ACTIVE.value:
                 raise errors.CardBlocked(f"card {number} is blocked")
@@ -198,7 +202,7 @@ class HoldService:
             # sale that confirms the hold needs none
             self.billing.spend_codes.check_spend(uow.conn, card, spend_code=spend_code, operation_id=op_id,
                                                  kkm=kkm, who=actor, now=now)
-            ledger = CardLedger(repo.load_lots(number), now)
+            ledger = CardLedger(lots, now)
             ledger.spend(amount, role=Role.HOLD)
             ledger_id = hold_operation_id(uow.conn, op_id)
             check_own(repo.get_operation(ledger_id), ledger_id, kind=Kind.HOLD.value)
@@ -208,12 +212,13 @@ class HoldService:
                 receipt_sum=ZERO, bonus_accrued=ZERO, bonus_spent=amount, accumulation_delta=ZERO,
                 receipt_count_delta=0, note=f"hold {op_id}", created_at=now,
                 **({"actor": actor[:255]} if actor else {}))
-            repo.save_moves(number, ledger_id, ledger.moves, now)
             expires = now + timedelta(seconds=self.settings.hold_timeout)
-            prepo.insert_hold(id=op_id, hold_operation_id=ledger_id, card_number=number, kkm=kkm, amount=amount,
-                              spend_code=None,  # a code is never stored in clear (it was checked above)
-                              content_hash=content_hash, status=RESERVED, created_at=now,
-                              expires_at=expires)
+            ProgramRepository(uow.conn).insert_hold(
+                id=op_id, hold_operation_id=ledger_id, card_number=number, kkm=kkm, amount=amount,
+                spend_code=None,  # a code is never stored in clear (it was checked above)
+                content_hash=content_hash, status=RESERVED, created_at=now, expires_at=expires)
+            # the last write: on PostgreSQL sent with the COMMIT (adapters.pg_folded)
+            repo.save_moves(number, ledger_id, ledger.moves, now)
             view = self.billing._view(repo, card, now, ledger)
             uow.commit()
         return ReservationView(op_id, "Reserved", amount, expires, view)
