@@ -422,6 +422,27 @@ def test_four_db_upgrades_at_once_all_succeed_on_sqlite(tmp_path):
     _four_upgrades(f"sqlite:///{tmp_path / 'up.sqlite3'}")
 
 
+def test_a_sqlite_upgrade_waits_for_the_one_running(tmp_path):
+    """What keeps two upgrades of one SQLite file apart (pysqlite's DDL takes no write lock): the lock file
+    beside the database. While another holds it, ``db upgrade`` says so in one line and waits; then it runs."""
+    import fcntl
+
+    database = tmp_path / "wait.sqlite3"
+    env = dict(os.environ, KKMTRANSFER_DATABASE_URL=f"sqlite:///{database}")
+    with open(f"{database}.upgrade-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.Popen([KKM, "db", "upgrade"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        time.sleep(3)
+        assert proc.poll() is None  # waiting for the lock
+        assert not database.exists() or database.stat().st_size == 0  # and nothing created meanwhile
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, (out, err)
+    assert "another upgrade is running: waiting for it to finish" in err
+    assert "database is at revision" in out and "Traceback" not in err
+
+
 @pytest.mark.postgres
 def test_four_db_upgrades_at_once_all_succeed(pg_admin):
     import uuid as _uuid

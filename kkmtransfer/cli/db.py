@@ -21,7 +21,7 @@ def db_upgrade(revision):
     settings = _settings()
     if head_revision(settings.database_url) is None:
         raise click.ClickException("this installation has no migration scripts: reinstall the package")
-    upgrade(settings.database_url, revision)
+    upgrade(settings.database_url, revision, on_wait=lambda message: click.echo(message, err=True))
     engine = make_engine(settings.database_url)
     try:
         click.echo(f"database is at revision {current_revision(engine)}: {_safe_url(settings.database_url)}")
