@@ -14,6 +14,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal as D
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -123,6 +124,8 @@ def log_in(pg, name: str = "operator", *, keyboard: bool = False) -> None:
     pg.goto("/admin/")
     assert "/admin/login" in pg.url
     if keyboard:  # only the keyboard: the name field has the focus, Tab to the password, Enter
+        # autofocus is applied after the page loads: keys typed before it are lost (seen: "rator")
+        pg.wait_for_function("document.activeElement && document.activeElement.id === 'name'")
         pg.keyboard.type(name)
         pg.keyboard.press("Tab")
         pg.keyboard.type(PASSWORDS[name])
@@ -131,7 +134,8 @@ def log_in(pg, name: str = "operator", *, keyboard: bool = False) -> None:
         pg.get_by_label("Имя оператора").fill(name)
         pg.get_by_label("Пароль").fill(PASSWORDS[name])
         pg.get_by_role("button", name="Войти").click()
-    pg.wait_for_url("**/admin/")
+    # the dashboard itself: the login page's own address ends in "?next=/admin/", which "**/admin/" matches
+    pg.wait_for_url(lambda url: urlsplit(url).path.endswith("/admin/"))
 
 
 def money_text(text: str) -> D:
