@@ -46,10 +46,16 @@ def server_id(ns: uuid.UUID, purpose: str, *parts: object) -> str:
     """The id of the server's own record ``purpose`` of ``parts`` (e.g. "annulment", sale id)."""
     name = "/".join([purpose, *(str(p) for p in parts)])
     # uuid.uuid5(ns, name), without building a UUID object (the journal makes one per row without an id)
-    digest = bytearray(hashlib.sha1(ns.bytes + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
+    return _uuid5_text(hashlib.sha1(ns.bytes + name.encode()).digest())
+
+
+def _uuid5_text(sha1_digest: bytes) -> str:
+    """The text of the version-5 UUID whose name-based SHA-1 is ``sha1_digest`` (what ``str(uuid.uuid5(...))``
+    gives)."""
+    x = bytearray(sha1_digest[:16])
+    x[6] = (x[6] & 0x0F) | 0x50  # version 5
+    x[8] = (x[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = x.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -79,9 +85,5 @@ def uuid5_many(namespace: uuid.UUID, prefix: str, names) -> list[str]:
     for name in names:
         h = head.copy()
         h.update(name.encode())
-        x = bytearray(h.digest()[:16])
-        x[6] = (x[6] & 0x0F) | 0x50  # version 5
-        x[8] = (x[8] & 0x3F) | 0x80  # RFC 4122 variant
-        x = x.hex()
-        out.append(f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}")
+        out.append(_uuid5_text(h.digest()))
     return out
