@@ -615,6 +615,10 @@ def test_a_database_outage_is_answered_in_soap_and_the_service_recovers_by_itsel
         assert stored == len(applied), (stored, len(applied))  # nothing lost, nothing doubled
         assert billing.card_info(card).balances.bonus == Decimal("1.00") * len(applied)
         assert_invariants(billing)
+        # the operator's log: one line for each request the outage failed, no traceback
+        text = log.read_text(errors="replace")
+        assert "the database is unavailable" in text, text[-3000:]
+        assert "Traceback" not in text, text[text.index("Traceback") - 500:][:3000]
     finally:
         proc.terminate()
         try:

@@ -580,6 +580,16 @@ def _sqlite_tuning(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def database_unavailable(exc: BaseException) -> str | None:
+    """One line that says the database could not serve (down, unreachable, too slow: a connection refused or
+    lost, the pool's or the statement's timeout), or None for any other error. An operator needs that line,
+    not a traceback: the cause is outside the program."""
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.TimeoutError, sa_exc.DisconnectionError)):
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return (detail[0] if detail else type(exc).__name__)[:300]
+    return None
+
+
 def is_postgresql(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 

@@ -19,7 +19,7 @@ from lxml import etree
 from .echo import ECHO_PATH, echo_app
 from .. import metrics
 from .envelope import SoapFault, fault_envelope, inspect_envelope
-from .service import PRINCIPAL, make_soap_app
+from .service import PRINCIPAL, log_failure, make_soap_app
 from .throttle import AuthThrottle
 from .wsdl import build_wsdl
 
@@ -196,9 +196,9 @@ class KKMTransferApp:
         began = time.perf_counter()
         try:
             return list(self._serve(environ, start, request_id))
-        except Exception:  # noqa: BLE001 - whatever failed, the answer is a SOAP fault
-            log.exception("request %s (user %s): unexpected error", request_id,
-                          printable(environ.get("REMOTE_USER", "-")))
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the answer is a SOAP fault
+            log_failure(log, exc, "request %s (user %s): unexpected error", request_id,
+                        printable(environ.get("REMOTE_USER", "-")))
             return _fault(start, "Server", f"Internal server error; request id {request_id}", sys.exc_info())
         finally:
             self._count(environ, answered, time.perf_counter() - began)
@@ -250,8 +250,8 @@ class KKMTransferApp:
                           "Too many failed logins; try again later", [("Retry-After", str(int(wait) + 1))])
         try:
             principal = self.billing.authenticate(*creds) if creds is not None else None
-        except Exception:  # noqa: BLE001 - the database is down: a Server fault, not a 401 or an HTML page
-            log.exception("request %s (user %s): the credential check failed", request_id, printable(user, 64))
+        except Exception as exc:  # noqa: BLE001 - the database is down: a Server fault, not a 401 or an HTML page
+            log_failure(log, exc, "request %s (user %s): the credential check failed", request_id, printable(user, 64))
             return _fault(start, "Server", f"Internal server error; request id {request_id}")
         if principal is None:
             if creds is not None:

@@ -24,6 +24,7 @@ from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
 from .. import metrics
+from ..adapters.db import database_unavailable
 from ..domain import errors
 from ..domain.model import ApplyResult, CardView, OperationRequest, OperationView
 from .spend_code import SPEND_CODE_FAULTS, SpendCodeField, SpendCodeResult, request_spend_code
@@ -236,11 +237,22 @@ def _call(ctx, fn, *args):
         raise Fault(exc.code, exc.message)
     except Fault:
         raise
-    except Exception:
+    except Exception as exc:
         from .http import printable
 
-        log.exception("request %s (user %s): unexpected error", request_id, printable(env.get("REMOTE_USER", "-")))
+        log_failure(log, exc, "request %s (user %s): unexpected error", request_id,
+                    printable(env.get("REMOTE_USER", "-")))
         raise Fault("Server", f"Internal server error; request id {request_id}")
+
+
+def log_failure(logger: logging.Logger, exc: BaseException, message: str, *args) -> None:
+    """A failed request in the log: one line when the database could not serve it (nothing for a developer
+    to read in a traceback), the traceback for anything else (a bug). Call it in the ``except`` block."""
+    reason = database_unavailable(exc)
+    if reason is not None:
+        logger.error(message + ": the database is unavailable: %s", *args, reason)
+    else:
+        logger.exception(message, *args)
 
 
 class KKMTransfer(ServiceBase):
