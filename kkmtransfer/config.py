@@ -114,7 +114,8 @@ class Settings:
     count_delay_days: int = 0
     count_lifetime_days: int | None = None
     nightly_batch: int = 1000
-    journal_jobs: int = 2  # worker threads of a journal import (PostgreSQL; SQLite: 1)
+    journal_jobs: int = 2  # workers of a journal import (PostgreSQL; SQLite: 1)
+    journal_processes: bool = True  # the CLI's import workers are processes (off: threads of one process)
     inbox_dir: Path = Path("var") / "inbox"
     public_url: str | None = None
     db_connect_timeout: int = 3
@@ -240,6 +241,7 @@ class Settings:
             count_lifetime_days=whole("KKMTRANSFER_COUNT_LIFETIME_DAYS", None),
             nightly_batch=whole("KKMTRANSFER_NIGHTLY_BATCH", 1000),
             journal_jobs=whole("KKMTRANSFER_JOURNAL_JOBS", 2),
+            journal_processes=switch("KKMTRANSFER_JOURNAL_PROCESSES", True),
             inbox_dir=Path(env.get("KKMTRANSFER_INBOX_DIR") or Path("var") / "inbox"),
             public_url=env.get("KKMTRANSFER_PUBLIC_URL") or None,
             db_connect_timeout=whole("KKMTRANSFER_DB_CONNECT_TIMEOUT", 3),

@@ -218,4 +218,7 @@ def test_journal_import_takes_the_number_of_workers(db, database_url, tmp_path):
                   for i in range(6)), encoding="utf-8")
     out = cli(database_url, "journal", "import", "--jobs", "3", "--batch", "1", str(journal)).stdout
     assert "6 rows, 6 applied, 0 already applied, 0 rejected" in out
+    # the workers as threads of one process (the default: processes of their own; one on SQLite)
+    out = cli(database_url, "journal", "import", "--jobs", "2", "--threads", str(journal)).stdout
+    assert "6 rows, 0 applied, 6 already applied, 0 rejected" in out
     assert cli(database_url, "journal", "import", "--jobs", "9", str(journal), check=False).returncode == 2

@@ -79,6 +79,10 @@ def test_a_grace_that_is_no_duration_is_a_config_error(raw):
 def test_the_journal_import_workers_default_to_two_and_stay_within_one_to_eight():
     assert Settings.from_env({}).journal_jobs == 2
     assert Settings.from_env({"KKMTRANSFER_JOURNAL_JOBS": "1"}).journal_jobs == 1
+    assert Settings.from_env({}).journal_processes is True
+    assert Settings.from_env({"KKMTRANSFER_JOURNAL_PROCESSES": "off"}).journal_processes is False
+    with pytest.raises(ConfigError, match="KKMTRANSFER_JOURNAL_PROCESSES"):
+        Settings.from_env({"KKMTRANSFER_JOURNAL_PROCESSES": "forks"})
     for raw in ("0", "9", "two"):
         with pytest.raises(ConfigError, match="KKMTRANSFER_JOURNAL_JOBS"):
             Settings.from_env({"KKMTRANSFER_JOURNAL_JOBS": raw})

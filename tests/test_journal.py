@@ -225,18 +225,25 @@ def test_the_documented_example_journal_loads(db, tmp_path):
     assert db.card_info("7770000002").balances.bonus == D("17.50")
 
 
-def _import_for_comparison(db, monkeypatch, path, row_by_row: bool, jobs: int):
-    """Import ``path`` batched with ``jobs`` workers, or as the reference: one row a transaction (each under
-    its savepoint), one stream, in file order."""
-    importer = JournalImport(db, batch=1 if row_by_row else 500, jobs=1 if row_by_row else jobs)
+# (workers, whether they are processes): threads of the test's process, or forked processes (the CLI's default)
+WORKERS = [(1, False), (2, False), (3, False), (2, True), (3, True)]
+WORKER_IDS = ["jobs1", "jobs2", "jobs3", "jobs2-processes", "jobs3-processes"]
+
+
+def _import_for_comparison(db, monkeypatch, path, row_by_row: bool, workers: tuple[int, bool]):
+    """Import ``path`` batched with ``workers`` (their number, whether processes), or as the reference: one
+    row a transaction (each under its savepoint), one stream, in file order."""
+    jobs, processes = workers
+    importer = JournalImport(db, batch=1 if row_by_row else 500, jobs=1 if row_by_row else jobs,
+                             processes=processes and not row_by_row)
     if row_by_row:
         monkeypatch.setattr(importer, "_run_batch",
                             lambda rows, name, savepoints: JournalImport._run_batch(importer, rows, name, True))
     return importer.import_file(path)
 
 
-@pytest.mark.parametrize("jobs", [1, 2, 3], ids=["jobs1", "jobs2", "jobs3"])
-def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, tmp_path, monkeypatch, jobs):
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
+def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, tmp_path, monkeypatch, workers):
     """Sales, spends, returns of sales in the same batch, repeated rows and refusals, on few cards: the
     fast path (one read and one write per batch) must end where applying row by row ends."""
     import random
@@ -269,7 +276,7 @@ def test_the_batched_import_gives_what_row_by_row_application_gives(db, engine, 
         empty_tables(engine)
         db.add_card_range(1, 3, "J", 0, None, issued=ISSUED)
         db.register_operation(request("J1", accrued="3.00", time=T0))
-        summary = _import_for_comparison(db, monkeypatch, path, row_by_row, jobs)
+        summary = _import_for_comparison(db, monkeypatch, path, row_by_row, workers)
         assert Reports(db).verify() == []
         with engine.connect() as conn:  # the ledger itself, not only the balances (lot ids aside)
             # (derived ids depend on the installation's secret, made again after each emptying: times instead)
@@ -302,9 +309,9 @@ def test_texts_with_backslashes_and_tabs_are_stored_as_written(cards, tmp_path):
     assert (again.applied, again.already) == (0, 1)
 
 
-@pytest.mark.parametrize("jobs", [1, 2, 3], ids=["jobs1", "jobs2", "jobs3"])
+@pytest.mark.parametrize("workers", WORKERS, ids=WORKER_IDS)
 def test_plain_sales_and_the_other_rows_mixed_on_the_same_cards_give_what_row_by_row_gives(
-        db, engine, tmp_path, monkeypatch, jobs):
+        db, engine, tmp_path, monkeypatch, workers):
     """The batch's fast path (``BillingService._apply_plain_sale``: a Sale without spend, promotion or hold) interleaved on
     the same cards with every other kind of row: spends, returns (which make debts the next plain sales
     pay), a promotion, sales confirming a hold reserved online, refusals (blocked card, unknown card,
@@ -373,7 +380,7 @@ def test_plain_sales_and_the_other_rows_mixed_on_the_same_cards_give_what_row_by
         db.register_operation(request("P1", receipt_sum="1.00", accrued="0.00", time=T0, op_id=online_other))
         for hold in hold_ids:
             HoldService(db).reserve(hold, "P2", "K1", D("3.00"))
-        summary = _import_for_comparison(db, monkeypatch, path, row_by_row, jobs)
+        summary = _import_for_comparison(db, monkeypatch, path, row_by_row, workers)
         assert Reports(db).verify() == []
         with engine.connect() as conn:
             ops = sorted(tuple(r) for r in conn.execute(select(
@@ -479,6 +486,99 @@ def test_a_failing_worker_stops_the_import_and_leaves_no_thread(db, engine, tmp_
     again = JournalImport(db, batch=5, jobs=2).import_file(path)
     assert again.applied == 600 - done and again.already == done and again.rejected == 0
     assert n_ops(db) == 600
+
+
+def test_shards_read_from_the_file_are_the_streams_of_its_rows(db, tmp_path):
+    """``read_journal(shard=(i, n))``: the shards together are the file's rows, each once, in file order; a
+    card's rows all in one shard, the one ``stream_of`` gives its parsed row (spaces around the number, a
+    quoted field, a certificate's row); a line that cannot be split goes to shard 0."""
+    from kkmtransfer.adapters.journal_file import read_journal
+    from kkmtransfer.service_layer.journal import stream_of
+
+    lines = [line(number=str(i), when=T0 + timedelta(minutes=i), card=f" J{i % 7} " if i % 5 else f"J{i % 7}",
+                  accrued="1.00") for i in range(70)]
+    lines += [line(number="q", card='"J3"'), line(number="c", kind="CertificateSell", card="G1", total="500.00"),
+              "K1;short;row", line(number="bad", card="J2", total="not money"), line(number="nul", card="J4\x00")]
+    path = journal(tmp_path, "shards.csv", *lines)
+    ns = JournalImport(db)._namespace()
+    whole = list(read_journal(path, ns))
+    for n in (2, 3):
+        shards = [list(read_journal(path, ns, (i, n))) for i in range(n)]
+        assert sorted(r.line_no for s in shards for r in s) == [r.line_no for r in whole]
+        for i, rows in enumerate(shards):
+            assert [r.line_no for r in rows] == sorted(r.line_no for r in rows)
+            for r in rows:
+                if r.error is None:
+                    assert stream_of(r, n) == i, (r.raw, i)
+                elif r.raw.startswith("K1;short") or "\\x00" in r.raw:
+                    assert i == 0, r.raw
+
+
+def _run_batch_failing(importer, on_call: int, how):
+    """``importer._run_batch`` that runs ``how()`` on its ``on_call``-th call in each worker process."""
+    real, calls = JournalImport._run_batch, []
+
+    def run(rows, name, savepoints):
+        calls.append(1)
+        if len(calls) == on_call:
+            how()
+        return real(importer, rows, name, savepoints)
+    return run
+
+
+@pytest.mark.parametrize("how", ["error", "killed"])
+def test_a_failing_worker_process_stops_the_import_and_leaves_no_process(db, engine, tmp_path, monkeypatch, how):
+    """A worker process whose batch fails with a database error, or that dies without a word (killed):
+    import_file raises, no worker process is left, what was committed stays, and a re-run applies the rest
+    exactly once."""
+    import multiprocessing
+    import signal
+
+    from sqlalchemy.exc import OperationalError
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite imports with one worker")
+    db.add_card_range(1, 12, "J", 0, None, issued=ISSUED)
+    db.clock.set(T0 + timedelta(days=1))
+    path = _many_cards_file(tmp_path, f"fail-{how}.csv", rows=600)
+    importer = JournalImport(db, batch=5, jobs=2, processes=True)
+    assert importer.processes
+
+    def fail():
+        if how == "killed":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise OperationalError("COPY", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(importer, "_run_batch", _run_batch_failing(importer, 6, fail))
+    expected = (OperationalError, "server closed") if how == "error" else (RuntimeError, "exit code -9")
+    with pytest.raises(expected[0], match=expected[1]):
+        importer.import_file(path)
+    assert not multiprocessing.active_children()
+    done = n_ops(db)
+    assert 0 < done < 600
+    again = JournalImport(db, batch=5, jobs=2, processes=True).import_file(path)
+    assert again.applied == 600 - done and again.already == done and again.rejected == 0
+    assert n_ops(db) == 600 and Reports(db).verify() == []
+
+
+def test_worker_processes_count_every_row_and_leave_the_parents_connections_alone(db, engine, tmp_path):
+    """Forked workers: progress and the summary count every row once (from the workers' batches), a second
+    load is all AlreadyApplied, and the parent's pooled connection still works afterwards (a worker never
+    closes what it inherited)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite imports with one worker")
+    db.add_card_range(1, 12, "J", 0, None, issued=ISSUED)
+    db.clock.set(T0 + timedelta(days=1))
+    path = _many_cards_file(tmp_path, "forked.csv")
+    n_ops(db)  # a connection in the parent's pool before the fork
+    seen = []
+    first = JournalImport(db, batch=7, jobs=3, processes=True, progress=seen.append).import_file(path)
+    assert (first.rows, first.applied, first.already, first.rejected) == (240, 240, 0, 0)
+    assert sum(seen) == 240 and len(seen) >= 240 // 7
+    assert n_ops(db) == 240  # the parent's pooled connection after the workers exited
+    again = JournalImport(db, batch=7, jobs=3, processes=True).import_file(path)
+    assert (again.rows, again.applied, again.already, again.rejected) == (240, 0, 240, 0)
+    assert n_ops(db) == 240
 
 
 def test_a_batch_rolled_back_by_a_deadlock_runs_once_more(db, engine, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import codecs
 import csv
 import re
 import uuid
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -180,9 +181,22 @@ def detect_encoding(path: Path) -> str:
                            f"convert it to UTF-8, e.g. iconv -f <its encoding> -t UTF-8 {path.name} > fixed.csv")
 
 
-def read_journal(path: Path, ns: uuid.UUID) -> Iterator[JournalRow]:
+def shard_of(number: str | None, shards: int) -> int:
+    """The shard (0 … shards-1) of a card's or certificate's number as a request holds it (stripped): a
+    stable hash, so that the rows of one card always land together; no number: the first."""
+    if shards <= 1 or not number:
+        return 0
+    return zlib.crc32(number.encode()) % shards
+
+
+def read_journal(path: Path, ns: uuid.UUID, shard: tuple[int, int] | None = None) -> Iterator[JournalRow]:
     """Stream the rows of a journal file. A row with the wrong number of fields is an invalid row (kept
-    as a reject by the importer); a file without the right header is a JournalFileError."""
+    as a reject by the importer); a file without the right header is a JournalFileError.
+
+    ``shard=(i, n)``: only the rows of shard ``i`` of ``n`` (``shard_of`` their CardNumber field as the
+    request will hold it, stripped), in file order; a line that cannot be split into the header's fields
+    belongs to shard 0. Every shard is read from the same file by its own process, so no row is handed
+    between processes, and the rows of one card are all in one shard."""
     encoding = detect_encoding(path)
     try:
         handle = open(path, encoding=encoding, newline="")
@@ -201,7 +215,20 @@ def read_journal(path: Path, ns: uuid.UUID) -> Iterator[JournalRow]:
             raise JournalFileError(f"{path}: the header must name the columns {HEADER} "
                                    f"(missing: {missing or '-'}; unknown: {unknown or '-'})")
         canonical = header == COLUMNS  # then a row's fields joined are its canonical form
+        mine, shards = shard or (0, 1)
+        card_at = header.index("CardNumber")
         for line_no, text in lines:
+            if shards > 1:
+                if "\x00" in text or '"' in text:  # what only _fields or the NUL check below can split
+                    try:
+                        number = _fields(text)[card_at] if "\x00" not in text else None
+                    except (csv.Error, IndexError):
+                        number = None
+                else:
+                    parts = text.split(DELIMITER, card_at + 1)
+                    number = parts[card_at] if len(parts) > card_at else None
+                if shard_of(number.strip() if number else None, shards) != mine:
+                    continue
             if "\x00" in text:  # no database stores it; kept visible in the reject
                 yield JournalRow(line_no=line_no, raw=text.rstrip("\r\n").replace("\x00", "\\x00")[:2000],
                                  error=errors.ValidationError("the row holds a NUL character"))

@@ -29,9 +29,12 @@ REJECTED_EXIT = 3
 @click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 10000),
               help="Rows per transaction.")
 @click.option("--jobs", type=click.IntRange(1, 8), default=None,
-              help="Worker threads, rows routed by card (default KKMTRANSFER_JOURNAL_JOBS; 1 on SQLite).")
+              help="Workers, rows routed by card (default KKMTRANSFER_JOURNAL_JOBS; 1 on SQLite).")
+@click.option("--threads", is_flag=True,
+              help="Run the workers as threads of this process, not as processes of their own (default: "
+                   "processes, one core each, unless KKMTRANSFER_JOURNAL_PROCESSES=off).")
 @domain_errors
-def journal_import(files, batch, jobs):
+def journal_import(files, batch, jobs, threads):
     """Load journal FILES. Each row is applied exactly once, whatever was applied before (online or from
     other files); rows that cannot be applied are kept as rejects (see `journal rejects`). Exit status:
     0 every row applied, 1 a file could not be read, 3 rows were rejected (the others are applied)."""
@@ -41,7 +44,9 @@ def journal_import(files, batch, jobs):
     total = ImportSummary(file="total")
     failed = 0
     with _progress("rows", JournalImport.rows_in(files)) as advance:
-        importer = JournalImport(_billing(), batch=batch, progress=advance, jobs=jobs)
+        billing = _billing()
+        importer = JournalImport(billing, batch=batch, progress=advance, jobs=jobs,
+                                 processes=billing.settings.journal_processes and not threads)
         results = []
         for path in files:
             try:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
+import os
+import pickle
 import queue
 import threading
-import zlib
 from datetime import timezone
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from .. import metrics
 from ..adapters.db import journal_keys, journal_rejects
 from ..adapters.repository import BatchRepository, copy_journal_keys
 from ..adapters.server_ids import engine_namespace
-from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal
+from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal, shard_of
 from ..domain import errors
 from ..domain.certificates import CertificateOperationRequest
 from ..domain.model import OperationRequest, Source
@@ -87,15 +89,20 @@ def stream_of(row: JournalRow, jobs: int) -> int:
     if jobs <= 1 or row.error is not None or row.request is None:
         return 0
     q = row.request
-    number = q.number if isinstance(q, CertificateOperationRequest) else getattr(q, "card_number", None)
-    if not number:
-        return 0
-    return zlib.crc32(number.encode()) % jobs
+    return shard_of(q.number if isinstance(q, CertificateOperationRequest) else getattr(q, "card_number", None),
+                    jobs)
+
+
+def _can_fork() -> bool:
+    """Whether this process may fork import workers: the fork start method exists and this process is not
+    a daemonic one (multiprocessing refuses children there: Celery's pool processes)."""
+    return ("fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon)
 
 
 class JournalImport:
     def __init__(self, billing, batch: int = 500, progress: Callable[[int], None] | None = None,
-                 jobs: int | None = None):
+                 jobs: int | None = None, processes: bool = False):
         from .certificates import CertificateService
 
         self.billing = billing
@@ -103,14 +110,17 @@ class JournalImport:
         self.batch = batch
         self.progress = progress or (lambda n: None)
         self.jobs = jobs  # None: KKMTRANSFER_JOURNAL_JOBS
+        # the workers of one file: processes (each reads the file for its shard of the cards) or threads
+        # of this process; processes only where this process may fork them (not in a daemonic one: Celery's)
+        self.processes = processes and _can_fork()
 
     # -- import ------------------------------------------------------------------------------
     def _namespace(self):
         return engine_namespace(self.billing.engine)
 
     def effective_jobs(self, jobs: int | None = None) -> int:
-        """Worker threads for one file: the argument, else the importer's, else KKMTRANSFER_JOURNAL_JOBS;
-        1 on SQLite (one writer at a time)."""
+        """Workers for one file (threads, or processes: ``processes``): the argument, else the importer's,
+        else KKMTRANSFER_JOURNAL_JOBS; 1 on SQLite (one writer at a time)."""
         if jobs is None:
             jobs = self.jobs
         if jobs is None:
@@ -122,22 +132,126 @@ class JournalImport:
     def import_file(self, path: Path, jobs: int | None = None) -> ImportSummary:
         jobs = self.effective_jobs(jobs)
         if jobs > 1:
-            summary = self._import_parallel(path, jobs)
+            if self.processes:
+                summary = self._import_processes(path, jobs)
+            else:
+                summary = self._import_parallel(path, jobs)
             log.info("journal %s: %s (%d workers)", path.name, summary, jobs)
             metrics.record_journal(summary.applied, summary.already, summary.rejected)
             return summary
-        summary = ImportSummary(file=path.name)
-        pending: list[JournalRow] = []
-        for row in read_journal(path, self._namespace()):
-            pending.append(row)
-            if len(pending) >= self.batch:
-                self._apply_batch(pending, path.name, summary)
-                pending = []
-        if pending:
-            self._apply_batch(pending, path.name, summary)
+        summary = self._import_serial(path)
         log.info("journal %s: %s", path.name, summary)
         metrics.record_journal(summary.applied, summary.already, summary.rejected)
         return summary
+
+    def _import_serial(self, path: Path, shard: tuple[int, int] | None = None,
+                       stop: Callable[[], bool] = lambda: False) -> ImportSummary:
+        """The rows of the file (of one shard of its cards), in batches, in file order, on this thread."""
+        summary = ImportSummary(file=path.name)
+        pending: list[JournalRow] = []
+        for row in read_journal(path, self._namespace(), shard):
+            pending.append(row)
+            if len(pending) >= self.batch:
+                if stop():
+                    return summary
+                self._apply_batch(pending, path.name, summary)
+                pending = []
+        if pending and not stop():
+            self._apply_batch(pending, path.name, summary)
+        return summary
+
+    def _import_processes(self, path: Path, jobs: int) -> ImportSummary:
+        """``jobs`` forked processes, each reading the file and applying the rows of its shard of the cards
+        (``read_journal(shard=...)``) in batches of its own transactions, as one serial import does: the
+        parsing and the planning, which hold the GIL, run on as many cores as there are workers. Each batch's
+        summary goes to this process, which adds them and calls ``progress``. The first error of a worker
+        stops the others after the batch in hand and is raised here (a worker that dies without a word is
+        an error too); batches committed before it stay committed, and loading the file again applies the
+        rest once."""
+        ctx = multiprocessing.get_context("fork")
+        results = ctx.Queue()
+        stop = ctx.Event()
+        procs = [ctx.Process(target=self._shard_worker, args=(path, i, jobs, results, stop),
+                             name=f"journal-{i}", daemon=True) for i in range(jobs)]
+        summary = ImportSummary(file=path.name)
+        failure: BaseException | None = None
+        done: set[int] = set()
+        try:
+            for p in procs:
+                p.start()
+            while len(done) < jobs:
+                try:
+                    message = pickle.loads(results.get(timeout=0.5))
+                except queue.Empty:
+                    dead = [i for i, p in enumerate(procs) if i not in done and p.exitcode is not None]
+                    if not dead:
+                        continue
+                    try:  # what a worker sent before it exited is in the pipe by now
+                        message = pickle.loads(results.get(timeout=1))
+                    except queue.Empty:
+                        failure = failure or RuntimeError(
+                            f"journal worker {dead[0]} ended (exit code {procs[dead[0]].exitcode}) before its "
+                            "shard was loaded; load the file again to apply the rest")
+                        stop.set()
+                        done.update(dead)
+                        continue
+                kind, i, value = message
+                if kind == "batch":
+                    part, n = value
+                    summary.add(part)
+                    self.progress(n)
+                elif kind == "done":
+                    done.add(i)
+                else:  # "error"
+                    done.add(i)
+                    failure = failure or value
+                    stop.set()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            for p in procs:
+                if p.pid is not None:
+                    p.join(30 if not stop.is_set() else 10)
+                    if p.is_alive():
+                        p.terminate()
+                        p.join()
+            results.close()
+        if failure is not None:
+            raise failure
+        return summary
+
+    def _shard_worker(self, path: Path, shard: int, jobs: int, results, stop) -> None:
+        """A forked worker: the parent's pooled connections are left alone (a pool of its own), its batches'
+        summaries and its end (or its error) reported through ``results``."""
+        def send(message) -> None:
+            try:
+                data = pickle.dumps(message)
+            except Exception:  # noqa: BLE001 - an error that does not pickle: its type and text
+                kind, i, value = message
+                data = pickle.dumps((kind, i, RuntimeError(f"{type(value).__name__}: {value}")))
+            results.put(data)
+
+        try:
+            self.billing.engine.dispose(close=False)
+            self.progress = lambda n: None
+            real_apply = self._apply_batch
+
+            def apply(rows, file_name, summary, lock=None):
+                part = ImportSummary(file=file_name)
+                real_apply(rows, file_name, part)
+                summary.add(part)
+                send(("batch", shard, (part, len(rows))))
+
+            self._apply_batch = apply
+            self._import_serial(path, (shard, jobs), stop.is_set)
+            send(("done", shard, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the parent
+            send(("error", shard, exc))
+        finally:
+            results.close()
+            results.join_thread()
+            os._exit(0)  # no atexit handlers, no pytest teardown, no flush of the parent's buffers
 
     @staticmethod
     def rows_in(paths: Iterable[Path]) -> int:
