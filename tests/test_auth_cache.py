@@ -292,3 +292,38 @@ def test_a_one_statement_read_leaves_no_autocommit_connection_in_the_pool(db, se
         assert db.card_info("5550000001").holder != "x"
     finally:
         event.remove(engine, "before_cursor_execute", seen)
+
+
+def test_a_reserve_and_its_cancel_take_the_scope_from_the_login(ledger, db, engine, settings, users_read):
+    """ReserveBonus and CancelOperation check the KKM binding of the cached login, as RegisterOperation does:
+    no users row read, another KKM refused, and a changed binding in force once the TTL has passed."""
+    from .test_bad_input import envelope
+    from .helpers import new_id
+
+    def reserve(op_id, kkm):
+        return envelope(f"<k:ReserveBonus><k:OperationId>{op_id}</k:OperationId><k:CardNumber>{CARD}</k:CardNumber>"
+                        f"<k:KKM>{kkm}</k:KKM><k:Amount>1.00</k:Amount></k:ReserveBonus>")
+
+    def cancel(op_id):
+        return envelope(f"<k:CancelOperation><k:OperationId>{op_id}</k:OperationId></k:CancelOperation>")
+
+    clock = Clock()
+    _, app = served(engine, settings, 5, clock)
+    db.add_user(USER, PASSWORD, kkms=["KKM-1"])
+    with running(app) as url:
+        assert call(url).status_code == 200  # the login is now cached with its binding
+        held = new_id()
+        assert (reply_of(call(url, data=reserve(new_id(), "KKM-1"))).faultcode) is None  # the namespace kept
+        reads = len(users_read)
+        ok = reply_of(call(url, data=reserve(held, "KKM-1")))
+        assert (ok.status, ok.faultcode) == (200, None), ok.text
+        refused = reply_of(call(url, data=reserve(new_id(), "KKM-2")))
+        assert refused.faultcode == "Client.ValidationError" and "KKM-1" in refused.faultstring
+        cancelled = reply_of(call(url, data=cancel(held)))
+        assert (cancelled.status, cancelled.faultcode) == (200, None), cancelled.text
+        assert len(users_read) == reads, "a reserve and a cancel of a cached login read no users row"
+        db.add_user(USER, PASSWORD, kkms=["KKM-2"])
+        clock.now += 5.01
+        moved = reply_of(call(url, data=reserve(new_id(), "KKM-2")))
+        assert (moved.status, moved.faultcode) == (200, None), moved.text
+        assert reply_of(call(url, data=reserve(new_id(), "KKM-1"))).faultcode == "Client.ValidationError"

@@ -200,3 +200,29 @@ def _a_sale_of(billing, card, lots):
                   accumulation_delta=D("0.00"), receipt_count_delta=0, promotion_code=None,
                   original_operation_id=None, created_at=now)
     return values, ledger.moves, now
+
+
+def test_a_reserve_of_a_known_login_sends_no_users_or_secret_read(folded):
+    """ReserveBonus with the request's authenticated principal and the installation's namespace kept from an
+    earlier reserve: the card's lock and read (with BEGIN), the hold's look-up, its ledger id's look-up and the
+    writes; neither the users row nor the server secret is read again."""
+    from kkmtransfer.service_layer.credentials import Principal
+    from kkmtransfer.service_layer.holds import HoldService
+
+    folded.add_card_range(1, 1, "F", 0, None, issued=ISSUED)
+    folded.add_user("kassa-f", "a-password-1", kkms=["KKM-1"])
+    folded.register_operation(request("F1", accrued="30.00"))
+    holds = HoldService(folded)
+    who = Principal("kassa-f", ("KKM-1",))
+    holds.reserve(new_id(), "F1", "KKM-1", D("1.00"), actor="kassa-f", principal=who)  # keeps the namespace
+    assert folded.id_namespace is not None
+    since = len(_Recording.sent)
+    view = holds.reserve(new_id(), "F1", "KKM-1", D("2.00"), actor="kassa-f", principal=who)
+    assert view.status == "Reserved" and view.card.balances.bonus == D("27.00")
+    sent = _Recording.sent[since:]
+    assert sent[0].startswith("BEGIN; ") and sent[-1].endswith("; COMMIT"), sent
+    assert not [s for s in sent if "users" in s.lower() or "server_secret" in s.lower()], sent
+    assert len(sent) == 5, sent  # lock and read; the ledger id's operation; operation, hold; moves + COMMIT
+    with pytest.raises(errors.ValidationError, match="KKM-1"):
+        holds.reserve(new_id(), "F1", "KKM-2", D("1.00"), actor="kassa-f", principal=who)
+    _pooled_connections_are_idle(folded.engine)

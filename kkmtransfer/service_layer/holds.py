@@ -35,6 +35,7 @@ from ..domain.model import (
     required_text,
 )
 from . import audit
+from .credentials import Principal
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -62,10 +63,10 @@ def _hash(card: str, kkm: str, amount) -> str:
     return hashlib.sha256(f"{card}|{kkm}|{amount}".encode()).hexdigest()
 
 
-def hold_operation_id(conn, op_id: str) -> str:
-    """The ledger operation of the hold ``op_id``: an id derived from the installation's secret, which no
-    register can compute and send first (adapters/server_ids)."""
-    return server_id(namespace(conn), "hold", op_id)
+def hold_operation_id(ns, op_id: str) -> str:
+    """The ledger operation of the hold ``op_id``: an id derived from the installation's secret (its
+    namespace ``ns``), which no register can compute and send first (adapters/server_ids)."""
+    return server_id(ns, "hold", op_id)
 
 
 def release(repo, hold, now: datetime, ledger: CardLedger | None = None) -> CardLedger:
@@ -120,13 +121,20 @@ def mark_confirmed(repo, hold, now: datetime) -> None:
                                              "register" if hold["status"] == RESERVED else hold["settled_by"])
 
 
-def _check_kkm(repo, actor: str | None, kkm: str) -> None:
-    """A register user bound to KKM codes works only for them (as for RegisterOperation)."""
-    user = repo.get_user(actor) if actor else None
-    kkms = [k for k in ((user["kkms"] if user else None) or "").split(",") if k]
-    if kkms and kkm not in kkms:
-        raise errors.ValidationError(f"KKM {kkm!r} is not one of the registers user {user['name']} may post for "
-                                     f"({', '.join(kkms)})")
+def _check_kkm(repo, actor: str | None, kkm: str, principal: Principal | None = None) -> None:
+    """A register user bound to KKM codes works only for them (as for RegisterOperation): what it may post
+    for from ``principal`` when the caller has it (the authenticated user of this request), else from its
+    users row."""
+    if not actor:
+        return
+    if principal is None or principal.name != actor:
+        row = repo.get_user(actor)
+        if row is None:
+            return
+        principal = Principal.from_row(row)
+    if principal.kkms and kkm not in principal.kkms:
+        raise errors.ValidationError(f"KKM {kkm!r} is not one of the registers user {principal.name} may post "
+                                     f"for ({', '.join(principal.kkms)})")
 
 
 class HoldService:
@@ -154,7 +162,7 @@ class HoldService:
         return card
 
     # -- ReserveBonus ------------------------------------------------------------------------------
-    def reserve(self, operation_id, card_number, kkm, amount, spend_code=None,
+    def reserve(self, operation_id, card_number, kkm, amount, spend_code=None, principal=None,
                 actor: str | None = None) -> ReservationView:
         op_id = canonical_guid(operation_id)
         number = required_text(card_number, "CardNumber", 32)
@@ -165,7 +173,7 @@ class HoldService:
         if amount <= 0:
             raise errors.ValidationError(f"Amount: must be > 0, got {amount}")
         spend_code = optional_text(spend_code, "SpendCode")
-        return self._retrying(lambda: self._reserve(op_id, number, kkm, amount, spend_code, actor))
+        return self._retrying(lambda: self._reserve(op_id, number, kkm, amount, spend_code, actor, principal))
 
     def _existing(self, hold, content_hash: str, uow, now) -> ReservationView:
         if hold["content_hash"] != content_hash:
@@ -178,7 +186,7 @@ class HoldService:
         return ReservationView(hold["id"], "AlreadyReserved", hold["amount"], hold["expires_at"],
                                self.billing._view(uow.repo, card, now))
 
-    def _reserve(self, op_id, number, kkm, amount, spend_code, actor=None) -> ReservationView:
+    def _reserve(self, op_id, number, kkm, amount, spend_code, actor=None, principal=None) -> ReservationView:
         now = self.billing.clock()
         content_hash = _hash(number, kkm, amount)
         from .spend_codes import keeping_rejections
@@ -188,7 +196,7 @@ class HoldService:
             # the card locked, its lots, and the operation and the hold of this id: one round trip (with the
             # transaction's BEGIN on PostgreSQL, adapters.pg_folded)
             existing, card, lots = repo.lock_card_for(number, op_id)
-            _check_kkm(repo, actor, kkm)
+            _check_kkm(repo, actor, kkm, principal)
             if card is None:
                 raise errors.CardNotFound(f"card {number} not found")
             hold = repo.hold_named(op_id)
@@ -204,7 +212,8 @@ class HoldService:
                                                  kkm=kkm, who=actor, now=now)
             ledger = CardLedger(lots, now)
             ledger.spend(amount, role=Role.HOLD)
-            ledger_id = hold_operation_id(uow.conn, op_id)
+            ns = self.billing.id_namespace or namespace(uow.conn)
+            ledger_id = hold_operation_id(ns, op_id)
             check_own(repo.get_operation(ledger_id), ledger_id, kind=Kind.HOLD.value)
             repo.insert_operation(
                 id=ledger_id, card_number=number, kind=Kind.HOLD.value, source=Source.ONLINE.value, kkm=kkm,
@@ -221,19 +230,20 @@ class HoldService:
             repo.save_moves(number, ledger_id, ledger.moves, now)
             view = self.billing._view(repo, card, now, ledger)
             uow.commit()
+        self.billing.id_namespace = ns  # committed: stored for good
         return ReservationView(op_id, "Reserved", amount, expires, view)
 
     # -- CancelOperation and releases ----------------------------------------------------------------
-    def cancel(self, operation_id, actor: str | None = None) -> CancelView:
+    def cancel(self, operation_id, actor: str | None = None, principal: Principal | None = None) -> CancelView:
         op_id = canonical_guid(operation_id)
-        return self._retrying(lambda: self._settle(op_id, CANCELLED, "register", actor))
+        return self._retrying(lambda: self._settle(op_id, CANCELLED, "register", actor, principal=principal))
 
     def release_by_hand(self, operation_id, actor: str | None = None) -> CancelView:
         op_id = canonical_guid(operation_id, "ID")
         return self._retrying(lambda: self._settle(op_id, RELEASED, "operator", actor, audited=True))
 
     def _settle(self, op_id: str, status: str, by: str, actor: str | None = None,
-                audited: bool = False) -> CancelView:
+                audited: bool = False, principal: Principal | None = None) -> CancelView:
         now = self.billing.clock()
         with UnitOfWork(self.engine, write=True) as uow:
             repo, prepo = uow.repo, ProgramRepository(uow.conn)
@@ -241,7 +251,7 @@ class HoldService:
             if hold is None:
                 raise errors.HoldNotFound(f"no hold with OperationId {op_id}")
             if not audited:  # a register cancels only its own registers' holds
-                _check_kkm(repo, actor, hold["kkm"])
+                _check_kkm(repo, actor, hold["kkm"], principal)
             card = self._card(repo, hold["card_number"], lock=True)
             hold = prepo.get_hold(op_id)  # again, now that the card is ours
             if hold["status"] == CONFIRMED:

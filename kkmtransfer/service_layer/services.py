@@ -85,6 +85,9 @@ class BillingService:
         self.settings = settings
         self.clock = clock
         self._spend_codes = None
+        # the installation's namespace of server ids (adapters/server_ids), kept once a transaction that read
+        # it has committed (the secret is then stored for good: it is made once and never changed)
+        self.id_namespace = None
         # verified register logins, reused for KKMTRANSFER_AUTH_CACHE_TTL seconds (see credentials.py)
         self.credentials = CredentialCache(settings.auth_cache_ttl)
 

@@ -307,17 +307,19 @@ class KKMTransfer(ServiceBase):
         from ..service_layer.holds import HoldService
 
         svc = HoldService(ctx.app.billing)
-        actor = ctx.transport.req_env.get("REMOTE_USER")
+        env = ctx.transport.req_env
         return _call(ctx, lambda: reservation_result(
-            svc.reserve(OperationId, CardNumber, KKM, Amount, SpendCode, actor=actor), svc.settings.tz))
+            svc.reserve(OperationId, CardNumber, KKM, Amount, SpendCode, actor=env.get("REMOTE_USER"),
+                        principal=env.get(PRINCIPAL)), svc.settings.tz))
 
     @rpc(Text, _returns=CancelResult)
     def CancelOperation(ctx, OperationId):
         from ..service_layer.holds import HoldService
 
         svc = HoldService(ctx.app.billing)
-        actor = ctx.transport.req_env.get("REMOTE_USER")
-        return _call(ctx, lambda: cancel_result(svc.cancel(OperationId, actor=actor)))
+        env = ctx.transport.req_env
+        return _call(ctx, lambda: cancel_result(svc.cancel(OperationId, actor=env.get("REMOTE_USER"),
+                                                           principal=env.get(PRINCIPAL))))
 
     @rpc(Text, Text, _returns=SpendCodeResult)
     def RequestSpendCode(ctx, CardNumber, KKM):
