@@ -26,7 +26,7 @@ from sqlalchemy import column, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import metrics
-from ..adapters.db import journal_keys, journal_rejects
+from ..adapters.db import analyze_if_stale, journal_keys, journal_rejects
 from ..adapters.repository import BatchRepository, copy_journal_keys
 from ..adapters.server_ids import engine_namespace
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal, shard_of
@@ -80,6 +80,11 @@ class ImportSummary:
 # a batch whose transaction the server rolled back for a lock cycle is run once more
 _RETRY_PGCODES = ("40P01", "40001")  # deadlock_detected, serialization_failure
 QUEUED_BATCHES = 2  # batches waiting per worker (memory: jobs x (this + 2) x batch rows at most)
+# the tables whose statistics a batch's reads are planned on (the lots of its cards, the stored journal keys)
+# and which an import grows: their statistics are refreshed when stale after a worker's 1st, 4th, 16th, 64th …
+# batch (the tables grow by about that factor in between), so that a first load into an empty ledger is
+# planned on what the tables hold, whether or not autovacuum has come round (``analyze_if_stale``)
+PLANNED_TABLES = ["lots", "journal_keys"]
 
 
 def stream_of(row: JournalRow, jobs: int) -> int:
@@ -110,6 +115,7 @@ class JournalImport:
         self.batch = batch
         self.progress = progress or (lambda n: None)
         self.jobs = jobs  # None: KKMTRANSFER_JOURNAL_JOBS
+        self._batches = 0  # batches applied by this importer (this process's workers), for the statistics
         # the workers of one file: processes (each reads the file for its shard of the cards) or threads
         # of this process; processes only where this process may fork them (not in a daemonic one: Celery's)
         self.processes = processes and _can_fork()
@@ -342,10 +348,18 @@ class JournalImport:
         if lock is None:
             summary.add(part)
             self.progress(len(rows))
+            self._batches += 1
+            done = self._batches
         else:
             with lock:
                 summary.add(part)
                 self.progress(len(rows))
+                self._batches += 1
+                done = self._batches
+        if done & (done - 1) == 0 and done.bit_length() % 2 == 1:  # 1, 4, 16, 64, … (powers of 4)
+            stale = analyze_if_stale(self.billing.engine, PLANNED_TABLES)
+            if stale:
+                log.info("journal %s: statistics of %s refreshed after %d batches", file_name, ", ".join(stale), done)
 
     def _run_batch(self, rows: list[JournalRow], file_name: str, savepoints: bool) -> ImportSummary:
         summary = ImportSummary(file=file_name)
