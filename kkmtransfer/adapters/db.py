@@ -581,15 +581,14 @@ def _sqlite_tuning(engine: Engine) -> None:
 
 
 # the planner's statistics are stale when the table has more than doubled (and is past 10 pages) since its last
-# ANALYZE or VACUUM (pg_class.relpages; pg_relation_size is the size now), or when the rows changed since the
-# last ANALYZE pass autovacuum's own threshold (50 + 10 % of the table; these counts reach pg_stat a second or
-# so late, the size at once)
+# ANALYZE or VACUUM: pg_class.relpages is the size they saw, pg_relation_size the size now (known at once, where
+# pg_stat's counts of changed rows reach the statistics a second or more late)
 _STALE_STATS = text(
-    "SELECT c.relname FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid "
-    "WHERE c.relnamespace = CAST(current_schema() AS regnamespace) AND c.relname = ANY(CAST(:names AS text[])) "
-    "AND ((pg_relation_size(c.oid) > 2 * c.relpages * current_setting('block_size')::bigint "
-    "      AND pg_relation_size(c.oid) > 10 * current_setting('block_size')::bigint) "
-    "  OR s.n_mod_since_analyze > 50 + 0.1 * GREATEST(c.reltuples, 0)) ORDER BY c.relname")
+    "SELECT c.relname FROM pg_class c "
+    "WHERE c.relnamespace = CAST(current_schema() AS regnamespace) AND c.relkind = 'r' "
+    "AND c.relname = ANY(CAST(:names AS text[])) "
+    "AND pg_relation_size(c.oid) > 2 * c.relpages * current_setting('block_size')::bigint "
+    "AND pg_relation_size(c.oid) > 10 * current_setting('block_size')::bigint ORDER BY c.relname")
 
 
 def analyze_if_stale(engine: Engine, tables: list[str]) -> list[str]:
