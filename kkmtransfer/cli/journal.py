@@ -43,8 +43,8 @@ def journal_import(files, batch, jobs, threads):
 
     total = ImportSummary(file="total")
     failed = 0
+    billing = _billing()  # a bad setting or a database that is down: one line, before any progress bar
     with _progress("rows", JournalImport.rows_in(files)) as advance:
-        billing = _billing()
         importer = JournalImport(billing, batch=batch, progress=advance, jobs=jobs,
                                  processes=billing.settings.journal_processes and not threads)
         results = []

@@ -15,7 +15,7 @@ class UnitOfWork:
     deadlocks between writers); on PostgreSQL writers lock the card row they work on.
 
     ``fold=True`` (a writer whose first statement is the card's lock and read, and whose last is its
-    operation's write: RegisterOperation): on PostgreSQL's raw path the BEGIN travels with the lock and
+    operation's write: RegisterOperation, ReserveBonus): on PostgreSQL's raw path the BEGIN travels with the lock and
     the COMMIT with the write, two round trips fewer (``adapters.pg_folded``); elsewhere it changes nothing.
     """
 
