@@ -34,6 +34,18 @@ class Principal:
                    store=row["store"] or None)
 
 
+def principal_of(repo, actor: str | None, principal: Principal | None) -> Principal | None:
+    """What ``actor`` may post for: ``principal`` when it is that user (the authenticated user of this request,
+    from the login's cache), else its users row read in the caller's transaction; None for no user or an
+    unknown one."""
+    if actor is None:
+        return None
+    if principal is not None and principal.name == actor:
+        return principal
+    row = repo.get_user(actor)
+    return Principal.from_row(row) if row is not None else None
+
+
 class CredentialCache:
     def __init__(self, ttl: float, max_entries: int = 10_000, clock=time.monotonic):
         self.ttl = float(ttl)

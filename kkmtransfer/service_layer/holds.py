@@ -35,7 +35,7 @@ from ..domain.model import (
     required_text,
 )
 from . import audit
-from .credentials import Principal
+from .credentials import Principal, principal_of
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -125,14 +125,8 @@ def _check_kkm(repo, actor: str | None, kkm: str, principal: Principal | None = 
     """A register user bound to KKM codes works only for them (as for RegisterOperation): what it may post
     for from ``principal`` when the caller has it (the authenticated user of this request), else from its
     users row."""
-    if not actor:
-        return
-    if principal is None or principal.name != actor:
-        row = repo.get_user(actor)
-        if row is None:
-            return
-        principal = Principal.from_row(row)
-    if principal.kkms and kkm not in principal.kkms:
+    principal = principal_of(repo, actor or None, principal)
+    if principal is not None and principal.kkms and kkm not in principal.kkms:
         raise errors.ValidationError(f"KKM {kkm!r} is not one of the registers user {principal.name} may post "
                                      f"for ({', '.join(principal.kkms)})")
 

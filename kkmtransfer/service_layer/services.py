@@ -30,7 +30,7 @@ from ..domain.model import (
 )
 from ..domain.certificates import ACCOUNT_PREFIX
 from . import audit, holds, passwords, receipts
-from .credentials import CredentialCache, Principal
+from .credentials import CredentialCache, Principal, principal_of
 from .unit_of_work import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -237,12 +237,7 @@ class BillingService:
     def check_scope(repo: Repository, actor: str | None, principal: Principal | None, request) -> None:
         """The scope check of ``actor``'s operation: from ``principal`` when the caller has it (the
         authenticated user of this request, see ``authenticate``), from the users row otherwise."""
-        if actor is None:
-            return
-        if principal is None or principal.name != actor:
-            row = repo.get_user(actor)
-            principal = Principal.from_row(row) if row is not None else None
-        BillingService._check_scope(principal, request)
+        BillingService._check_scope(principal_of(repo, actor, principal), request)
 
     @staticmethod
     def _check_scope(user: Principal | None, request) -> None:
