@@ -33,11 +33,13 @@ def test_online_benchmark_runs(pg_admin, tmp_path):
     if shutil.which("wrk") is None:
         pytest.skip("wrk is not installed (apt-get install -y wrk)")
     proc = subprocess.run([sys.executable, str(BENCH / "bench_online.py"), "--seconds", "1", "--connections", "1,2",
-                           "--cards", "50", "--workers", "1", "--threads", "2", "--scaling", "", "--results", str(tmp_path)],
+                           "--cards", "50", "--workers", "1", "--threads", "2", "--scaling", "", "--rounds", "1", "--round-seconds", "1",
+                           "--results", str(tmp_path)],
                           cwd=BENCH, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RESULT: all requests answered, ledger consistent" in proc.stdout
-    for what in ("echo ceiling", "GetCardInfo", "RegisterOperation (sale)", "bare psycopg2 write"):
+    for what in ("echo ceiling", "GetCardInfo", "RegisterOperation (sale)", "bare psycopg2 write",
+                 "interleaved rounds at 2 connections", "of echo (median of 2: "):
         assert what in proc.stdout
     written = list(tmp_path.glob("online-*.csv"))
     assert len(written) == 1
