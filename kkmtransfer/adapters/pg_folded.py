@@ -59,9 +59,12 @@ class FoldingRepository(Repository):
             self._begin_pending, self._open = False, True
             _on_cursor(self._conn, "BEGIN", None, fetch=False)
         if self._kept is not None:
-            write, params = self._kept
-            self._kept = None
-            write.execute(self._conn, params)
+            self._send_kept()
+
+    def _send_kept(self, suffix: str = "") -> None:
+        write, params = self._kept
+        self._kept = None  # sent once, even if it fails
+        write.execute(self._conn, params, suffix=suffix)
 
     def _begin_with(self) -> str:
         if not self._begin_pending:
@@ -78,9 +81,7 @@ class FoldingRepository(Repository):
         """COMMIT, with the kept write in front of it in the same round trip. After it, a further statement
         begins a new transaction (as psycopg2 would)."""
         if self._kept is not None:
-            write, params = self._kept
-            self._kept = None
-            write.execute(self._conn, params, suffix="; COMMIT")
+            self._send_kept(suffix="; COMMIT")
         elif self._open:
             _on_cursor(self._conn, "COMMIT", None, fetch=False)
         self._open, self._begin_pending = False, True
