@@ -330,6 +330,17 @@ class Wrk:
 # --------------------------------------------------------------------------------------------------
 # gunicorn
 # --------------------------------------------------------------------------------------------------
+def at_least(low: int):
+    """An argparse type: an integer of at least ``low`` (argparse's one-line error otherwise)."""
+    def parse(value: str) -> int:
+        n = int(value)
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, not {n}")
+        return n
+    parse.__name__ = "int"  # argparse's "invalid int value" for what is not a number
+    return parse
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -656,10 +667,10 @@ def main(argv=None) -> int:
                              "prepares them unless KKMTRANSFER_PG_PREPARED=off)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="write py-spy flame graphs of GetCardInfo and RegisterOperation into this folder")
-    parser.add_argument("--rounds", type=int, default=4,
+    parser.add_argument("--rounds", type=at_least(0), default=4,
                         help="interleaved rounds at 8 connections (echo, GetCardInfo, sale; the echo again at the end) "
                              "whose ratios, with the main runs', give the targets' medians (default 4; 0: none)")
-    parser.add_argument("--round-seconds", type=int, default=3, help="seconds of each run of a round (default 3)")
+    parser.add_argument("--round-seconds", type=at_least(1), default=3, help="seconds of each run of a round (default 3)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the CSV (default bench/results)")
     parser.add_argument("--keep", action="store_true", help="keep the database")
     args = parser.parse_args(argv)

@@ -17,6 +17,7 @@ import os
 import pickle
 import queue
 import threading
+from contextlib import nullcontext
 from datetime import timezone
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,17 +346,11 @@ class JournalImport:
                     raise
                 log.warning("journal %s: batch rolled back (%s), run again", file_name,
                             getattr(exc.orig, "pgcode", None))
-        if lock is None:
+        with lock if lock is not None else nullcontext():
             summary.add(part)
             self.progress(len(rows))
             self._batches += 1
             done = self._batches
-        else:
-            with lock:
-                summary.add(part)
-                self.progress(len(rows))
-                self._batches += 1
-                done = self._batches
         if done & (done - 1) == 0 and done.bit_length() % 2 == 1:  # 1, 4, 16, 64, … (powers of 4)
             stale = analyze_if_stale(self.billing.engine, PLANNED_TABLES)
             if stale:
