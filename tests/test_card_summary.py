@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from kkmtransfer.adapters import repository as repo_mod
+from kkmtransfer.adapters import pg_raw
 from kkmtransfer.adapters.db import make_engine
 from kkmtransfer.domain import errors
 from kkmtransfer.domain.ledger import CardLedger
@@ -63,20 +63,20 @@ def test_card_summary_reads_what_the_unit_of_work_reads(db):
     _seed(db)
     text_engine = make_engine(db.settings.database_url, pg_prepared=False)
     try:
-        assert repo_mod.raw_summary_path(db.engine)
+        assert pg_raw.raw_summary_path(db.engine)
         for _ in range(7):  # past the fifth EXECUTE PostgreSQL may switch to the generic plan
             for number in CARDS + ("nope",):
                 want = _unit_of_work_reads(db.engine, number)
-                assert repo_mod.card_summary(db.engine, number) == want
-                assert repo_mod.card_summary(text_engine, number) == want
-        status, holder, card_lots = repo_mod.card_summary(db.engine, "S1")
+                assert pg_raw.card_summary(db.engine, number) == want
+                assert pg_raw.card_summary(text_engine, number) == want
+        status, holder, card_lots = pg_raw.card_summary(db.engine, "S1")
         assert (status, holder) == ("Active", "Holder")
         assert {type(lot.remaining) for lot in card_lots} == {D}
         assert any(lot.remaining < 0 for lot in card_lots)  # the debt
         assert all(t.tzinfo is timezone.utc for lot in card_lots for t in (lot.available_from, lot.expires_at) if t)
         assert [str(lot.remaining) for lot in card_lots] == [str(lot.remaining) for lot in
                                                               _unit_of_work_reads(db.engine, "S1")[2]]
-        assert repo_mod.card_summary(db.engine, "S3")[2] == []
+        assert pg_raw.card_summary(db.engine, "S3")[2] == []
     finally:
         text_engine.dispose()
 
@@ -102,7 +102,7 @@ def test_a_terminated_backend_under_card_summary_is_sqlalchemys_error_and_the_ne
     db.card_info("E1")
     engine = db.engine
     victims = []
-    real = repo_mod._send_prepared
+    real = pg_raw._send_prepared
 
     def kill_first(*args):  # the backend dies between the checkout and the EXECUTE
         if not victims:
@@ -113,7 +113,7 @@ def test_a_terminated_backend_under_card_summary_is_sqlalchemys_error_and_the_ne
                 admin.commit()
         return real(*args)
 
-    monkeypatch.setattr(repo_mod, "_send_prepared", kill_first)
+    monkeypatch.setattr(pg_raw, "_send_prepared", kill_first)
     with pytest.raises(DBAPIError) as caught:
         db.card_info("E1")
     assert caught.value.connection_invalidated  # SQLAlchemy's disconnect handling ran
@@ -135,7 +135,7 @@ def test_an_error_in_card_summary_leaves_no_autocommit_connection_in_the_pool(db
     def broken(conn, fairy, dbapi, cursor, *args):
         cursor.execute("SELECT 1/0")
 
-    monkeypatch.setattr(repo_mod, "_send_prepared", broken)
+    monkeypatch.setattr(pg_raw, "_send_prepared", broken)
     with pytest.raises(DBAPIError, match="division by zero") as caught:
         db.card_info("A1")
     assert not caught.value.connection_invalidated
@@ -160,12 +160,12 @@ def test_a_statement_listener_sees_get_card_info_through_the_unit_of_work(db):
 
     event.listen(db.engine, "before_cursor_execute", listener)
     try:
-        assert not repo_mod.raw_summary_path(db.engine)
+        assert not pg_raw.raw_summary_path(db.engine)
         assert db.card_info("L1").number == "L1"
     finally:
         event.remove(db.engine, "before_cursor_execute", listener)
     assert len(seen) == 1 and "c_number" in seen[0]
-    assert repo_mod.raw_summary_path(db.engine)
+    assert pg_raw.raw_summary_path(db.engine)
 
 
 def _balances_per_measure(lots, now, tz):

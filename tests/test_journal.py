@@ -589,7 +589,7 @@ def test_a_first_load_into_an_empty_ledger_plans_its_reads_on_fresh_statistics(d
     from sqlalchemy import text
 
     from kkmtransfer.adapters.db import analyze_if_stale
-    from kkmtransfer.adapters.repository import _LOTS_OF_CARDS_SQL
+    from kkmtransfer.adapters.batch_repository import _LOTS_OF_CARDS_SQL
     from kkmtransfer.service_layer.journal import PLANNED_TABLES
 
     if engine.dialect.name != "postgresql":

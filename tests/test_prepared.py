@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
-from kkmtransfer.adapters import repository as repo_mod
+from kkmtransfer.adapters import pg_raw
 from kkmtransfer.adapters.db import entries, lots, make_engine, operations
 from kkmtransfer.config import ConfigError, Settings
 from kkmtransfer.service_layer.holds import HoldService
@@ -61,13 +61,13 @@ def _reset_sessions(engine, statement: str = "DISCARD ALL") -> int:
 def sent(monkeypatch) -> list[str]:
     """What ``_send_prepared`` sent, call after call."""
     out: list[str] = []
-    original = repo_mod._send_prepared
+    original = pg_raw._send_prepared
 
     def spy(*args):
         out.append(original(*args))
         return out[-1]
 
-    monkeypatch.setattr(repo_mod, "_send_prepared", spy)
+    monkeypatch.setattr(pg_raw, "_send_prepared", spy)
     return out
 
 

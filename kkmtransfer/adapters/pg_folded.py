@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-from .repository import _IDLE, Repository, _on_cursor, _raw_path, _Write
+from .pg_raw import _IDLE, _on_cursor, _raw_path, _Write
+from .repository import Repository
 
 
 def can_fold(conn: Connection) -> bool:

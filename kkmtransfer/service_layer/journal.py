@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from .. import metrics
 from ..adapters.db import analyze_if_stale, journal_keys, journal_rejects
-from ..adapters.repository import BatchRepository, copy_journal_keys
+from ..adapters.batch_repository import BatchRepository, copy_journal_keys
 from ..adapters.server_ids import engine_namespace
 from ..adapters.journal_file import JournalRow, count_rows, parse_raw, read_journal, shard_of
 from ..domain import errors

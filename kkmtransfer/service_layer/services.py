@@ -9,7 +9,8 @@ from typing import Callable
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from ..adapters.repository import Repository, card_summary, raw_summary_path
+from ..adapters.pg_raw import card_summary, raw_summary_path
+from ..adapters.repository import Repository
 from ..config import Settings
 from ..domain import errors
 from ..domain.ledger import CardLedger, day_bounds
