@@ -891,6 +891,18 @@ def target_connections(conns: list[int]) -> int:
     return 8 if 8 in conns else sorted(conns)[len(conns) // 2]
 
 
+def cpu_bound(echo_before: "Result | None", echo_after: "Result | None", call: "Result") -> tuple | None:
+    """On cores shared by the application and the database, a CPU-bound closed loop serves requests at about the
+    cores' time over the CPU each costs, so a call's ratio to the echo is at most the echo's CPU over (the echo's
+    + the call's database CPU): what it would be if the call's application CPU were the echo's (nothing of its
+    own). Answers (that bound, the echo's CPU, the call's database CPU) in ms, or None without the figures."""
+    echoes = [r.app_cpu_ms for r in (echo_before, echo_after) if r is not None and r.app_cpu_ms]
+    if not echoes or not call.db_cpu_ms:
+        return None
+    echo_cpu = sum(echoes) / len(echoes)
+    return echo_cpu / (echo_cpu + call.db_cpu_ms), echo_cpu, call.db_cpu_ms
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -1008,6 +1020,11 @@ def report(results: list[Result], args, missing, stamp, problems, total, load) -
             mid = median(ratios)
             spread = f" of {len(ratios)}: {', '.join(f'{x:.2f}' for x in ratios)}" if len(ratios) > 1 else ""
             verdict.append(f"{mid:.2f} of echo (median{spread}) ({'met' if mid >= share else 'NOT met'})")
+            bound = cpu_bound(get("echo-1", echo_name, tc), get("echo-2", echo_name, tc), r8)
+            if bound is not None:
+                verdict.append(f"at most {bound[0]:.2f} with the database on these cores (the echo's "
+                               f"{bound[1]:.2f} ms of CPU / (the echo's + the call's database {bound[2]:.2f} ms): "
+                               "the call's application CPU no more than the echo's)")
             verdict.append(f"p99 {r8.p99_ms:.1f} ms at {tc} ({'met' if r8.p99_ms < 25 else 'NOT met'})")
             if r32:
                 verdict.append(f"p99 {r32.p99_ms:.1f} ms at 32 ({'met' if r32.p99_ms < 60 else 'NOT met'})")

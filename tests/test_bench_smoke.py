@@ -1,6 +1,7 @@
 """`make bench` keeps working: each benchmark runs end to end at a tiny size (nothing is timed here)."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,11 @@ def test_online_benchmark_runs(pg_admin, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RESULT: all requests answered, ledger consistent" in proc.stdout
     for what in ("echo ceiling", "GetCardInfo", "RegisterOperation (sale)", "bare psycopg2 write",
-                 "interleaved rounds at 2 connections", "of echo (median of 2: "):
+                 "interleaved rounds at 2 connections", "of echo (median of 2: ",
+                 "with the database on these cores (the echo's "):
         assert what in proc.stdout
+    bounds = [float(x) for x in re.findall(r"at most (\d+\.\d+) with the database on these cores", proc.stdout)]
+    assert len(bounds) == 2 and all(0 < b < 1 for b in bounds), bounds  # GetCardInfo's and the sale's
     written = list(tmp_path.glob("online-*.csv"))
     assert len(written) == 1
     rows = written[0].read_text().splitlines()
