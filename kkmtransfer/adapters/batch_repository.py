@@ -10,12 +10,13 @@ from typing import Iterable
 from sqlalchemy import column, insert, select, text
 from sqlalchemy.engine import Connection
 
+from ..domain.certificates import ACCOUNT_STATUS as CERTIFICATE_ACCOUNT
 from ..domain.ledger import Move
 from ..domain.model import ZERO, Lot, Measure, Role
 from ..domain.rules import Promotion
 from .db import UTCDateTime, cards, entries, holds, lots, operations
 from .pg_raw import _OPERATION_COLUMNS, _OPERATION_COLUMNS_SET
-from .repository import _ADD_TO_LOT, CERTIFICATE_ACCOUNT, Repository, _raw_cents
+from .repository import _ADD_TO_LOT, Repository, _raw_cents
 
 
 class BatchRepository(Repository):
