@@ -72,3 +72,31 @@ def test_echo_answers_a_card_info_without_the_database(serve, db):
     client = zeep_client(base + "/KKMTransfer", "echo-test", "echo-test-password")
     with pytest.raises(Exception, match="not found"):
         client.service.GetCardInfo("NO-SUCH-CARD")
+
+
+SALE_BODY = ('<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" xmlns:k="urn:kkmtransfer:1">'
+             '<soap:Body><k:RegisterOperation><k:Operation><k:OperationId>{opid}</k:OperationId>'
+             '<k:CardNumber>{card}</k:CardNumber><k:KKM>K-1</k:KKM><k:OperationTime>2026-11-30T10:00:00Z'
+             '</k:OperationTime><k:Kind>Sale</k:Kind>{sum}<k:BonusAccrued>5.00</k:BonusAccrued>'
+             '<k:BonusSpent>1.00</k:BonusSpent></k:Operation></k:RegisterOperation></soap:Body></soap:Envelope>')
+
+
+def test_the_sales_echo_reads_a_sale_as_the_endpoint_does_and_writes_nothing(serve, db):
+    """The sale's echo (what spyne alone costs a sale, docs/performance.md §1): the contract's request type,
+    validated as at the endpoint, a constant answer of OperationResult's shape, no database."""
+    base = serve(echo=True)
+    db.add_user("echo-test", "echo-test-password")
+    auth = ("echo-test", "echo-test-password")
+    headers = {"Content-Type": "text/xml", "SOAPAction": '"RegisterOperation"'}
+    body = SALE_BODY.format(opid="echo-op-1", card="NO-SUCH-CARD", sum="<k:ReceiptSum>100.00</k:ReceiptSum>")
+    r = requests.post(base + ECHO_PATH, data=body, timeout=10, headers=headers, auth=auth)
+    assert r.status_code == 200, r.text
+    assert "echo-op-1</" in r.text and "Applied</" in r.text and "1234.56</" in r.text
+    assert "<tns:BonusAccrued>5.00</tns:BonusAccrued>" in r.text and "<tns:NextExpiryDate>" in r.text
+    with db.engine.connect() as conn:  # nothing written: no card, no operation
+        from sqlalchemy import text
+        assert conn.execute(text("SELECT count(*) FROM operations")).scalar() == 0
+    # the request type's own rules apply (ReceiptSum is required): a client fault, as at the endpoint
+    r = requests.post(base + ECHO_PATH, data=SALE_BODY.format(opid="echo-op-2", card="C", sum=""), timeout=10,
+                      headers=headers, auth=auth)
+    assert r.status_code == 500 and "Client" in r.text, r.text

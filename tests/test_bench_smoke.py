@@ -45,6 +45,11 @@ def test_online_benchmark_runs(pg_admin, tmp_path):
         assert what in proc.stdout
     bounds = [float(x) for x in re.findall(r"at most (\d+\.\d+) with the database on these cores", proc.stdout)]
     assert len(bounds) == 2 and all(0 < b < 1 for b in bounds), bounds  # GetCardInfo's and the sale's
+    # the sale's echo (spyne alone reading a sale and answering it) measured, and the sale's bound with it
+    assert "echo of the sale (no database)" in proc.stdout
+    stack = [float(x) for x in re.findall(r"at most (\d+\.\d+) with spyne's own reading and answering of a sale",
+                                          proc.stdout)]
+    assert len(stack) == 1 and 0 < stack[0] < 1, stack
     written = list(tmp_path.glob("online-*.csv"))
     assert len(written) == 1
     rows = written[0].read_text().splitlines()

@@ -22,7 +22,7 @@ from decimal import Decimal as D
 
 from spyne import Application, ServiceBase, rpc
 
-from .service import NS, CardInfo, KKMSoap11, KKMSoap11Out, KKMWsgiApplication, Text
+from .service import NS, CardInfo, KKMSoap11, KKMSoap11Out, KKMWsgiApplication, Operation, OperationResult, Text
 
 ECHO_PATH = "/KKMTransferEcho"
 ECHO_ENV = "KKMTRANSFER_BENCH_ECHO"
@@ -30,13 +30,23 @@ ECHO_ENV = "KKMTRANSFER_BENCH_ECHO"
 _ZERO = D("0.00")
 
 
+def _card(number: str) -> CardInfo:
+    return CardInfo(CardNumber=number, Status="Active", Holder="Echo Holder", BonusBalance=D("1234.56"),
+                    BonusPending=_ZERO, NextExpiryDate=date(2099, 12, 31), NextExpiryAmount=D("500.00"),
+                    Accumulation=D("100.00"), AccumulationPending=_ZERO, ReceiptCount=1, ReceiptCountPending=0)
+
+
 class KKMTransferEcho(ServiceBase):
     @rpc(Text, _returns=CardInfo)
     def GetCardInfo(ctx, CardNumber):
-        return CardInfo(CardNumber=CardNumber, Status="Active", Holder="Echo Holder", BonusBalance=D("1234.56"),
-                        BonusPending=_ZERO, NextExpiryDate=date(2099, 12, 31), NextExpiryAmount=D("500.00"),
-                        Accumulation=D("100.00"), AccumulationPending=_ZERO, ReceiptCount=1,
-                        ReceiptCountPending=0)
+        return _card(CardNumber)
+
+    @rpc(Operation.customize(min_occurs=1, nillable=False), _returns=OperationResult)
+    def RegisterOperation(ctx, Operation):
+        """The sale's envelope read by spyne as the contract's RegisterOperation reads it (the same request
+        type) and a constant answer of the same shape: what the SOAP stack alone costs a sale."""
+        return OperationResult(OperationId=Operation.OperationId, Status="Applied", Card=_card(Operation.CardNumber),
+                               BonusAccrued=Operation.BonusAccrued, BonusSpent=Operation.BonusSpent)
 
 
 class EchoApp:
