@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--cards", type=int, default=2000)
     parser.add_argument("--only", default="echo,info,sale,hold",
-                        help="echo, info (GetCardInfo), sale, hold (ReserveBonus + the sale confirming it)")
+                        help="echo, info (GetCardInfo), sale, hold (ReserveBonus + the sale confirming it); "
+                             "also echo_sale (the echo's RegisterOperation: spyne's cost of a sale, no database)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3, help="measure each this many times, print the lowest")
