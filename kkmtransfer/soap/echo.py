@@ -9,6 +9,9 @@ then spyne with the same protocols (lxml "soft" validation and the contract's el
 out). Its ``GetCardInfo`` answers a CardInfo built from constants, with every element a card with a holder
 and a dated bonus lot has (so the answer is serialized as the real one is), and the difference between the
 two is what the project's own code costs per request: the database read, the ledger, the answer's values.
+Its ``RegisterOperation`` reads a sale with the contract's own request type (validated as at the endpoint)
+and answers a constant OperationResult of the real one's shape: what spyne alone costs a sale (the sale's
+bound in ``bench_online.py``, docs/performance.md §1).
 
 It is a separate spyne application (the contract's namespace, so its answer has the shape of the real one),
 mounted at ``/KKMTransferEcho`` only when the environment has ``KKMTRANSFER_BENCH_ECHO=1`` (one hook in
