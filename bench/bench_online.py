@@ -909,16 +909,14 @@ def cpu_bound(echo_before: "Result | None", echo_after: "Result | None", call: "
     return echo_cpu / (echo_cpu + call.db_cpu_ms), echo_cpu, call.db_cpu_ms
 
 
-def stack_bound(echo_before: "Result | None", echo_after: "Result | None", sale_echo: "Result | None",
-                call: "Result") -> tuple | None:
-    """As ``cpu_bound``, with the sale's own echo in place of the call's application CPU: the echo's CPU over (the
-    sale's echo's + the sale's database CPU), the ratio a sale reaches when nothing but spyne (reading its
-    envelope, writing an answer of its shape) and the database work for it. Answers (that bound, the sale's
-    echo's CPU) in ms, or None without the figures."""
-    base = cpu_bound(echo_before, echo_after, call)
-    if base is None or sale_echo is None or not sale_echo.app_cpu_ms:
+def stack_bound(bound: tuple | None, sale_echo: "Result | None") -> tuple | None:
+    """``cpu_bound``'s bound of the sale (``bound``) with the sale's own echo in place of the call's application
+    CPU: the echo's CPU over (the sale's echo's + the sale's database CPU), the ratio a sale reaches when
+    nothing but spyne (reading its envelope, writing an answer of its shape) and the database work for it.
+    Answers (that bound, the sale's echo's CPU) in ms, or None without the figures."""
+    if bound is None or sale_echo is None or not sale_echo.app_cpu_ms:
         return None
-    return base[1] / (sale_echo.app_cpu_ms + call.db_cpu_ms), sale_echo.app_cpu_ms
+    return bound[1] / (sale_echo.app_cpu_ms + bound[2]), sale_echo.app_cpu_ms
 
 
 def median(values: list[float]) -> float:
@@ -1045,8 +1043,8 @@ def report(results: list[Result], args, missing, stamp, problems, total, load) -
                 verdict.append(f"at most {bound[0]:.2f} with the database on these cores (the echo's "
                                f"{bound[1]:.2f} ms of CPU / (the echo's + the call's database {bound[2]:.2f} ms): "
                                "the call's application CPU no more than the echo's)")
-            stack = stack_bound(get("echo-1", echo_name, tc), get("echo-2", echo_name, tc),
-                                get("main", SALE_ECHO_NAME, tc), r8) if what.startswith("RegisterOperation") else None
+            stack = stack_bound(bound, get("main", SALE_ECHO_NAME, tc)) \
+                if what.startswith("RegisterOperation") else None
             if stack is not None:
                 verdict.append(f"at most {stack[0]:.2f} with spyne's own reading and answering of a sale (the sale's "
                                f"echo, {stack[1]:.2f} ms of CPU) and its database CPU: the ratio the sale would reach "

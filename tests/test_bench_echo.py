@@ -5,6 +5,7 @@ import threading
 
 import pytest
 import requests
+from sqlalchemy import text
 
 from kkmtransfer.soap.devserver import make_server
 from kkmtransfer.soap.echo import ECHO_ENV, ECHO_PATH
@@ -94,7 +95,6 @@ def test_the_sales_echo_reads_a_sale_as_the_endpoint_does_and_writes_nothing(ser
     assert "echo-op-1</" in r.text and "Applied</" in r.text and "1234.56</" in r.text
     assert "<tns:BonusAccrued>5.00</tns:BonusAccrued>" in r.text and "<tns:NextExpiryDate>" in r.text
     with db.engine.connect() as conn:  # nothing written: no card, no operation
-        from sqlalchemy import text
         assert conn.execute(text("SELECT count(*) FROM operations")).scalar() == 0
     # the request type's own rules apply (ReceiptSum is required): a client fault, as at the endpoint
     r = requests.post(base + ECHO_PATH, data=SALE_BODY.format(opid="echo-op-2", card="C", sum=""), timeout=10,

@@ -501,7 +501,7 @@ certificates = Table(
 def make_engine(url: str, *, pg_prepared: bool = True, **kwargs) -> Engine:
     """An engine for the URL; SQLite gets a busy timeout, WAL and BEGIN IMMEDIATE for writers.
     ``pg_prepared=False`` (KKMTRANSFER_PG_PREPARED=off): the online path's hot statements go to PostgreSQL
-    as text instead of server-side prepared statements (``repository._send_prepared``)."""
+    as text instead of server-side prepared statements (``pg_raw._send_prepared``)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
